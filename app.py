@@ -1,0 +1,35 @@
+"""Entry point: page config, navigation and the shared sidebar. Run with ``streamlit run app.py``."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages.common import RESEARCH_NOTICE, current_model, engine
+
+st.set_page_config(page_title="iCCA early recurrence", page_icon="🩺", layout="wide")
+
+navigation = st.navigation(
+    [
+        st.Page("pages/analyze.py", title="Analyze", icon="🔬", default=True),
+        st.Page("pages/cases.py", title="Cases", icon="🗂️"),
+        st.Page("pages/model_card.py", title="Model card", icon="📇"),
+    ]
+)
+
+with st.sidebar:
+    model, problem = current_model()
+    if model is None:
+        st.error(problem or "No model is installed.")
+    else:
+        st.markdown(f"**Model:** {model.card.get('name', 'unnamed')}")
+        st.caption(f"{model.provenance} · sha256 {model.sha256[:12]}")
+        if model.is_synthetic:
+            st.warning("Not trained on patients: its risks mean nothing clinically.", icon="⚠️")
+    try:
+        engine()
+        st.caption("Case database: connected")
+    except Exception:  # noqa: BLE001 - the sidebar must render whatever the database does
+        st.error("The case database cannot be opened; check ICCA_DATABASE_URL and disk space.")
+    st.caption(RESEARCH_NOTICE)
+
+navigation.run()

@@ -1,0 +1,1 @@
+"""Pure-Python logic of the iCCA early-recurrence dashboard (no Streamlit here)."""

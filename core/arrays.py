@@ -1,0 +1,24 @@
+"""Numpy arrays ↔ compressed bytes, for storage in the database.
+
+Uses ``np.savez_compressed`` with ``allow_pickle=False`` on load, so stored bytes
+can never execute code.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def pack(array: np.ndarray) -> bytes:
+    """Compress one array (any shape, numeric or bool dtype) to bytes."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, a=np.ascontiguousarray(array))
+    return buffer.getvalue()
+
+
+def unpack(data: bytes) -> np.ndarray:
+    """Inverse of :func:`pack`."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return archive["a"]

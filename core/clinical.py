@@ -1,0 +1,110 @@
+"""Logistic regression of early recurrence on UICC N category, as in the paper.
+
+Fitted by default to the counts of the paper's Table 1 (N0: 19 without / 9 with
+early recurrence; N1: 2 without / 11 with), the model gives each N category a risk
+with a Wald 95% confidence interval on the logit scale. It follows scikit-learn's
+conventions (``fit`` returns self, learned attributes end in ``_``) so it can be
+refitted on a hospital's own patients later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+N_CATEGORIES = ("N0", "N1")
+UNKNOWN_N = "unknown"
+Z_95 = 1.959963984540054
+
+# (N category, early recurrence 0/1) → number of patients, from Table 1 of the paper.
+PAPER_TABLE1_COUNTS: dict[tuple[str, int], int] = {("N0", 0): 19, ("N0", 1): 9, ("N1", 0): 2, ("N1", 1): 11}
+
+
+@dataclass(frozen=True)
+class ClinicalRisk:
+    """Risk of early recurrence from the clinical model, 0–1, with its 95% CI."""
+
+    probability: float
+    ci_low: float
+    ci_high: float
+    n_category: str
+
+
+class NCategoryLogisticRegression:
+    """P(early recurrence) = sigmoid(b0 + b1 · [N = N1]), maximum likelihood by IRLS."""
+
+    def fit(self, n1: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> NCategoryLogisticRegression:
+        """Fit on (n,) 0/1 N1 indicators and (n,) 0/1 outcomes (optional case weights)."""
+        x = np.column_stack([np.ones(len(n1)), np.asarray(n1, dtype=np.float64)])
+        yv = np.asarray(y, dtype=np.float64)
+        w = np.ones(len(yv)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        beta = np.zeros(2)
+        for _ in range(100):
+            p = _sigmoid(x @ beta)
+            info = (x * (w * p * (1 - p))[:, None]).T @ x
+            step = np.linalg.solve(info, x.T @ (w * (yv - p)))
+            beta = beta + step
+            if np.max(np.abs(step)) < 1e-10:
+                break
+        p = _sigmoid(x @ beta)
+        self.coef_ = beta
+        self.covariance_ = np.linalg.inv((x * (w * p * (1 - p))[:, None]).T @ x)
+        self.n_samples_ = float(w.sum())
+        return self
+
+    @property
+    def odds_ratio_(self) -> float:
+        return float(np.exp(self.coef_[1]))
+
+    def odds_ratio_ci(self) -> tuple[float, float]:
+        """Wald 95% CI of the N1-vs-N0 odds ratio."""
+        se = float(np.sqrt(self.covariance_[1, 1]))
+        return float(np.exp(self.coef_[1] - Z_95 * se)), float(np.exp(self.coef_[1] + Z_95 * se))
+
+    def predict_proba_n1(self, n1: np.ndarray) -> np.ndarray:
+        """(n,) probabilities for (n,) 0/1 N1 indicators."""
+        x = np.column_stack([np.ones(len(n1)), np.asarray(n1, dtype=np.float64)])
+        return _sigmoid(x @ self.coef_)
+
+    def risk(self, n_category: str) -> ClinicalRisk:
+        """Risk for "N0" or "N1" with a Wald 95% CI of the linear predictor.
+
+        Raises:
+            ValueError: for an unknown category; callers show "not available".
+        """
+        if n_category not in N_CATEGORIES:
+            raise ValueError(f"N category must be one of {N_CATEGORIES}, got {n_category!r}")
+        x = np.array([1.0, 1.0 if n_category == "N1" else 0.0])
+        eta = float(x @ self.coef_)
+        se = float(np.sqrt(x @ self.covariance_ @ x))
+        return ClinicalRisk(
+            probability=float(_sigmoid(eta)),
+            ci_low=float(_sigmoid(eta - Z_95 * se)),
+            ci_high=float(_sigmoid(eta + Z_95 * se)),
+            n_category=n_category,
+        )
+
+
+def fit_from_counts(counts: dict[tuple[str, int], int]) -> NCategoryLogisticRegression:
+    """Fit on aggregated (category, label) → count, weighting one row per cell."""
+    cells = list(counts)
+    n1 = np.array([1.0 if cat == "N1" else 0.0 for cat, _ in cells])
+    y = np.array([float(label) for _, label in cells])
+    w = np.array([float(counts[c]) for c in cells])
+    return NCategoryLogisticRegression().fit(n1, y, sample_weight=w)
+
+
+def paper_model() -> NCategoryLogisticRegression:
+    """The clinical model fitted to the paper's Table 1 (41 patients)."""
+    return fit_from_counts(PAPER_TABLE1_COUNTS)
+
+
+UNKNOWN_N_REASON = (
+    "not available: the N category is unknown, and the clinical model uses nothing else "
+    "(lymph-node status is only certain after surgery; enter the radiological N category if there is one)"
+)
+
+
+def _sigmoid(z: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))

@@ -1,0 +1,312 @@
+"""The case database: SQLAlchemy 2.0 models, engine set-up and unit-of-work helpers.
+
+One engine per process; callers own the session (``with Session(engine) as s``).
+The schema is created and upgraded only by Alembic migrations
+(``core/migrations``), so the same code runs on SQLite and PostgreSQL.
+
+Privacy: a case is keyed by a pseudonymised key (:mod:`core.pseudonym`); no name,
+birth date or other DICOM header is stored, and images are stored as compressed
+arrays in rows with generated ids, never under a name taken from the upload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from core import arrays
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATABASE_URL_ENV = "ICCA_DATABASE_URL"
+DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / 'data' / 'icca.db'}"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Case(Base):
+    """One patient's preoperative slice, outline and clinical inputs."""
+
+    __tablename__ = "cases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_key: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    source_kind: Mapped[str] = mapped_column(String(16))
+    is_hu: Mapped[bool] = mapped_column(Boolean)
+    rows: Mapped[int] = mapped_column(Integer)
+    cols: Mapped[int] = mapped_column(Integer)
+    spacing_row_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    spacing_col_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    roi_area_px: Mapped[int] = mapped_column(Integer)
+    roi_area_mm2: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_category: Mapped[str] = mapped_column(String(16))
+    t_category: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    tumour_size_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    solitary: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    display_level: Mapped[float] = mapped_column(Float)
+    display_width: Mapped[float] = mapped_column(Float)
+
+    arrays: Mapped[list[StoredArray]] = relationship(back_populates="case", cascade="all, delete-orphan", passive_deletes=True)
+    analyses: Mapped[list[Analysis]] = relationship(
+        back_populates="case", cascade="all, delete-orphan", passive_deletes=True, order_by="Analysis.created_at"
+    )
+    outcomes: Mapped[list[Outcome]] = relationship(back_populates="case", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class StoredArray(Base):
+    """A compressed numpy array (slice, mask, probabilities) under a generated id."""
+
+    __tablename__ = "stored_arrays"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    dtype: Mapped[str] = mapped_column(String(16))
+    shape: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    case: Mapped[Case] = relationship(back_populates="arrays")
+
+    def load(self) -> np.ndarray:
+        return arrays.unpack(self.data)
+
+
+class Analysis(Base):
+    """One model run on a case: both risks, per-patch probabilities and the model's identity."""
+
+    __tablename__ = "analyses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_provenance: Mapped[str] = mapped_column(String(256))
+    preprocess: Mapped[dict[str, Any]] = mapped_column(JSON)
+    dl_probability: Mapped[float] = mapped_column(Float)
+    dl_share_above: Mapped[float] = mapped_column(Float)
+    dl_threshold: Mapped[float] = mapped_column(Float)
+    n_patches: Mapped[int] = mapped_column(Integer)
+    aggregation_rule: Mapped[str] = mapped_column(String(128))
+    clinical_model: Mapped[str] = mapped_column(String(128))
+    clinical_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    clinical_ci_low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    clinical_ci_high: Mapped[float | None] = mapped_column(Float, nullable=True)
+    probabilities_id: Mapped[str] = mapped_column(String(36))
+    boxes_id: Mapped[str] = mapped_column(String(36))
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    case: Mapped[Case] = relationship(back_populates="analyses")
+
+
+class Outcome(Base):
+    """Follow-up: whether early recurrence (≤ 365 days after resection) happened."""
+
+    __tablename__ = "outcomes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    early_recurrence: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    days_to_recurrence: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    days_followed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    case: Mapped[Case] = relationship(back_populates="outcomes")
+
+
+class AuditEvent(Base):
+    """Who did what to which case; kept when the case is deleted."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    action: Mapped[str] = mapped_column(String(32))
+    case_key: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# ---------------------------------------------------------------- engine
+
+
+def configured_url() -> str:
+    return os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
+
+
+def make_engine(url: str | None = None) -> Engine:
+    """An engine for ``url`` (default: ``$ICCA_DATABASE_URL`` or ``data/icca.db``)."""
+    url = url or configured_url()
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+# ---------------------------------------------------------------- unit-of-work helpers
+
+
+@dataclass(frozen=True)
+class NewCase:
+    """Everything the Analyze page hands over to save one case."""
+
+    case_key: str
+    source_kind: str
+    is_hu: bool
+    pixels: np.ndarray  # (rows, cols) float32 HU or grey
+    spacing_mm: tuple[float, float] | None
+    mask: np.ndarray  # (rows, cols) bool
+    n_category: str
+    t_category: str | None
+    tumour_size_mm: float | None
+    solitary: bool | None
+    display_level: float
+    display_width: float
+
+
+@dataclass(frozen=True)
+class NewAnalysis:
+    model_sha256: str
+    model_name: str
+    model_provenance: str
+    preprocess: dict[str, Any]
+    dl_probability: float
+    dl_share_above: float
+    dl_threshold: float
+    aggregation_rule: str
+    clinical_model: str
+    clinical_probability: float | None
+    clinical_ci_low: float | None
+    clinical_ci_high: float | None
+    probabilities: np.ndarray  # (N,) float64
+    boxes_img: np.ndarray  # (N, 4) float64
+    seconds: float | None
+
+
+def _stored(kind: str, array: np.ndarray) -> StoredArray:
+    return StoredArray(id=str(uuid.uuid4()), kind=kind, dtype=str(array.dtype), shape=json.dumps(list(array.shape)), data=arrays.pack(array))
+
+
+def add_case(session: Session, new: NewCase, analysis: NewAnalysis) -> Case:
+    """Stage a case with its arrays, first analysis and an audit event; the caller commits."""
+    area_px = int(new.mask.sum())
+    area_mm2 = area_px * new.spacing_mm[0] * new.spacing_mm[1] if new.spacing_mm else None
+    case = Case(
+        case_key=new.case_key,
+        source_kind=new.source_kind,
+        is_hu=new.is_hu,
+        rows=int(new.pixels.shape[0]),
+        cols=int(new.pixels.shape[1]),
+        spacing_row_mm=new.spacing_mm[0] if new.spacing_mm else None,
+        spacing_col_mm=new.spacing_mm[1] if new.spacing_mm else None,
+        roi_area_px=area_px,
+        roi_area_mm2=area_mm2,
+        n_category=new.n_category,
+        t_category=new.t_category,
+        tumour_size_mm=new.tumour_size_mm,
+        solitary=new.solitary,
+        display_level=new.display_level,
+        display_width=new.display_width,
+    )
+    case.arrays.append(_stored("slice", new.pixels.astype(np.float32)))
+    case.arrays.append(_stored("mask", new.mask.astype(bool)))
+    add_analysis(case, analysis)
+    session.add(case)
+    session.add(AuditEvent(action="case_saved", case_key=new.case_key, detail={"n_patches": int(analysis.probabilities.size)}))
+    return case
+
+
+def add_analysis(case: Case, new: NewAnalysis) -> Analysis:
+    """Attach one analysis (and its arrays) to a case."""
+    probs, boxes = _stored("patch_probabilities", new.probabilities), _stored("patch_boxes", new.boxes_img)
+    case.arrays.extend([probs, boxes])
+    analysis = Analysis(
+        model_sha256=new.model_sha256,
+        model_name=new.model_name,
+        model_provenance=new.model_provenance,
+        preprocess=new.preprocess,
+        dl_probability=new.dl_probability,
+        dl_share_above=new.dl_share_above,
+        dl_threshold=new.dl_threshold,
+        n_patches=int(new.probabilities.size),
+        aggregation_rule=new.aggregation_rule,
+        clinical_model=new.clinical_model,
+        clinical_probability=new.clinical_probability,
+        clinical_ci_low=new.clinical_ci_low,
+        clinical_ci_high=new.clinical_ci_high,
+        probabilities_id=probs.id,
+        boxes_id=boxes.id,
+        seconds=new.seconds,
+    )
+    case.analyses.append(analysis)
+    return analysis
+
+
+def list_cases(session: Session) -> list[Case]:
+    """All cases, newest first."""
+    return list(session.scalars(select(Case).order_by(Case.created_at.desc(), Case.id.desc())))
+
+
+def case_array(session: Session, case: Case, kind: str) -> np.ndarray:
+    """The case's stored array of one kind (``slice`` or ``mask``)."""
+    row = session.scalars(select(StoredArray).where(StoredArray.case_id == case.id, StoredArray.kind == kind)).first()
+    if row is None:
+        raise LookupError(f"case {case.id} has no stored {kind}")
+    return row.load()
+
+
+def array_by_id(session: Session, array_id: str) -> np.ndarray:
+    row = session.get(StoredArray, array_id)
+    if row is None:
+        raise LookupError(f"no stored array {array_id}")
+    return row.load()
+
+
+def delete_case(session: Session, case_id: int) -> bool:
+    """Delete a case with everything attached; the audit trail keeps a record. Caller commits."""
+    case = session.get(Case, case_id)
+    if case is None:
+        return False
+    session.add(AuditEvent(action="case_deleted", case_key=case.case_key, detail={}))
+    session.delete(case)
+    return True

@@ -1,0 +1,42 @@
+"""Exceptions whose message is one plain sentence a surgeon can act on.
+
+Pages catch :class:`UserFacingError` and show ``str(error)`` with ``st.error``;
+the command line prints it on stderr and exits with status 2. Anything else is a
+bug and is logged, never shown to the user as a traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserFacingError(Exception):
+    """Base class: the message is safe and useful to show as it is."""
+
+
+class UnreadableImageError(UserFacingError):
+    """The upload is not an image this tool can read."""
+
+
+class WrongModalityError(UserFacingError):
+    """The upload is a readable image, but not a CT slice."""
+
+
+class RoiError(UserFacingError):
+    """The outline cannot be used (empty, too small, outside the image)."""
+
+
+class ModelNotInstalledError(UserFacingError):
+    """No checkpoint exists at the configured path."""
+
+
+class CheckpointError(UserFacingError):
+    """A checkpoint exists but cannot be loaded safely."""
+
+
+class ManifestError(UserFacingError):
+    """A cohort manifest has rows that cannot be used; the message lists them all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        listed = "; ".join(problems[:20])
+        more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+        super().__init__(f"The manifest has {len(problems)} problem(s): {listed}{more}.")

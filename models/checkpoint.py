@@ -1,0 +1,137 @@
+"""Checkpoint save / load: weights, preprocessing and model card, in plain types only.
+
+A checkpoint is a ``torch.save`` dict::
+
+    {"format_version": 1, "architecture": "resnet50", "num_classes": 2,
+     "state_dict": {...tensors...}, "preprocess": {...}, "card": {...}}
+
+It is always loaded with ``torch.load(weights_only=True)``, which refuses anything
+but tensors and plain containers, so a model file cannot execute code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.errors import CheckpointError, ModelNotInstalledError
+from core.preprocess import FORMAT_VERSION, PreprocessConfig
+from models.resnet import build_resnet50
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "model.pt"
+MODEL_PATH_ENV = "ICCA_MODEL_PATH"
+
+
+def configured_model_path() -> Path:
+    """The checkpoint path: ``$ICCA_MODEL_PATH`` or ``models/weights/model.pt``."""
+    return Path(os.environ.get(MODEL_PATH_ENV) or DEFAULT_MODEL_PATH)
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference with everything needed to use and describe it."""
+
+    network: torch.nn.Module
+    preprocess: PreprocessConfig
+    card: dict[str, Any]
+    sha256: str
+    path: Path
+
+    @property
+    def is_synthetic(self) -> bool:
+        """True unless the card says the weights come from real patients."""
+        return self.card.get("training_data") != "real patients"
+
+    @property
+    def provenance(self) -> str:
+        """One line on where the weights came from, for every page that shows a risk."""
+        return str(self.card.get("provenance", "unknown provenance"))
+
+
+def library_versions() -> dict[str, str]:
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def make_card(name: str, provenance: str, training_data: str, **extra: Any) -> dict[str, Any]:
+    """A model card with the fields every checkpoint carries.
+
+    Args:
+        name: short model name shown in the sidebar.
+        provenance: where the weights came from, in one line.
+        training_data: "untrained", "synthetic phantoms" or "real patients".
+    """
+    card: dict[str, Any] = {
+        "name": name,
+        "provenance": provenance,
+        "training_data": training_data,
+        "intended_use": "Research use only. Not a medical device; not for clinical decisions.",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "library_versions": library_versions(),
+    }
+    card.update(extra)
+    return card
+
+
+def save_checkpoint(path: Path, network: torch.nn.Module, preprocess: PreprocessConfig, card: dict[str, Any]) -> str:
+    """Write a checkpoint atomically; returns its SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "architecture": "resnet50",
+        "num_classes": len(preprocess.labels),
+        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "preprocess": preprocess.to_dict(),
+        "card": card,
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return file_sha256(path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The raw checkpoint dict, loaded safely (``weights_only=True``)."""
+    if not path.exists():
+        raise ModelNotInstalledError(
+            f"No model is installed at {path}; run `make demo-model` or set {MODEL_PATH_ENV} to a checkpoint."
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
+        raise CheckpointError(
+            f"The model file {path.name} is damaged or not a safe checkpoint; rebuild it with `make demo-model`."
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"The model file {path.name} has an unknown format; rebuild it with this version of the tool.")
+    return payload
+
+
+def load_checkpoint(path: Path | None = None) -> LoadedModel:
+    """Load the network, preprocessing and card; the network is in eval mode on the CPU."""
+    path = Path(path) if path is not None else configured_model_path()
+    payload = read_checkpoint(path)
+    preprocess = PreprocessConfig.from_dict(payload["preprocess"])
+    network = build_resnet50(num_classes=int(payload.get("num_classes", 2)))
+    try:
+        network.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"The model file {path.name} does not hold ResNet50 weights.") from exc
+    network.eval().to(memory_format=torch.channels_last)
+    return LoadedModel(network, preprocess, dict(payload["card"]), file_sha256(path), path)
