@@ -6,13 +6,13 @@ import streamlit as st
 
 from pages.common import RESEARCH_NOTICE, current_model, engine
 
-st.set_page_config(page_title="iCCA early recurrence", page_icon="🩺", layout="wide")
+st.set_page_config(page_title="iCCA early recurrence", page_icon=":material/biotech:", layout="wide")
 
 navigation = st.navigation(
     [
-        st.Page("pages/analyze.py", title="Analyze", icon="🔬", default=True),
-        st.Page("pages/cases.py", title="Cases", icon="🗂️"),
-        st.Page("pages/model_card.py", title="Model card", icon="📇"),
+        st.Page("pages/analyze.py", title="Analyze", icon=":material/biotech:", default=True),
+        st.Page("pages/cases.py", title="Cases", icon=":material/folder_open:"),
+        st.Page("pages/model_card.py", title="Model card", icon=":material/badge:"),
     ]
 )
 
@@ -24,7 +24,7 @@ with st.sidebar:
         st.markdown(f"**Model:** {model.card.get('name', 'unnamed')}")
         st.caption(f"{model.provenance} · sha256 {model.sha256[:12]}")
         if model.is_synthetic:
-            st.warning("Not trained on patients: its risks mean nothing clinically.", icon="⚠️")
+            st.warning("Not trained on patients: its risks mean nothing clinically.", icon=":material/warning:")
     try:
         engine()
         st.caption("Case database: connected")

@@ -58,7 +58,7 @@ class LoadedModel:
 def library_versions() -> dict[str, str]:
     import torchvision
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
 def make_card(name: str, provenance: str, training_data: str, **extra: Any) -> dict[str, Any]:

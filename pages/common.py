@@ -58,7 +58,7 @@ def model_provenance_banner(model_name: str, provenance: str, synthetic: bool) -
     """The model's origin beside every risk; a warning when the weights are not from patients."""
     text = f"Model: **{model_name}** — {provenance}"
     if synthetic:
-        st.warning(text, icon="⚠️")
+        st.warning(text, icon=":material/warning:")
     else:
         st.info(text)
 

@@ -14,7 +14,7 @@ if model is None:
 
 card = model.card
 if model.is_synthetic:
-    st.warning(f"{model.provenance}", icon="⚠️")
+    st.warning(f"{model.provenance}", icon=":material/warning:")
 st.markdown(f"**{card.get('name', 'unnamed model')}** · file `{model.path.name}` · sha256 `{model.sha256}`")
 st.markdown(f"**Preprocessing:** {model.preprocess.describe()}")
 st.markdown(f"**Intended use:** {card.get('intended_use', RESEARCH_NOTICE)}")
