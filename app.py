@@ -28,7 +28,7 @@ with st.sidebar:
     try:
         engine()
         st.caption("Case database: connected")
-    except Exception:  # noqa: BLE001 - the sidebar must render whatever the database does
+    except Exception:
         st.error("The case database cannot be opened; check ICCA_DATABASE_URL and disk space.")
     st.caption(RESEARCH_NOTICE)
 

@@ -52,7 +52,12 @@ def load_saved_case(session: Session, case_id: int) -> SavedCase | None:
     grid = PatchGrid(boxes_img=boxes, coverage=np.ones(len(boxes), dtype=np.float32), scale=1.0)
     spacing = (case.spacing_row_mm, case.spacing_col_mm) if case.spacing_row_mm and case.spacing_col_mm else None
     clinical = (
-        ClinicalRisk(analysis.clinical_probability, analysis.clinical_ci_low or 0.0, analysis.clinical_ci_high or 1.0, case.n_category)
+        ClinicalRisk(
+            analysis.clinical_probability,
+            analysis.clinical_ci_low or 0.0,
+            analysis.clinical_ci_high or 1.0,
+            case.n_category,
+        )
         if analysis.clinical_probability is not None
         else None
     )
@@ -68,8 +73,13 @@ def load_saved_case(session: Session, case_id: int) -> SavedCase | None:
         display_level=case.display_level,
         display_width=case.display_width,
         n_category=case.n_category,
-        dl_risk=CaseRisk(analysis.dl_probability, analysis.dl_share_above, analysis.n_patches, analysis.dl_threshold,
-                         analysis.aggregation_rule),
+        dl_risk=CaseRisk(
+            analysis.dl_probability,
+            analysis.dl_share_above,
+            analysis.n_patches,
+            analysis.dl_threshold,
+            analysis.aggregation_rule,
+        ),
         clinical_risk=clinical,
         model_name=analysis.model_name,
         model_provenance=analysis.model_provenance,

@@ -34,7 +34,9 @@ class ClinicalRisk:
 class NCategoryLogisticRegression:
     """P(early recurrence) = sigmoid(b0 + b1 · [N = N1]), maximum likelihood by IRLS."""
 
-    def fit(self, n1: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> NCategoryLogisticRegression:
+    def fit(
+        self, n1: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
+    ) -> NCategoryLogisticRegression:
         """Fit on (n,) 0/1 N1 indicators and (n,) 0/1 outcomes (optional case weights)."""
         x = np.column_stack([np.ones(len(n1)), np.asarray(n1, dtype=np.float64)])
         yv = np.asarray(y, dtype=np.float64)

@@ -20,7 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, create_engine, event, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    create_engine,
+    event,
+    select,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -64,11 +76,15 @@ class Case(Base):
     display_level: Mapped[float] = mapped_column(Float)
     display_width: Mapped[float] = mapped_column(Float)
 
-    arrays: Mapped[list[StoredArray]] = relationship(back_populates="case", cascade="all, delete-orphan", passive_deletes=True)
+    arrays: Mapped[list[StoredArray]] = relationship(
+        back_populates="case", cascade="all, delete-orphan", passive_deletes=True
+    )
     analyses: Mapped[list[Analysis]] = relationship(
         back_populates="case", cascade="all, delete-orphan", passive_deletes=True, order_by="Analysis.created_at"
     )
-    outcomes: Mapped[list[Outcome]] = relationship(back_populates="case", cascade="all, delete-orphan", passive_deletes=True)
+    outcomes: Mapped[list[Outcome]] = relationship(
+        back_populates="case", cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class StoredArray(Base):
@@ -224,7 +240,13 @@ class NewAnalysis:
 
 
 def _stored(kind: str, array: np.ndarray) -> StoredArray:
-    return StoredArray(id=str(uuid.uuid4()), kind=kind, dtype=str(array.dtype), shape=json.dumps(list(array.shape)), data=arrays.pack(array))
+    return StoredArray(
+        id=str(uuid.uuid4()),
+        kind=kind,
+        dtype=str(array.dtype),
+        shape=json.dumps(list(array.shape)),
+        data=arrays.pack(array),
+    )
 
 
 def add_case(session: Session, new: NewCase, analysis: NewAnalysis) -> Case:
@@ -252,7 +274,9 @@ def add_case(session: Session, new: NewCase, analysis: NewAnalysis) -> Case:
     case.arrays.append(_stored("mask", new.mask.astype(bool)))
     add_analysis(case, analysis)
     session.add(case)
-    session.add(AuditEvent(action="case_saved", case_key=new.case_key, detail={"n_patches": int(analysis.probabilities.size)}))
+    session.add(
+        AuditEvent(action="case_saved", case_key=new.case_key, detail={"n_patches": int(analysis.probabilities.size)})
+    )
     return case
 
 

@@ -110,11 +110,11 @@ def _read_dicom(data: bytes, filename: str) -> CtSlice:
     except InvalidDicomError:
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        except Exception as exc:  # noqa: BLE001 - any parse failure means "not readable"
+        except Exception as exc:
             raise _not_an_image(filename) from exc
         if "PixelData" not in ds and "Modality" not in ds:
-            raise _not_an_image(filename)
-    except Exception as exc:  # noqa: BLE001
+            raise _not_an_image(filename) from None
+    except Exception as exc:
         raise UnreadableImageError(
             "The DICOM file is damaged or incomplete; export the slice again from the PACS."
         ) from exc
@@ -143,13 +143,17 @@ def _check_modality(ds: pydicom.Dataset) -> None:
     if modality == "SEG":
         raise WrongModalityError("This file is a DICOM segmentation, not an image; upload the CT slice itself.")
     if modality and modality != "CT":
-        raise WrongModalityError(f"This file is a{'n' if modality[0] in 'AEIOUMR' else ''} {modality} image; a CT is needed.")
+        raise WrongModalityError(
+            f"This file is a{'n' if modality[0] in 'AEIOUMR' else ''} {modality} image; a CT is needed."
+        )
     if not modality:
         raise WrongModalityError("This DICOM file does not say it is a CT (Modality tag missing); upload a CT slice.")
     if "PixelData" not in ds:
         raise UnreadableImageError("This DICOM file holds no image (no pixel data); upload a CT slice.")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise UnreadableImageError("This DICOM file holds several frames; upload the single axial slice with the largest tumour area.")
+        raise UnreadableImageError(
+            "This DICOM file holds several frames; upload the single axial slice with the largest tumour area."
+        )
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise WrongModalityError("This DICOM is a colour image; a greyscale CT slice is needed.")
 
@@ -157,7 +161,7 @@ def _check_modality(ds: pydicom.Dataset) -> None:
 def _hounsfield_units(ds: pydicom.Dataset) -> np.ndarray:
     try:
         stored = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types
+    except Exception as exc:
         raise UnreadableImageError(
             "The CT pixel data cannot be decoded (damaged, truncated or an unsupported compression); "
             "export the slice uncompressed."

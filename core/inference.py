@@ -79,7 +79,9 @@ def to_network_input(patches: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor
     x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).unsqueeze(1)
     if x.shape[-1] != cfg.input_px or x.shape[-2] != cfg.input_px:
         shrinking = cfg.input_px < x.shape[-1]
-        x = F.interpolate(x, size=(cfg.input_px, cfg.input_px), mode="bilinear", align_corners=False, antialias=shrinking)
+        x = F.interpolate(
+            x, size=(cfg.input_px, cfg.input_px), mode="bilinear", align_corners=False, antialias=shrinking
+        )
     x = (x - cfg.mean) / cfg.std
     return x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
 

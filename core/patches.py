@@ -99,7 +99,9 @@ class _Crop:
     origins: np.ndarray  # (N, 2) int patch origins in resampled crop pixels
 
 
-def _grid_in_crop(mask: np.ndarray, spacing_mm: tuple[float, float] | None, cfg: PreprocessConfig) -> tuple[PatchGrid, _Crop]:
+def _grid_in_crop(
+    mask: np.ndarray, spacing_mm: tuple[float, float] | None, cfg: PreprocessConfig
+) -> tuple[PatchGrid, _Crop]:
     if mask.ndim != 2 or not mask.any():
         raise RoiError("The outline is empty; draw around the tumour.")
     sr, sc = resample_scale(spacing_mm, cfg)
@@ -127,11 +129,13 @@ def _grid_in_crop(mask: np.ndarray, spacing_mm: tuple[float, float] | None, cfg:
     return PatchGrid(boxes_img=boxes, coverage=coverage, scale=float((er + ec) / 2)), crop
 
 
-def _grid_origins(mask_rs: np.ndarray, start_r: float, start_c: float, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+def _grid_origins(
+    mask_rs: np.ndarray, start_r: float, start_c: float, cfg: PreprocessConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Grid anchored half a patch before the ROI's first row/column; coverage via an integral image."""
     p, s = cfg.patch_px, cfg.stride_px
     integral = cv2.integral(mask_rs.astype(np.uint8))  # (rows + 1, cols + 1) int32
-    first_r, first_c = max(0, int(round(start_r)) - p // 2), max(0, int(round(start_c)) - p // 2)
+    first_r, first_c = max(0, round(start_r) - p // 2), max(0, round(start_c) - p // 2)
     rs = np.arange(first_r, mask_rs.shape[0] - p + 1, s)
     cs = np.arange(first_c, mask_rs.shape[1] - p + 1, s)
     if len(rs) == 0 or len(cs) == 0:

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -41,8 +40,14 @@ IMAGE_PX = 512
 INTERCEPT = -1024.0
 NOISE_SD_HU = 12.0
 MANIFEST_COLUMNS = (
-    "patient_key", "image_path", "mask_path", "early_recurrence", "n_category", "t_category",
-    "tumour_size_mm", "institution",
+    "patient_key",
+    "image_path",
+    "mask_path",
+    "early_recurrence",
+    "n_category",
+    "t_category",
+    "tumour_size_mm",
+    "institution",
 )
 # Per label (0 = no early recurrence, 1 = early recurrence): patients and N1 count, Table 1.
 TABLE1_GROUPS = {0: {"patients": 21, "n1": 2}, 1: {"patients": 20, "n1": 11}}
@@ -73,7 +78,9 @@ class PhantomPatient:
     outline_xy: np.ndarray  # (K, 2) float64 tumour outline in continuous image (x, y)
 
 
-def make_patient(key: str, label: int, n_category: str, rng: np.random.Generator, size_mm: float | None = None) -> PhantomPatient:
+def make_patient(
+    key: str, label: int, n_category: str, rng: np.random.Generator, size_mm: float | None = None
+) -> PhantomPatient:
     """Draw one phantom patient from the generative model in the module docstring."""
     spacing = float(rng.uniform(0.6, 0.8))
     size = float(size_mm if size_mm is not None else np.clip(rng.lognormal(np.log(50.0), 0.45), 16.0, 150.0))
@@ -102,14 +109,23 @@ def make_patient(key: str, label: int, n_category: str, rng: np.random.Generator
     hu += rng.normal(0.0, NOISE_SD_HU, size=hu.shape).astype(np.float32)
     weights = np.array(T_WEIGHTS[label], dtype=np.float64)
     return PhantomPatient(
-        key=key, label=label, n_category=n_category,
+        key=key,
+        label=label,
+        n_category=n_category,
         t_category=str(rng.choice(T_CATEGORIES, p=weights / weights.sum())),
-        tumour_size_mm=round(size, 1), institution=str(rng.choice(["A", "B", "C"])), spacing_mm=spacing,
-        aggressiveness=t, hu=np.clip(hu, -1024.0, 3071.0), mask=mask, outline_xy=outline,
+        tumour_size_mm=round(size, 1),
+        institution=str(rng.choice(["A", "B", "C"])),
+        spacing_mm=spacing,
+        aggressiveness=t,
+        hu=np.clip(hu, -1024.0, 3071.0),
+        mask=mask,
+        outline_xy=outline,
     )
 
 
-def _tumour_outline(cx: float, cy: float, radius: float, liver_a: float, liver_b: float, rng: np.random.Generator) -> np.ndarray:
+def _tumour_outline(
+    cx: float, cy: float, radius: float, liver_a: float, liver_b: float, rng: np.random.Generator
+) -> np.ndarray:
     theta = np.linspace(0.0, 2.0 * np.pi, 96, endpoint=False)
     wobble = 1.0 + 0.08 * np.sin(3 * theta + rng.uniform(0, 6.3)) + 0.05 * np.sin(5 * theta + rng.uniform(0, 6.3))
     room_x, room_y = max(0.0, liver_a - radius * 1.15), max(0.0, liver_b - radius * 1.15)
@@ -128,7 +144,7 @@ def _texture(t: float, spacing: float, rng: np.random.Generator) -> np.ndarray:
 
 def _add_necrosis(hu: np.ndarray, mask: np.ndarray, t: float, spacing: float, rng: np.random.Generator) -> None:
     rows, cols = np.nonzero(mask)
-    for _ in range(int(round(8 * t))):
+    for _ in range(round(8 * t)):
         i = rng.integers(len(rows))
         radius = rng.uniform(2.0, 5.0) / spacing
         spot = np.zeros(mask.shape, dtype=np.uint8)
@@ -204,8 +220,18 @@ def write_cohort(out: Path, n_patients: int = 41, seed: int = 0, progress: bool 
             image_rel, mask_rel = f"images/{patient.key}.dcm", f"masks/{patient.key}.png"
             (out / image_rel).write_bytes(dicom_bytes(patient, seed))
             cv2.imwrite(str(out / mask_rel), patient.mask.astype(np.uint8) * 255)
-            writer.writerow([patient.key, image_rel, mask_rel, patient.label, patient.n_category,
-                             patient.t_category, patient.tumour_size_mm, patient.institution])
+            writer.writerow(
+                [
+                    patient.key,
+                    image_rel,
+                    mask_rel,
+                    patient.label,
+                    patient.n_category,
+                    patient.t_category,
+                    patient.tumour_size_mm,
+                    patient.institution,
+                ]
+            )
     return manifest
 
 

@@ -17,13 +17,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from core.errors import RoiError
 
 _ORIGIN_FACTOR = {"left": 0.0, "top": 0.0, "center": 0.5, "right": 1.0, "bottom": 1.0}
-_SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point precision: 1/16 px
 _CURVE_STEPS = 8
 
 
@@ -60,7 +58,7 @@ def canvas_view_for(image_shape: tuple[int, int], max_width: int = 640) -> Canva
     """Canvas ``max_width`` CSS pixels wide, keeping the slice's aspect ratio."""
     rows, cols = image_shape
     scale = max_width / cols
-    return CanvasView(image_shape, (int(round(cols * scale)), int(round(rows * scale))))
+    return CanvasView(image_shape, (round(cols * scale), round(rows * scale)))
 
 
 def outlines_from_fabric(json_data: dict[str, Any] | None) -> list[np.ndarray]:
@@ -91,17 +89,37 @@ def mask_from_fabric(json_data: dict[str, Any] | None, view: CanvasView) -> np.n
 
 
 def mask_from_outlines(outlines_xy: Iterable[np.ndarray], image_shape: tuple[int, int]) -> np.ndarray:
-    """Fill closed outlines given in continuous image (x, y) into a bool mask.
+    """Fill closed outlines given in continuous image (x, y) into a (rows, cols) bool mask.
 
-    A pixel is inside when its centre is; centres sit at (i + 0.5), so coordinates are
-    shifted by half a pixel before OpenCV's fixed-point fill.
+    A pixel is inside when its centre (i + 0.5) is (even-odd rule, half-open edges), so
+    the mask's pixel count converges to the polygon's area: OpenCV's ``fillPoly`` also
+    paints every pixel the boundary touches, which inflates small outlines.
     """
-    mask = np.zeros(image_shape, dtype=np.uint8)
-    scale = 1 << _SUBPIXEL_BITS
-    polys = [np.round((np.asarray(o, dtype=np.float64) - 0.5) * scale).astype(np.int32) for o in outlines_xy]
-    if polys:
-        cv2.fillPoly(mask, polys, 1, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
-    return mask.astype(bool)
+    mask = np.zeros(image_shape, dtype=bool)
+    for outline in outlines_xy:
+        mask |= _fill_polygon(np.asarray(outline, dtype=np.float64), image_shape)
+    return mask
+
+
+def _fill_polygon(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    if len(points) < 3:
+        return mask
+    x0, y0 = points[:, 0], points[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    first = max(0, int(np.floor(y0.min())))
+    last = min(shape[0], int(np.ceil(y0.max())) + 1)
+    centres = np.arange(first, last)[:, None] + 0.5
+    crosses = (y0 <= centres) != (y1 <= centres)  # (rows, edges)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xs = x0 + (centres - y0) / (y1 - y0) * (x1 - x0)
+    for offset, row in enumerate(range(first, last)):
+        hits = np.sort(xs[offset][crosses[offset]])
+        for xa, xb in zip(hits[0::2], hits[1::2], strict=False):
+            start, stop = max(0, math.ceil(xa - 0.5)), min(shape[1], math.ceil(xb - 0.5))
+            if stop > start:
+                mask[row, start:stop] = True
+    return mask
 
 
 def polygon_area(points_xy: np.ndarray) -> float:
@@ -199,7 +217,10 @@ def _to_canvas(obj: dict[str, Any], local: np.ndarray) -> np.ndarray:
     stroke = 0.0 if obj.get("strokeUniform") else float(obj.get("strokeWidth", 0) or 0)
     dims = np.array([(float(obj.get("width", 0) or 0) + stroke) * sx, (float(obj.get("height", 0) or 0) + stroke) * sy])
     factors = np.array(
-        [_ORIGIN_FACTOR.get(str(obj.get("originX", "left")), 0.0), _ORIGIN_FACTOR.get(str(obj.get("originY", "top")), 0.0)]
+        [
+            _ORIGIN_FACTOR.get(str(obj.get("originX", "left")), 0.0),
+            _ORIGIN_FACTOR.get(str(obj.get("originY", "top")), 0.0),
+        ]
     )
     origin = np.array([float(obj.get("left", 0) or 0), float(obj.get("top", 0) or 0)])
     centre = origin + rot @ ((0.5 - factors) * dims)

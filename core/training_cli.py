@@ -5,5 +5,5 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - argparse exposes no public type
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the cohort and training sub-commands."""

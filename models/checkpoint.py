@@ -58,7 +58,11 @@ class LoadedModel:
 def library_versions() -> dict[str, str]:
     import torchvision
 
-    return {"python": platform.python_version(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+    }
 
 
 def make_card(name: str, provenance: str, training_data: str, **extra: Any) -> dict[str, Any]:
@@ -114,12 +118,14 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
+    except Exception as exc:
         raise CheckpointError(
             f"The model file {path.name} is damaged or not a safe checkpoint; rebuild it with `make demo-model`."
         ) from exc
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"The model file {path.name} has an unknown format; rebuild it with this version of the tool.")
+        raise CheckpointError(
+            f"The model file {path.name} has an unknown format; rebuild it with this version of the tool."
+        )
     return payload
 
 

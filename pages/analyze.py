@@ -28,8 +28,12 @@ from pages.common import (
     show_risks,
 )
 
-DRAWING_MODES = {"Polygon (click vertices, click the first again to close)": "polygon", "Freehand": "freedraw",
-                 "Rectangle": "rect", "Circle": "circle"}
+DRAWING_MODES = {
+    "Polygon (click vertices, click the first again to close)": "polygon",
+    "Freehand": "freedraw",
+    "Rectangle": "rect",
+    "Circle": "circle",
+}
 MANUAL = "Manual"
 
 st.title("Analyze a case")
@@ -40,8 +44,9 @@ cfg = model.preprocess if model else PreprocessConfig()
 
 # ---- 1. the slice
 upload_col, sample_col = st.columns([3, 1])
-uploaded = upload_col.file_uploader("CT slice (DICOM, PNG or JPEG)", key="upload",
-                                    help="One axial slice, the one with the largest tumour area.")
+uploaded = upload_col.file_uploader(
+    "CT slice (DICOM, PNG or JPEG)", key="upload", help="One axial slice, the one with the largest tumour area."
+)
 if uploaded is not None:
     data = uploaded.getvalue()
     if st.session_state.get("case_source", {}).get("hash") != content_hash(data):
@@ -49,7 +54,11 @@ if uploaded is not None:
         st.session_state.pop("roi_json", None)
 if sample_col.button("Load sample case", help="A synthetic phantom CT with its outline, to try the flow."):
     sample = sample_case()
-    st.session_state["case_source"] = {"name": "sample.dcm", "data": sample.dicom_bytes, "hash": content_hash(sample.dicom_bytes)}
+    st.session_state["case_source"] = {
+        "name": "sample.dcm",
+        "data": sample.dicom_bytes,
+        "hash": content_hash(sample.dicom_bytes),
+    }
     st.session_state["roi_json"] = sample.fabric_json(canvas_view_for(sample.shape, DISPLAY_WIDTH_PX))
     st.session_state["sample_loaded"] = True
 
@@ -64,8 +73,10 @@ except UserFacingError as error:
     st.stop()
 
 if ct.spacing_mm is None:
-    st.info("This image has no pixel spacing and no Hounsfield units (a PNG/JPEG export): it is used as already "
-            "windowed, and areas are given in pixels.")
+    st.info(
+        "This image has no pixel spacing and no Hounsfield units (a PNG/JPEG export): it is used as already "
+        "windowed, and areas are given in pixels."
+    )
 
 # ---- 2. display window
 if ct.is_hu:
@@ -77,8 +88,10 @@ if ct.is_hu:
         width = ww.number_input("Width (HU)", 1.0, 4000.0, default_width, 10.0)
     else:
         level, width = default_level, default_width
-    st.caption("The display window changes only what you see; the model uses its own window "
-               f"(L{cfg.window_level_hu:g} / W{cfg.window_width_hu:g} HU).")
+    st.caption(
+        "The display window changes only what you see; the model uses its own window "
+        f"(L{cfg.window_level_hu:g} / W{cfg.window_width_hu:g} HU)."
+    )
 else:
     level, width = 127.5, 255.0
 display = display_image(ct, level, width)
@@ -118,8 +131,11 @@ st.markdown(f"**Outline:** {area_text} · {patch_text}")
 # ---- 4. clinical inputs
 with st.form("clinical"):
     c1, c2, c3, c4 = st.columns(4)
-    patient_id = c1.text_input("Hospital patient ID (optional)", type="password",
-                               help="Stored only as a keyed hash; leave empty for a random case key.")
+    patient_id = c1.text_input(
+        "Hospital patient ID (optional)",
+        type="password",
+        help="Stored only as a keyed hash; leave empty for a random case key.",
+    )
     n_category = c2.radio("UICC N category", ["N0", "N1", "unknown"], index=2, horizontal=True)
     t_category = c3.selectbox("UICC T category", ["unknown", "T1a", "T1b", "T2", "T3", "T4"])
     size_mm = c4.number_input("Tumour size (mm)", 0.0, 300.0, 0.0, 1.0, help="Largest diameter; 0 = not entered.")
@@ -139,8 +155,11 @@ if run and model is not None:
         st.error(str(error))
         st.stop()
     bar.empty()
-    st.session_state["result"] = {"signature": signature, "analysis": result,
-                                  "inputs": {"patient_id": patient_id, "t": t_category, "size": size_mm, "solitary": solitary}}
+    st.session_state["result"] = {
+        "signature": signature,
+        "analysis": result,
+        "inputs": {"patient_id": patient_id, "t": t_category, "size": size_mm, "solitary": solitary},
+    }
 
 stored = st.session_state.get("result")
 if not stored or stored["signature"] != signature or model is None:
@@ -157,26 +176,40 @@ if st.button("Save case", type="primary"):
     inputs = stored["inputs"]
     new_case = db.NewCase(
         case_key=case_key(inputs["patient_id"] or ct.patient_id, pseudonym_secret()),
-        source_kind=ct.source_kind, is_hu=ct.is_hu, pixels=ct.pixels, spacing_mm=ct.spacing_mm, mask=mask,
-        n_category=n_category, t_category=None if inputs["t"] == "unknown" else inputs["t"],
+        source_kind=ct.source_kind,
+        is_hu=ct.is_hu,
+        pixels=ct.pixels,
+        spacing_mm=ct.spacing_mm,
+        mask=mask,
+        n_category=n_category,
+        t_category=None if inputs["t"] == "unknown" else inputs["t"],
         tumour_size_mm=inputs["size"] or None,
         solitary=None if inputs["solitary"] == "unknown" else inputs["solitary"] == "solitary",
-        display_level=float(level), display_width=float(width),
+        display_level=float(level),
+        display_width=float(width),
     )
     risk = analysis.clinical_risk
     new_analysis = db.NewAnalysis(
-        model_sha256=model.sha256, model_name=str(model.card.get("name", "model")), model_provenance=model.provenance,
-        preprocess=model.preprocess.to_dict(), dl_probability=analysis.dl_risk.probability,
-        dl_share_above=analysis.dl_risk.share_above, dl_threshold=analysis.dl_risk.threshold,
-        aggregation_rule=analysis.dl_risk.rule, clinical_model=CLINICAL_MODEL_NAME,
-        clinical_probability=risk.probability if risk else None, clinical_ci_low=risk.ci_low if risk else None,
-        clinical_ci_high=risk.ci_high if risk else None, probabilities=analysis.probabilities,
-        boxes_img=analysis.grid.boxes_img, seconds=analysis.seconds,
+        model_sha256=model.sha256,
+        model_name=str(model.card.get("name", "model")),
+        model_provenance=model.provenance,
+        preprocess=model.preprocess.to_dict(),
+        dl_probability=analysis.dl_risk.probability,
+        dl_share_above=analysis.dl_risk.share_above,
+        dl_threshold=analysis.dl_risk.threshold,
+        aggregation_rule=analysis.dl_risk.rule,
+        clinical_model=CLINICAL_MODEL_NAME,
+        clinical_probability=risk.probability if risk else None,
+        clinical_ci_low=risk.ci_low if risk else None,
+        clinical_ci_high=risk.ci_high if risk else None,
+        probabilities=analysis.probabilities,
+        boxes_img=analysis.grid.boxes_img,
+        seconds=analysis.seconds,
     )
     try:
         with Session(engine()) as session:
             saved = db.add_case(session, new_case, new_analysis)
             session.commit()
             st.success(f"Saved as case {saved.case_key} (#{saved.id}). Open it on the Cases page.")
-    except Exception:  # noqa: BLE001 - a database failure must not lose the on-screen result
+    except Exception:
         st.error("The case could not be saved (database unavailable or full); the result stays on screen, try again.")

@@ -20,8 +20,11 @@ with Session(engine()) as session:
             "saved (UTC)": case.created_at.strftime("%Y-%m-%d %H:%M"),
             "N category": case.n_category,
             "DL risk": f"{case.analyses[-1].dl_probability:.0%}" if case.analyses else "—",
-            "clinical risk": (f"{case.analyses[-1].clinical_probability:.0%}"
-                              if case.analyses and case.analyses[-1].clinical_probability is not None else "n/a"),
+            "clinical risk": (
+                f"{case.analyses[-1].clinical_probability:.0%}"
+                if case.analyses and case.analyses[-1].clinical_probability is not None
+                else "n/a"
+            ),
             "ROI area": f"{case.roi_area_mm2:,.0f} mm²" if case.roi_area_mm2 else f"{case.roi_area_px:,} px²",
         }
         for case in db.list_cases(session)

@@ -36,7 +36,7 @@ def engine() -> Engine:
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def _cached_model(path: str, mtime_ns: int) -> LoadedModel:  # noqa: ARG001 - mtime busts the cache
+def _cached_model(path: str, mtime_ns: int) -> LoadedModel:
     return load_checkpoint(Path(path))
 
 
@@ -71,8 +71,11 @@ def show_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, key: s
     """The JET overlay with an opacity slider and a colour bar."""
     opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_opacity")
     image_col, bar_col = st.columns([12, 2])
-    image_col.image(jet_overlay(display, pmap, mask, opacity), width=DISPLAY_WIDTH_PX,
-                    caption="Per-patch probability of early recurrence (OpenCV COLORMAP_JET; mean of overlapping patches)")
+    image_col.image(
+        jet_overlay(display, pmap, mask, opacity),
+        width=DISPLAY_WIDTH_PX,
+        caption="Per-patch probability of early recurrence (OpenCV COLORMAP_JET; mean of overlapping patches)",
+    )
     bar_col.image(colour_bar(256, 24), width=24)
     bar_col.caption("1.0 (red) at top, 0.0 (blue) at bottom")
 

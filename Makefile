@@ -1,0 +1,47 @@
+# Two commands matter: `make run` (the dashboard) and `make test` (the whole suite).
+# Both are idempotent: they create the virtual environment and install what is missing.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+MODEL ?= models/weights/model.pt
+PORT ?= 8501
+
+.PHONY: run test lint bench demo-model install browser clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "Installing Debian's chromium for the browser tests…"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+$(MODEL): | $(STAMP)
+	@echo "No model installed at $(MODEL): building the demo model (synthetic phantoms, ~15 min on 2 cores)…"
+	$(PY) -m core demo-model --out $(MODEL)
+
+demo-model: $(STAMP)
+	$(PY) -m core demo-model --out $(MODEL)
+
+run: $(STAMP) $(MODEL)
+	ICCA_MODEL_PATH=$(MODEL) $(PY) -m streamlit run app.py --server.port $(PORT)
+
+test: $(STAMP) browser
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) -m core bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

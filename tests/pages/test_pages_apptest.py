@@ -1,0 +1,104 @@
+"""AppTest smoke tests: every page renders; Analyze runs end to end with an injected outline.
+
+AppTest cannot draw on the canvas or upload files, so the slice and the outline are
+injected into session state the way the upload widget and the sample button set them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.phantom import sample_case
+from core.roi import canvas_view_for
+from pages.common import DISPLAY_WIDTH_PX, content_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def app_env(monkeypatch: pytest.MonkeyPatch, test_checkpoint: Path, sqlite_url: str, tmp_path: Path) -> None:
+    monkeypatch.setenv("ICCA_MODEL_PATH", str(test_checkpoint))
+    monkeypatch.setenv("ICCA_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("ICCA_PSEUDONYM_SECRET", "test-secret")
+
+
+def _page(name: str) -> AppTest:
+    return AppTest.from_file(str(ROOT / "pages" / name), default_timeout=120)
+
+
+def test_analyze_page_asks_for_a_slice(app_env: None) -> None:
+    at = _page("analyze.py").run()
+    assert not at.exception
+    assert any("Upload a CT slice" in i.value for i in at.info)
+
+
+def test_analyze_page_runs_and_saves_the_sample_case(app_env: None) -> None:
+    sample = sample_case()
+    at = _page("analyze.py")
+    at.session_state["case_source"] = {
+        "name": "sample.dcm",
+        "data": sample.dicom_bytes,
+        "hash": content_hash(sample.dicom_bytes),
+    }
+    at.session_state["roi_json"] = sample.fabric_json(canvas_view_for(sample.shape, DISPLAY_WIDTH_PX))
+    at.run()
+    assert not at.exception
+    assert any("patches" in m.value for m in at.markdown)
+    at.radio[1].set_value("N1")
+    at.button(key="FormSubmitter:clinical-Analyze").click().run()
+    assert not at.exception
+    labels = [m.label for m in at.metric]
+    assert labels.count("Risk of early recurrence") == 2
+    assert any(m.value == "85%" for m in at.metric)  # N1: 11/13 from Table 1
+    at.button[-1].click().run()  # Save case
+    assert any("Saved as case" in s.value for s in at.success)
+
+
+def test_unknown_n_category_shows_not_available(app_env: None) -> None:
+    sample = sample_case()
+    at = _page("analyze.py")
+    at.session_state["case_source"] = {
+        "name": "s.dcm",
+        "data": sample.dicom_bytes,
+        "hash": content_hash(sample.dicom_bytes),
+    }
+    at.session_state["roi_json"] = sample.fabric_json(canvas_view_for(sample.shape, DISPLAY_WIDTH_PX))
+    at.run()
+    at.button(key="FormSubmitter:clinical-Analyze").click().run()
+    assert any(m.value == "not available" for m in at.metric)
+
+
+def test_wrong_file_shows_one_sentence(app_env: None) -> None:
+    at = _page("analyze.py")
+    at.session_state["case_source"] = {"name": "notes.txt", "data": b"hello" * 100, "hash": "x"}
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "This file (TXT) is not a DICOM, PNG or JPEG image; export the CT slice in one of those formats."
+    ]
+
+
+def test_cases_page_empty_then_lists(app_env: None) -> None:
+    at = _page("cases.py").run()
+    assert not at.exception and any("No saved cases" in i.value for i in at.info)
+
+
+def test_model_card_page(app_env: None) -> None:
+    at = _page("model_card.py").run()
+    assert not at.exception
+    assert any("untrained test model" in w.value for w in at.warning)
+
+
+def test_no_model_installed_is_said_plainly(app_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ICCA_MODEL_PATH", str(tmp_path / "missing.pt"))
+    at = _page("model_card.py").run()
+    assert not at.exception and any("No model is installed" in e.value for e in at.error)
+
+
+def test_app_shell_renders_sidebar(app_env: None) -> None:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    assert any("Research use only" in c.value for c in at.sidebar.caption)
