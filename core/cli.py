@@ -40,7 +40,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from core.bench import run_benchmarks
 
-    report = run_benchmarks(quick=args.quick, out=Path(args.out) if args.out else None)
+    report = run_benchmarks(quick=args.quick, out=Path(args.out) if args.out else None, train=args.train)
     print(report)
     return 0
 
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure inference speed against the fp32 baseline")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--out", help="also write the results as JSON here")
+    p.add_argument("--train", action="store_true", help="also measure training steps (paper configuration)")
     p.set_defaults(handler=cmd_bench)
 
     from core import training_cli  # registers phantom / train / demo-model

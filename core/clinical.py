@@ -32,7 +32,14 @@ class ClinicalRisk:
 
 
 class NCategoryLogisticRegression:
-    """P(early recurrence) = sigmoid(b0 + b1 · [N = N1]), maximum likelihood by IRLS."""
+    """P(early recurrence) = sigmoid(b0 + b1 · [N = N1]), maximum likelihood by IRLS.
+
+    A tiny ridge term keeps the fit finite when a small training fold is perfectly
+    separated (e.g. every N1 patient recurred); on the paper's counts it moves the
+    probabilities by less than 1e-6.
+    """
+
+    ridge: float = 1e-8
 
     def fit(
         self, n1: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
@@ -44,14 +51,14 @@ class NCategoryLogisticRegression:
         beta = np.zeros(2)
         for _ in range(100):
             p = _sigmoid(x @ beta)
-            info = (x * (w * p * (1 - p))[:, None]).T @ x
-            step = np.linalg.solve(info, x.T @ (w * (yv - p)))
+            info = (x * (w * p * (1 - p))[:, None]).T @ x + self.ridge * np.eye(2)
+            step = np.linalg.solve(info, x.T @ (w * (yv - p)) - self.ridge * beta)
             beta = beta + step
             if np.max(np.abs(step)) < 1e-10:
                 break
         p = _sigmoid(x @ beta)
         self.coef_ = beta
-        self.covariance_ = np.linalg.inv((x * (w * p * (1 - p))[:, None]).T @ x)
+        self.covariance_ = np.linalg.inv((x * (w * p * (1 - p))[:, None]).T @ x + self.ridge * np.eye(2))
         self.n_samples_ = float(w.sum())
         return self
 

@@ -117,7 +117,7 @@ def make_patient(
         institution=str(rng.choice(["A", "B", "C"])),
         spacing_mm=spacing,
         aggressiveness=t,
-        hu=np.clip(hu, -1024.0, 3071.0),
+        hu=np.round(np.clip(hu, -1024.0, 3071.0)),  # whole HU, as a 12-bit CT stores them
         mask=mask,
         outline_xy=outline,
     )

@@ -102,3 +102,28 @@ def test_app_shell_renders_sidebar(app_env: None) -> None:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     assert not at.exception
     assert any("Research use only" in c.value for c in at.sidebar.caption)
+
+
+def test_cases_page_reopens_without_the_model_and_deletes(
+    app_env: None, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from sqlalchemy.orm import Session
+
+    from core import db
+    from tests.core.test_db import _new_case
+
+    engine = db.make_engine(sqlite_url)
+    db.migrate(engine)
+    with Session(engine) as session:
+        db.add_case(session, *_new_case("P-reopen"))
+        session.commit()
+    monkeypatch.setenv("ICCA_MODEL_PATH", str(tmp_path / "no-model.pt"))  # reopening must not need it
+    at = _page("cases.py").run()
+    assert not at.exception
+    assert any(m.value == "70%" for m in at.metric) and any(m.value == "85%" for m in at.metric)
+    at.checkbox[0].check().run()
+    at.button[0].click().run()
+    assert not at.exception
+    with Session(engine) as session:
+        assert db.list_cases(session) == []
+    engine.dispose()
