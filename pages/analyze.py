@@ -13,7 +13,6 @@ from core.analysis import CLINICAL_MODEL_NAME, CaseAnalysis, analyze_case
 from core.errors import UserFacingError
 from core.imaging import WINDOW_PRESETS, CtSlice, display_image, load_slice
 from core.patches import plan_grid
-from core.phantom import sample_case
 from core.preprocess import PreprocessConfig
 from core.pseudonym import case_key
 from core.roi import canvas_view_for, mask_from_fabric
@@ -24,6 +23,7 @@ from pages.common import (
     engine,
     model_provenance_banner,
     pseudonym_secret,
+    sample_session_state,
     show_overlay,
     show_risks,
 )
@@ -53,14 +53,7 @@ if uploaded is not None:
         st.session_state["case_source"] = {"name": uploaded.name, "data": data, "hash": content_hash(data)}
         st.session_state.pop("roi_json", None)
 if sample_col.button("Load sample case", help="A synthetic phantom CT with its outline, to try the flow."):
-    sample = sample_case()
-    st.session_state["case_source"] = {
-        "name": "sample.dcm",
-        "data": sample.dicom_bytes,
-        "hash": content_hash(sample.dicom_bytes),
-    }
-    st.session_state["roi_json"] = sample.fabric_json(canvas_view_for(sample.shape, DISPLAY_WIDTH_PX))
-    st.session_state["sample_loaded"] = True
+    st.session_state.update(sample_session_state())
 
 source = st.session_state.get("case_source")
 if not source:

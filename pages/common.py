@@ -67,6 +67,19 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sample_session_state() -> dict[str, object]:
+    """Session-state entries that load the built-in phantom sample case and its outline."""
+    from core.phantom import sample_case
+    from core.roi import canvas_view_for
+
+    sample = sample_case()
+    return {
+        "case_source": {"name": "sample.dcm", "data": sample.dicom_bytes, "hash": content_hash(sample.dicom_bytes)},
+        "roi_json": sample.fabric_json(canvas_view_for(sample.shape, DISPLAY_WIDTH_PX)),
+        "sample_loaded": True,
+    }
+
+
 def show_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, key: str) -> None:
     """The JET overlay with an opacity slider and a colour bar."""
     opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_opacity")

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from core.metrics import binary_metrics, mean_sd, roc_auc, roc_curve
+from core.metrics import METRIC_NAMES, binary_metrics, mean_sd, roc_auc, roc_curve
 
 
 def test_auc_known_values() -> None:
@@ -34,22 +34,7 @@ def test_roc_curve_ends_at_corners() -> None:
 
 
 def test_mean_sd_ignores_nan() -> None:
-    folds = [
-        {
-            name: v
-            for name in (
-                "sensitivity",
-                "specificity",
-                "false_negative_rate",
-                "false_positive_rate",
-                "ppv",
-                "npv",
-                "accuracy",
-                "auc",
-            )
-        }
-        for v in (0.5, 0.7, math.nan)
-    ]
+    folds = [dict.fromkeys(METRIC_NAMES, v) for v in (0.5, 0.7, math.nan)]
     summary = mean_sd(folds)
     assert summary["auc"]["mean"] == pytest.approx(0.6) and summary["auc"]["sd"] == pytest.approx(
         np.std([0.5, 0.7], ddof=1)

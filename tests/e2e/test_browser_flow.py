@@ -145,3 +145,35 @@ def test_upload_outline_analyze_save(app_url: tuple[str, str]) -> None:
     assert abs(mask.sum() - expected_px) / expected_px < 0.02
     assert case.roi_area_mm2 == pytest.approx(mask.sum() * 0.661468**2, rel=1e-6)
     engine.dispose()
+
+
+def test_sample_case_loads_with_its_outline_and_analyzes(app_url: tuple[str, str]) -> None:
+    """The demo path: one click loads a phantom CT and its outline; the canvas shows it and Analyze works."""
+    from playwright.sync_api import sync_playwright
+
+    from core.phantom import sample_case
+    from core.roi import mask_from_outlines
+
+    base, db_url = app_url
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        page.goto(base)
+        page.get_by_role("button", name="Load sample case").click()
+        page.wait_for_selector("text=patches (", timeout=60_000)
+        page.get_by_role("button", name="Analyze").click()
+        page.wait_for_selector("text=Deep learning (ResNet50)", timeout=180_000)
+        assert page.get_by_text("not available", exact=True).is_visible()  # N category left unknown
+        page.get_by_role("button", name="Save case").click()
+        page.wait_for_selector("text=Saved as case", timeout=30_000)
+        browser.close()
+
+    sample = sample_case()
+    expected = mask_from_outlines([sample.outline_xy], sample.shape)
+    engine = db.make_engine(db_url)
+    with Session(engine) as session:
+        case = db.list_cases(session)[0]
+        saved = db.case_array(session, case, "mask")
+        assert case.analyses[0].clinical_probability is None
+    engine.dispose()
+    assert abs(int(saved.sum()) - int(expected.sum())) / expected.sum() < 0.02

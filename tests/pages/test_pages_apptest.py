@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.phantom import sample_case
-from core.roi import canvas_view_for
-from pages.common import DISPLAY_WIDTH_PX, content_hash
+from pages.common import sample_session_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +27,13 @@ def _page(name: str) -> AppTest:
     return AppTest.from_file(str(ROOT / "pages" / name), default_timeout=120)
 
 
+def _with_sample(at: AppTest) -> AppTest:
+    """What the "Load sample case" button does, since AppTest cannot upload files."""
+    for key, value in sample_session_state().items():
+        at.session_state[key] = value
+    return at
+
+
 def test_analyze_page_asks_for_a_slice(app_env: None) -> None:
     at = _page("analyze.py").run()
     assert not at.exception
@@ -36,14 +41,7 @@ def test_analyze_page_asks_for_a_slice(app_env: None) -> None:
 
 
 def test_analyze_page_runs_and_saves_the_sample_case(app_env: None) -> None:
-    sample = sample_case()
-    at = _page("analyze.py")
-    at.session_state["case_source"] = {
-        "name": "sample.dcm",
-        "data": sample.dicom_bytes,
-        "hash": content_hash(sample.dicom_bytes),
-    }
-    at.session_state["roi_json"] = sample.fabric_json(canvas_view_for(sample.shape, DISPLAY_WIDTH_PX))
+    at = _with_sample(_page("analyze.py"))
     at.run()
     assert not at.exception
     assert any("patches" in m.value for m in at.markdown)
@@ -58,14 +56,7 @@ def test_analyze_page_runs_and_saves_the_sample_case(app_env: None) -> None:
 
 
 def test_unknown_n_category_shows_not_available(app_env: None) -> None:
-    sample = sample_case()
-    at = _page("analyze.py")
-    at.session_state["case_source"] = {
-        "name": "s.dcm",
-        "data": sample.dicom_bytes,
-        "hash": content_hash(sample.dicom_bytes),
-    }
-    at.session_state["roi_json"] = sample.fabric_json(canvas_view_for(sample.shape, DISPLAY_WIDTH_PX))
+    at = _with_sample(_page("analyze.py"))
     at.run()
     at.button(key="FormSubmitter:clinical-Analyze").click().run()
     assert any(m.value == "not available" for m in at.metric)
