@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 MODEL ?= models/weights/model.pt
 PORT ?= 8501
+# Loopback by default: patient images should not be served to the network unless an operator decides so.
+ADDRESS ?= 127.0.0.1
 
 .PHONY: run test lint bench demo-model install browser clean
 
@@ -31,7 +33,7 @@ demo-model: $(STAMP)
 	$(PY) -m core demo-model --out $(MODEL)
 
 run: $(STAMP) $(MODEL)
-	ICCA_MODEL_PATH=$(MODEL) $(PY) -m streamlit run app.py --server.port $(PORT)
+	ICCA_MODEL_PATH=$(MODEL) $(PY) -m streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS)
 
 test: $(STAMP) browser
 	$(PY) -m ruff check .

@@ -69,6 +69,22 @@ def jet_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, opacity
     return np.round(blended).astype(np.uint8)
 
 
+def roi_crop_box(mask: np.ndarray, margin: float = 0.35, min_side: int = 48) -> tuple[int, int, int, int]:
+    """(row0, col0, row1, col1) of a square-ish view around the ROI, ``margin`` × its size on each side.
+
+    The box is clipped to the image and at least ``min_side`` pixels a side where the image allows.
+    """
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return 0, 0, mask.shape[0], mask.shape[1]
+    side = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1, min_side)
+    half = side * (0.5 + margin)
+    centre_r, centre_c = (rows.min() + rows.max() + 1) / 2, (cols.min() + cols.max() + 1) / 2
+    r0, c0 = max(0, math.floor(centre_r - half)), max(0, math.floor(centre_c - half))
+    r1, c1 = min(mask.shape[0], math.ceil(centre_r + half)), min(mask.shape[1], math.ceil(centre_c + half))
+    return r0, c0, r1, c1
+
+
 def colour_bar(height: int = 256, width: int = 24) -> np.ndarray:
     """(height, width, 3) uint8 RGB JET scale, probability 1 at the top, 0 at the bottom."""
     ramp = np.linspace(255, 0, height).round().astype(np.uint8)[:, None].repeat(width, axis=1)

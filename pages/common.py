@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from core import db, pseudonym
 from core.clinical import UNKNOWN_N_REASON, ClinicalRisk
 from core.errors import UserFacingError
-from core.heatmap import colour_bar, jet_overlay
+from core.heatmap import colour_bar, jet_overlay, roi_crop_box
 from core.inference import CaseRisk
 from models.checkpoint import LoadedModel, configured_model_path, load_checkpoint
 
@@ -82,10 +82,16 @@ def sample_session_state() -> dict[str, object]:
 
 def show_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, key: str) -> None:
     """The JET overlay with an opacity slider and a colour bar."""
-    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_opacity")
+    opacity_col, zoom_col = st.columns([3, 1])
+    opacity = opacity_col.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_opacity")
+    zoom = zoom_col.toggle("Zoom to the outline", value=True, key=f"{key}_zoom")
+    overlay = jet_overlay(display, pmap, mask, opacity)
+    if zoom:
+        r0, c0, r1, c1 = roi_crop_box(mask)
+        overlay = overlay[r0:r1, c0:c1]
     image_col, bar_col = st.columns([12, 2])
     image_col.image(
-        jet_overlay(display, pmap, mask, opacity),
+        overlay,
         width=DISPLAY_WIDTH_PX,
         caption="Per-patch probability of early recurrence (OpenCV COLORMAP_JET; mean of overlapping patches)",
     )

@@ -45,3 +45,13 @@ def test_grey_scale_is_0_to_255() -> None:
 def test_colour_bar_is_red_on_top_blue_at_bottom() -> None:
     bar = colour_bar(100, 10)
     assert bar[0, 0, 0] > 100 and bar[0, 0, 2] < 50 and bar[-1, 0, 2] > 100 and bar[-1, 0, 0] < 50
+
+
+def test_crop_box_surrounds_the_roi_with_margin_and_stays_inside() -> None:
+    from core.heatmap import roi_crop_box
+
+    mask = np.zeros((200, 300), bool)
+    mask[90:110, 140:180] = True  # 20 × 40 px
+    r0, c0, r1, c1 = roi_crop_box(mask, margin=0.5, min_side=10)
+    assert (r0, c0, r1, c1) == (60, 120, 140, 200)  # 80 px square around the centre (100, 160)
+    assert roi_crop_box(np.ones((50, 50), bool)) == (0, 0, 50, 50)
