@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import streamlit as st
 from PIL import Image
@@ -204,5 +206,7 @@ if st.button("Save case", type="primary"):
             saved = db.add_case(session, new_case, new_analysis)
             session.commit()
             st.success(f"Saved as case {saved.case_key} (#{saved.id}). Open it on the Cases page.")
-    except Exception:
+    except Exception as error:  # a database failure must not lose the on-screen result
+        # the type only: messages can carry SQL parameters, i.e. case data
+        logging.getLogger(__name__).error("saving a case failed: %s", type(error).__name__)
         st.error("The case could not be saved (database unavailable or full); the result stays on screen, try again.")

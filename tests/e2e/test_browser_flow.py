@@ -14,7 +14,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -23,6 +25,9 @@ from sqlalchemy.orm import Session
 
 from core import db
 from core.roi import polygon_area
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -104,15 +109,25 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s} s")
 
 
-def test_upload_outline_analyze_save(app_url: tuple[str, str]) -> None:
+@contextmanager
+def browser_page(base: str) -> Iterator[Page]:
+    """A page of a fresh headless Chromium on the app, once its Analyze page has rendered."""
     from playwright.sync_api import sync_playwright
 
-    base, db_url = app_url
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2200})
-        page.goto(base)
-        page.wait_for_selector("text=Analyze a case", timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2200})
+            page.goto(base)
+            page.wait_for_selector("text=Analyze a case", timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_upload_outline_analyze_save(app_url: tuple[str, str]) -> None:
+    base, db_url = app_url
+    with browser_page(base) as page:
         page.set_input_files("input[type=file]", get_testdata_file("CT_small.dcm"))
         page.wait_for_selector("canvas", timeout=30_000)
         page.wait_for_timeout(1_000)
@@ -129,7 +144,6 @@ def test_upload_outline_analyze_save(app_url: tuple[str, str]) -> None:
         assert page.get_by_text("85%").first.is_visible()  # N1 risk from Table 1: 11/13
         page.get_by_role("button", name="Save case").click()
         page.wait_for_selector("text=Saved as case", timeout=30_000)
-        browser.close()
 
     engine = db.make_engine(db_url)
     with Session(engine) as session:
@@ -149,16 +163,11 @@ def test_upload_outline_analyze_save(app_url: tuple[str, str]) -> None:
 
 def test_sample_case_loads_with_its_outline_and_analyzes(app_url: tuple[str, str]) -> None:
     """The demo path: one click loads a phantom CT and its outline; the canvas shows it and Analyze works."""
-    from playwright.sync_api import sync_playwright
-
     from core.phantom import sample_case
     from core.roi import mask_from_outlines
 
     base, db_url = app_url
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2200})
-        page.goto(base)
+    with browser_page(base) as page:
         page.get_by_role("button", name="Load sample case").click()
         page.wait_for_selector("text=patches (", timeout=60_000)
         page.get_by_role("button", name="Analyze").click()
@@ -166,7 +175,6 @@ def test_sample_case_loads_with_its_outline_and_analyzes(app_url: tuple[str, str
         assert page.get_by_text("not available", exact=True).is_visible()  # N category left unknown
         page.get_by_role("button", name="Save case").click()
         page.wait_for_selector("text=Saved as case", timeout=30_000)
-        browser.close()
 
     sample = sample_case()
     expected = mask_from_outlines([sample.outline_xy], sample.shape)
