@@ -37,7 +37,7 @@ run: $(STAMP) $(MODEL)
 
 test: $(STAMP) browser
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	ICCA_TEST_POSTGRES_URL="$${ICCA_TEST_POSTGRES_URL:-$$(bash .ci/postgres.sh || true)}" $(PY) -m pytest
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from core import db
 from core.preprocess import PreprocessConfig
@@ -28,9 +30,29 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'cases.db'}"
 
 
-@pytest.fixture()
-def engine(sqlite_url: str):
-    eng = db.make_engine(sqlite_url)
+POSTGRES_URL_ENV = "ICCA_TEST_POSTGRES_URL"
+
+
+def postgres_url() -> str:
+    """The test PostgreSQL URL (``make test`` starts a server); skip, or fail in CI, without one."""
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"{POSTGRES_URL_ENV} is not set; .ci/run must start PostgreSQL (.ci/postgres.sh).")
+        pytest.skip(f"no PostgreSQL: set {POSTGRES_URL_ENV} or run `make test` as root")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, sqlite_url: str):
+    """A freshly migrated database: the same tests run on SQLite and on a real PostgreSQL."""
+    if request.param == "sqlite":
+        eng = db.make_engine(sqlite_url)
+    else:
+        eng = db.make_engine(postgres_url())
+        with eng.begin() as conn:  # start from an empty schema every time
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
     db.migrate(eng)
     yield eng
     eng.dispose()
