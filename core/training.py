@@ -233,7 +233,7 @@ def train_network(
             batch = patches[index]
             if tc.augment:
                 batch = _augment(batch, rng)
-            x = to_network_input(batch.astype(np.float32) / 255.0, cfg).to(device, non_blocking=True)
+            x = to_network_input(batch, cfg, device)  # uint8 travels; resizing runs on the device
             y = torch.from_numpy(labels[index]).to(device)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 loss = F.cross_entropy(model(x), y)
@@ -275,9 +275,7 @@ def patch_probabilities(
     network: torch.nn.Module, data: Sequence[PatientPatches], cfg: PreprocessConfig, device: torch.device
 ) -> list[np.ndarray]:
     """(N_i,) probabilities of early recurrence for each patient's patches."""
-    return [
-        predict_patches(network, p.patches.astype(np.float32) / 255.0, cfg, batch_size=128, device=device) for p in data
-    ]
+    return [predict_patches(network, p.patches, cfg, batch_size=128, device=device) for p in data]
 
 
 def evaluate(data: Sequence[PatientPatches], probs: Sequence[np.ndarray]) -> tuple[dict[str, float], dict[str, float]]:

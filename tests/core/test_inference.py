@@ -56,3 +56,10 @@ def test_real_resnet50_runs_in_bf16_and_fp32_alike() -> None:
     bf16 = predict_patches(net, patches, CFG, precision="bf16")
     assert fp32.shape == (3,) and np.all((fp32 >= 0) & (fp32 <= 1))
     np.testing.assert_allclose(bf16, fp32, atol=0.05)
+
+
+def test_uint8_patches_equal_their_float_version() -> None:
+    grey = np.random.default_rng(3).integers(0, 256, (4, 16, 16), dtype=np.uint8)
+    a = to_network_input(grey, CFG)
+    b = to_network_input(grey.astype(np.float32) / 255.0, CFG)
+    assert torch.allclose(a, b, atol=1e-6)
