@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core import clinical
+from core import clinical, db
 from core.heatmap import probability_map
 from core.imaging import CtSlice, model_grey
 from core.inference import CaseRisk, ProgressFn, aggregate, predict_patches
@@ -19,6 +19,16 @@ from core.patches import PatchGrid, extract_patches
 from models.checkpoint import LoadedModel
 
 CLINICAL_MODEL_NAME = "Logistic regression on UICC N category (paper Table 1, n = 41)"
+
+
+@dataclass(frozen=True)
+class ClinicalInputs:
+    """What the surgeon entered beside the image; ``None`` means not entered."""
+
+    n_category: str  # "N0", "N1" or "unknown"
+    t_category: str | None = None
+    tumour_size_mm: float | None = None
+    solitary: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -75,4 +85,46 @@ def analyze_case(
         clinical_risk=clinical_risk_for(n_category),
         pmap=pmap,
         seconds=time.perf_counter() - started,
+    )
+
+
+def case_record(
+    ct: CtSlice, mask: np.ndarray, key: str, inputs: ClinicalInputs, display_window: tuple[float, float]
+) -> db.NewCase:
+    """The database record of a case: the slice's pixels and spacing, never its DICOM header."""
+    return db.NewCase(
+        case_key=key,
+        source_kind=ct.source_kind,
+        is_hu=ct.is_hu,
+        pixels=ct.pixels,
+        spacing_mm=ct.spacing_mm,
+        mask=mask,
+        n_category=inputs.n_category,
+        t_category=inputs.t_category,
+        tumour_size_mm=inputs.tumour_size_mm,
+        solitary=inputs.solitary,
+        display_level=float(display_window[0]),
+        display_width=float(display_window[1]),
+    )
+
+
+def analysis_record(result: CaseAnalysis, model: LoadedModel) -> db.NewAnalysis:
+    """The database record of one analysis, with the model's identity and preprocessing."""
+    risk = result.clinical_risk
+    return db.NewAnalysis(
+        model_sha256=model.sha256,
+        model_name=model.name,
+        model_provenance=model.provenance,
+        preprocess=model.preprocess.to_dict(),
+        dl_probability=result.dl_risk.probability,
+        dl_share_above=result.dl_risk.share_above,
+        dl_threshold=result.dl_risk.threshold,
+        aggregation_rule=result.dl_risk.rule,
+        clinical_model=CLINICAL_MODEL_NAME,
+        clinical_probability=risk.probability if risk else None,
+        clinical_ci_low=risk.ci_low if risk else None,
+        clinical_ci_high=risk.ci_high if risk else None,
+        probabilities=result.probabilities,
+        boxes_img=result.grid.boxes_img,
+        seconds=result.seconds,
     )

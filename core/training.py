@@ -168,6 +168,8 @@ def build_patient_patches(
         if max_patches is not None and len(patches) > max_patches:
             keep = np.sort(np.random.default_rng([seed, index]).choice(len(patches), max_patches, replace=False))
             patches = patches[keep]
+        # uint8 keeps a quarter of the memory and loses nothing: in the default 250-HU window
+        # one HU is already 1/250 of the grey range, coarser than uint8's 1/255 steps.
         out.append(
             PatientPatches(
                 patient.key,

@@ -50,6 +50,10 @@ class LoadedModel:
         return self.card.get("training_data") != "real patients"
 
     @property
+    def name(self) -> str:
+        return str(self.card.get("name", "unnamed model"))
+
+    @property
     def provenance(self) -> str:
         """One line on where the weights came from, for every page that shows a risk."""
         return str(self.card.get("provenance", "unknown provenance"))

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from streamlit_drawable_canvas import st_canvas
 
 from core import db
-from core.analysis import CLINICAL_MODEL_NAME, CaseAnalysis, analyze_case
+from core.analysis import CaseAnalysis, ClinicalInputs, analysis_record, analyze_case, case_record
 from core.errors import UserFacingError
 from core.imaging import WINDOW_PRESETS, CtSlice, display_image, load_slice
 from core.patches import plan_grid
@@ -150,11 +150,7 @@ if run and model is not None:
         st.error(str(error))
         st.stop()
     bar.empty()
-    st.session_state["result"] = {
-        "signature": signature,
-        "analysis": result,
-        "inputs": {"patient_id": patient_id, "t": t_category, "size": size_mm, "solitary": solitary},
-    }
+    st.session_state["result"] = {"signature": signature, "analysis": result}
 
 stored = st.session_state.get("result")
 if not stored or stored["signature"] != signature or model is None:
@@ -162,45 +158,21 @@ if not stored or stored["signature"] != signature or model is None:
 
 analysis: CaseAnalysis = stored["analysis"]
 st.divider()
-model_provenance_banner(str(model.card.get("name", "model")), model.provenance, model.is_synthetic)
+model_provenance_banner(model.name, model.provenance, model.is_synthetic)
 show_overlay(display, analysis.pmap, mask, key="analyze")
 show_risks(analysis.dl_risk, analysis.clinical_risk, n_category, model.is_synthetic)
 st.caption(f"Analysis time: {analysis.seconds:.1f} s for {analysis.dl_risk.n_patches} patches.")
 
 if st.button("Save case", type="primary"):
-    inputs = stored["inputs"]
-    new_case = db.NewCase(
-        case_key=case_key(inputs["patient_id"] or ct.patient_id, pseudonym_secret()),
-        source_kind=ct.source_kind,
-        is_hu=ct.is_hu,
-        pixels=ct.pixels,
-        spacing_mm=ct.spacing_mm,
-        mask=mask,
+    inputs = ClinicalInputs(
         n_category=n_category,
-        t_category=None if inputs["t"] == "unknown" else inputs["t"],
-        tumour_size_mm=inputs["size"] or None,
-        solitary=None if inputs["solitary"] == "unknown" else inputs["solitary"] == "solitary",
-        display_level=float(level),
-        display_width=float(width),
+        t_category=None if t_category == "unknown" else t_category,
+        tumour_size_mm=size_mm or None,
+        solitary=None if solitary == "unknown" else solitary == "solitary",
     )
-    risk = analysis.clinical_risk
-    new_analysis = db.NewAnalysis(
-        model_sha256=model.sha256,
-        model_name=str(model.card.get("name", "model")),
-        model_provenance=model.provenance,
-        preprocess=model.preprocess.to_dict(),
-        dl_probability=analysis.dl_risk.probability,
-        dl_share_above=analysis.dl_risk.share_above,
-        dl_threshold=analysis.dl_risk.threshold,
-        aggregation_rule=analysis.dl_risk.rule,
-        clinical_model=CLINICAL_MODEL_NAME,
-        clinical_probability=risk.probability if risk else None,
-        clinical_ci_low=risk.ci_low if risk else None,
-        clinical_ci_high=risk.ci_high if risk else None,
-        probabilities=analysis.probabilities,
-        boxes_img=analysis.grid.boxes_img,
-        seconds=analysis.seconds,
-    )
+    key = case_key(patient_id or ct.patient_id, pseudonym_secret())
+    new_case = case_record(ct, mask, key, inputs, (level, width))
+    new_analysis = analysis_record(analysis, model)
     try:
         with Session(engine()) as session:
             saved = db.add_case(session, new_case, new_analysis)

@@ -126,6 +126,8 @@ def browser_page(base: str) -> Iterator[Page]:
 
 
 def test_upload_outline_analyze_save(app_url: tuple[str, str]) -> None:
+    from playwright.sync_api import expect
+
     base, db_url = app_url
     with browser_page(base) as page:
         page.set_input_files("input[type=file]", get_testdata_file("CT_small.dcm"))
@@ -140,8 +142,8 @@ def test_upload_outline_analyze_save(app_url: tuple[str, str]) -> None:
         page.get_by_text("N1", exact=True).click()
         page.get_by_role("button", name="Analyze").click()
         page.wait_for_selector("text=Deep learning (ResNet50)", timeout=180_000)
-        assert page.get_by_text("Clinical model (UICC N1)").is_visible()
-        assert page.get_by_text("85%").first.is_visible()  # N1 risk from Table 1: 11/13
+        expect(page.get_by_text("Clinical model (UICC N1)")).to_be_visible()
+        expect(page.get_by_text("85%", exact=True).first).to_be_visible()  # N1 risk from Table 1: 11/13
         page.get_by_role("button", name="Save case").click()
         page.wait_for_selector("text=Saved as case", timeout=30_000)
 
@@ -163,6 +165,8 @@ def test_upload_outline_analyze_save(app_url: tuple[str, str]) -> None:
 
 def test_sample_case_loads_with_its_outline_and_analyzes(app_url: tuple[str, str]) -> None:
     """The demo path: one click loads a phantom CT and its outline; the canvas shows it and Analyze works."""
+    from playwright.sync_api import expect
+
     from core.phantom import sample_case
     from core.roi import mask_from_outlines
 
@@ -172,7 +176,7 @@ def test_sample_case_loads_with_its_outline_and_analyzes(app_url: tuple[str, str
         page.wait_for_selector("text=patches (", timeout=60_000)
         page.get_by_role("button", name="Analyze").click()
         page.wait_for_selector("text=Deep learning (ResNet50)", timeout=180_000)
-        assert page.get_by_text("not available", exact=True).is_visible()  # N category left unknown
+        expect(page.get_by_text("not available", exact=True)).to_be_visible()  # N category left unknown
         page.get_by_role("button", name="Save case").click()
         page.wait_for_selector("text=Saved as case", timeout=30_000)
 
