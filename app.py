@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import RESEARCH_NOTICE, current_model, engine
+from pages.common import RESEARCH_NOTICE, SHELL_FLAG, current_model, engine
 
 st.set_page_config(page_title="iCCA early recurrence", page_icon=":material/biotech:", layout="wide")
+st.session_state[SHELL_FLAG] = True
 
 navigation = st.navigation(
     [

@@ -90,6 +90,19 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def card_metric_rows(cv_metrics: dict[str, Any]) -> list[dict[str, str]]:
+    """Validation mean ± SD per metric at patient and patch level, for the model card page."""
+    rows = []
+    for name in METRIC_NAMES:
+        row = {"metric": ROWS[name]}
+        for level, label in (("patient_level", "patient level"), ("patch_level", "patch level (secondary)")):
+            stats = cv_metrics.get(level, {}).get("validation", {}).get(name)
+            fmt = _num if name == "auc" else _pct
+            row[label] = "—" if stats is None else f"{fmt(stats['mean'])} ± {fmt(stats['sd'])}"
+        rows.append(row)
+    return rows
+
+
 def _fold_table(summary: dict[str, Any], level: str, split: str) -> list[str]:
     folds = summary["folds"]
     header = "| | " + " | ".join(f"Fold {f['fold']}" for f in folds) + " | Average | SD |"

@@ -469,8 +469,13 @@ def _card(summary: dict[str, Any], tc: TrainConfig, n_patients: int) -> dict[str
         deployable="one ResNet50 trained on all patients after cross-validation (same recipe)",
         cv_metrics={
             "patient_level": summary["summary"]["patient_level"],
-            "patch_level (labelled: patches are not independent)": summary["summary"]["patch_level"],
+            "patch_level": summary["summary"]["patch_level"],
+            "out_of_fold_patient_level": {
+                "dl_auc": summary["out_of_fold_patient_level"]["dl"]["auc"],
+                "clinical_n_category_auc": summary["out_of_fold_patient_level"]["clinical_n_category"]["auc"],
+            },
             "patient_rule": PATIENT_RULE,
+            "note": "patch-level figures are secondary: the patches of one patient are not independent",
         },
         training={k: v for k, v in summary["config"].items() if k != "device"},
     )

@@ -25,6 +25,7 @@ from pages.common import (
     engine,
     model_provenance_banner,
     pseudonym_secret,
+    require_shell,
     sample_session_state,
     show_overlay,
     show_risks,
@@ -38,6 +39,7 @@ DRAWING_MODES = {
 }
 MANUAL = "Manual"
 
+require_shell()
 st.title("Analyze a case")
 model, model_problem = current_model()
 if model is None:

@@ -8,8 +8,9 @@ from sqlalchemy.orm import Session
 from core import db
 from core.cases import load_saved_case
 from core.imaging import CtSlice, display_image
-from pages.common import engine, model_provenance_banner, show_overlay, show_risks
+from pages.common import engine, model_provenance_banner, require_shell, show_overlay, show_risks
 
+require_shell()
 st.title("Saved cases")
 
 with Session(engine()) as session:

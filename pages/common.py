@@ -19,8 +19,21 @@ from core.heatmap import colour_bar, jet_overlay, roi_crop_box
 from core.inference import CaseRisk
 from models.checkpoint import LoadedModel, configured_model_path, load_checkpoint
 
+SHELL_FLAG = "shell_ran"
 RESEARCH_NOTICE = "Research use only — not a medical device; do not base treatment decisions on these numbers."
 DISPLAY_WIDTH_PX = 640
+
+
+def require_shell() -> None:
+    """Send a page that runs without ``app.py`` through it.
+
+    When the first request a fresh server sees is a deep link (``/cases``), Streamlit's
+    legacy ``pages/``-folder mode runs that file alone: no sidebar, no model notice.
+    ``app.py`` marks the session; a page that finds no mark switches to ``app.py``, whose
+    ``st.navigation`` then takes over for the rest of the process.
+    """
+    if not st.session_state.get(SHELL_FLAG):
+        st.switch_page("app.py")
 
 
 @st.cache_resource(show_spinner="Opening the case database…")
@@ -121,3 +134,7 @@ def show_risks(dl: CaseRisk, clinical: ClinicalRisk | None, n_category: str, syn
                 "fitted to the paper's Table 1 (41 patients)."
             )
     st.caption(RESEARCH_NOTICE)
+
+
+if __name__ == "__main__":  # run as a page by the legacy pages/ mode: it is not one
+    require_shell()

@@ -15,6 +15,7 @@ import pytest
 
 from core.phantom import write_cohort
 from core.preprocess import PreprocessConfig
+from core.report import card_metric_rows
 from core.training import TrainConfig, assign_folds, cross_validate
 from models.checkpoint import load_checkpoint
 
@@ -79,6 +80,8 @@ def test_deployable_checkpoint_loads_with_its_card(run: tuple[Path, dict]) -> No
     assert model.preprocess == TINY
     assert model.card["provenance"] == "trained on synthetic phantoms — not for clinical use"
     assert model.card["cohort"]["patients"] == 9 and "patient_level" in model.card["cv_metrics"]
+    rows = card_metric_rows(model.card["cv_metrics"])
+    assert [r["metric"] for r in rows][-1] == "AUC" and " ± " in rows[-1]["patient level"]
 
 
 def test_resume_reuses_finished_folds(run: tuple[Path, dict], manifest: Path) -> None:

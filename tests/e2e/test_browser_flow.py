@@ -110,15 +110,15 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
 
 
 @contextmanager
-def browser_page(base: str) -> Iterator[Page]:
-    """A page of a fresh headless Chromium on the app, once its Analyze page has rendered."""
+def browser_page(base: str, path: str = "") -> Iterator[Page]:
+    """A page of a fresh headless Chromium on the app at ``path``, once the Analyze page has rendered."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 2200})
-            page.goto(base)
+            page.goto(f"{base}/{path}")
             page.wait_for_selector("text=Analyze a case", timeout=60_000)
             yield page
         finally:
@@ -189,3 +189,13 @@ def test_sample_case_loads_with_its_outline_and_analyzes(app_url: tuple[str, str
         assert case.analyses[0].clinical_probability is None
     engine.dispose()
     assert abs(int(saved.sum()) - int(expected.sum())) / expected.sum() < 0.02
+
+
+def test_deep_link_into_a_fresh_server_goes_through_the_shell(app_url: tuple[str, str]) -> None:
+    """Streamlit's legacy pages/ mode would run /model_card alone, without sidebar or notices."""
+    from playwright.sync_api import expect
+
+    base, _ = app_url
+    with browser_page(base, "model_card") as page:
+        expect(page.get_by_text("Case database: connected")).to_be_visible()
+        expect(page.locator("[data-testid=stSidebarNav]")).not_to_contain_text("common")

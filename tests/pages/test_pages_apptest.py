@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pages.common import sample_session_state
+from pages.common import SHELL_FLAG, sample_session_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,9 @@ def app_env(monkeypatch: pytest.MonkeyPatch, test_checkpoint: Path, sqlite_url: 
 
 
 def _page(name: str) -> AppTest:
-    return AppTest.from_file(str(ROOT / "pages" / name), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=120)
+    at.session_state[SHELL_FLAG] = True  # as app.py sets it before running a page
+    return at
 
 
 def _with_sample(at: AppTest) -> AppTest:
