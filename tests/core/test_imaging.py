@@ -78,3 +78,26 @@ def test_tiny_image_is_refused() -> None:
 def test_window_maps_level_to_half_grey() -> None:
     hu = np.array([[-1000.0, 40.0, 240.0, 3000.0]])
     np.testing.assert_allclose(window_to_unit(hu, 40.0, 400.0), [[0.0, 0.5, 1.0, 1.0]])
+
+
+@pytest.mark.parametrize("fraction", [0.0005, 0.01, 0.1, 0.3, 0.6, 0.9, 0.999])
+def test_any_truncation_of_a_ct_gives_a_plain_error_or_a_slice(fraction: float) -> None:
+    from core.errors import UserFacingError
+
+    data = _bytes("CT_small.dcm")
+    try:
+        ct = load_slice(data[: max(1, int(len(data) * fraction))], "cut.dcm")
+    except UserFacingError as error:
+        assert "\n" not in str(error)
+    else:  # only possible if the cut fell after the pixel data
+        assert ct.shape == (128, 128)
+
+
+def test_random_bytes_never_raise_anything_but_a_plain_error() -> None:
+    from core.errors import UserFacingError
+
+    rng = np.random.default_rng(0)
+    for size in (1, 7, 128, 132, 1000, 5000):
+        for prefix in (b"", b"\0" * 128 + b"DICM", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"):
+            with pytest.raises(UserFacingError):
+                load_slice(prefix + rng.integers(0, 256, size, dtype=np.uint8).tobytes(), "x.dcm")
