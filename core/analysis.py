@@ -77,7 +77,7 @@ def analyze_case(
     cfg = model.preprocess
     grid, patches = extract_patches(model_grey(ct, cfg), mask, ct.spacing_mm, cfg)
     probabilities = predict_patches(model.network, patches, cfg, batch_size=batch_size, progress=progress)
-    pmap = probability_map(ct.shape, grid, probabilities)
+    pmap = probability_map(ct.shape, grid.boxes_img, probabilities)
     return CaseAnalysis(
         grid=grid,
         probabilities=probabilities,

@@ -11,7 +11,6 @@ from core import db
 from core.clinical import ClinicalRisk
 from core.heatmap import probability_map
 from core.inference import CaseRisk
-from core.patches import PatchGrid
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,6 @@ def load_saved_case(session: Session, case_id: int) -> SavedCase | None:
     pixels = db.case_array(session, case, "slice")
     probabilities = db.array_by_id(session, analysis.probabilities_id)
     boxes = db.array_by_id(session, analysis.boxes_id)
-    grid = PatchGrid(boxes_img=boxes, coverage=np.ones(len(boxes), dtype=np.float32), scale=1.0)
     spacing = (case.spacing_row_mm, case.spacing_col_mm) if case.spacing_row_mm and case.spacing_col_mm else None
     clinical = (
         ClinicalRisk(
@@ -69,7 +67,7 @@ def load_saved_case(session: Session, case_id: int) -> SavedCase | None:
         spacing_mm=spacing,
         source_kind=case.source_kind,
         mask=db.case_array(session, case, "mask"),
-        pmap=probability_map(pixels.shape, grid, probabilities),
+        pmap=probability_map(pixels.shape, boxes, probabilities),
         display_level=case.display_level,
         display_width=case.display_width,
         n_category=case.n_category,

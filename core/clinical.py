@@ -9,6 +9,7 @@ refitted on a hospital's own patients later.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,8 +105,9 @@ def fit_from_counts(counts: dict[tuple[str, int], int]) -> NCategoryLogisticRegr
     return NCategoryLogisticRegression().fit(n1, y, sample_weight=w)
 
 
+@functools.cache
 def paper_model() -> NCategoryLogisticRegression:
-    """The clinical model fitted to the paper's Table 1 (41 patients)."""
+    """The clinical model fitted to the paper's Table 1 (41 patients); fitted once per process."""
     return fit_from_counts(PAPER_TABLE1_COUNTS)
 
 

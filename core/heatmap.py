@@ -13,19 +13,21 @@ import math
 import cv2
 import numpy as np
 
-from core.patches import PatchGrid
 
-
-def probability_map(shape: tuple[int, int], grid: PatchGrid, probabilities: np.ndarray) -> np.ndarray:
+def probability_map(shape: tuple[int, int], boxes_img: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     """(rows, cols) float32 mean probability of the patches covering each pixel; NaN where none.
 
-    A patch covers the pixels whose centres fall inside its box in image pixels.
+    Args:
+        boxes_img: (N, 4) patch extents (row0, col0, row1, col1) in continuous image pixels
+            (:attr:`core.patches.PatchGrid.boxes_img`); a patch covers the pixels whose
+            centres fall inside its box.
+        probabilities: (N,) one probability per patch.
     """
-    if len(grid) != probabilities.shape[0]:
+    if boxes_img.shape[0] != probabilities.shape[0]:
         raise ValueError("one probability per patch is needed")
     total = np.zeros(shape, dtype=np.float64)
     count = np.zeros(shape, dtype=np.int32)
-    for (r0, c0, r1, c1), p in zip(grid.boxes_img, probabilities, strict=True):
+    for (r0, c0, r1, c1), p in zip(boxes_img, probabilities, strict=True):
         rs, re = _pixel_span(r0, r1, shape[0])
         cs, ce = _pixel_span(c0, c1, shape[1])
         total[rs:re, cs:ce] += p

@@ -29,12 +29,10 @@ class PatchGrid:
         boxes_img: (N, 4) float64 rows of (row0, col0, row1, col1), each patch's extent
             in continuous image pixels.
         coverage: (N,) float32 share of each patch inside the ROI.
-        scale: resampled pixels per image pixel (1.0 on the native grid).
     """
 
     boxes_img: np.ndarray
     coverage: np.ndarray
-    scale: float
 
     def __len__(self) -> int:
         return int(self.boxes_img.shape[0])
@@ -58,7 +56,7 @@ def plan_grid(mask: np.ndarray, spacing_mm: tuple[float, float] | None, cfg: Pre
         spacing_mm: (row, col) pixel size, or ``None``.
         cfg: the model's preprocessing.
     """
-    grid, _ = _grid_in_crop(mask, spacing_mm, cfg)
+    grid, _, _ = _grid_in_crop(mask, spacing_mm, cfg)
     return grid
 
 
@@ -79,11 +77,11 @@ def extract_patches(
     """
     if grey.shape != mask.shape:
         raise ValueError(f"grey {grey.shape} and mask {mask.shape} differ in shape")
-    grid, crop = _grid_in_crop(mask, spacing_mm, cfg)
-    resampled = _resampled_crop(grey, crop, cfg, interpolation=cv2.INTER_LINEAR)
+    grid, crop, origins = _grid_in_crop(mask, spacing_mm, cfg)
+    resampled = _resampled_crop(grey, crop, interpolation=cv2.INTER_LINEAR)
     p = cfg.patch_px
     patches = np.empty((len(grid), p, p), dtype=np.float32)
-    for i, (r, c) in enumerate(crop.origins):
+    for i, (r, c) in enumerate(origins):
         patches[i] = resampled[r : r + p, c : c + p]
     return grid, patches
 
@@ -94,14 +92,13 @@ class _Crop:
     col0: int
     rows: int
     cols: int
-    scale_rc: tuple[float, float]
     out_shape: tuple[int, int]  # resampled (rows, cols)
-    origins: np.ndarray  # (N, 2) int patch origins in resampled crop pixels
 
 
 def _grid_in_crop(
     mask: np.ndarray, spacing_mm: tuple[float, float] | None, cfg: PreprocessConfig
-) -> tuple[PatchGrid, _Crop]:
+) -> tuple[PatchGrid, _Crop, np.ndarray]:
+    """The grid, the crop it lives in, and (N, 2) int patch origins in resampled crop pixels."""
     if mask.ndim != 2 or not mask.any():
         raise RoiError("The outline is empty; draw around the tumour.")
     sr, sc = resample_scale(spacing_mm, cfg)
@@ -110,12 +107,11 @@ def _grid_in_crop(
     r0, c0 = int(rows_idx.min()) - margin_r, int(cols_idx.min()) - margin_c
     r1, c1 = int(rows_idx.max()) + 1 + margin_r, int(cols_idx.max()) + 1 + margin_c
     out_shape = (max(1, round((r1 - r0) * sr)), max(1, round((c1 - c0) * sc)))
-    crop = _Crop(r0, c0, r1 - r0, c1 - c0, (sr, sc), out_shape, np.empty((0, 2), dtype=np.int64))
-    mask_rs = _resampled_crop(mask.astype(np.float32), crop, cfg, interpolation=cv2.INTER_AREA) >= 0.5
+    crop = _Crop(r0, c0, r1 - r0, c1 - c0, out_shape)
+    mask_rs = _resampled_crop(mask.astype(np.float32), crop, interpolation=cv2.INTER_AREA) >= 0.5
     origins, coverage = _grid_origins(mask_rs, margin_r * sr, margin_c * sc, cfg)
     if len(origins) == 0:
         raise RoiError(_too_small_message(cfg))
-    crop = _Crop(r0, c0, r1 - r0, c1 - c0, (sr, sc), out_shape, origins)
     # the resampled grid covers the crop exactly, so the effective scale is out/in
     er, ec = out_shape[0] / crop.rows, out_shape[1] / crop.cols
     boxes = np.column_stack(
@@ -126,7 +122,7 @@ def _grid_in_crop(
             c0 + (origins[:, 1] + cfg.patch_px) / ec,
         ]
     )
-    return PatchGrid(boxes_img=boxes, coverage=coverage, scale=float((er + ec) / 2)), crop
+    return PatchGrid(boxes_img=boxes, coverage=coverage), crop, origins
 
 
 def _grid_origins(
@@ -147,15 +143,21 @@ def _grid_origins(
     return np.column_stack([rr[keep], cc[keep]]).astype(np.int64), coverage[keep]
 
 
-def _resampled_crop(image: np.ndarray, crop: _Crop, cfg: PreprocessConfig, interpolation: int) -> np.ndarray:
+def _resampled_crop(image: np.ndarray, crop: _Crop, interpolation: int) -> np.ndarray:
+    """The crop of ``image`` (edge-replicated where it leaves the image), resized to ``crop.out_shape``."""
     rows, cols = image.shape
-    pad_top, pad_left = max(0, -crop.row0), max(0, -crop.col0)
-    pad_bottom, pad_right = max(0, crop.row0 + crop.rows - rows), max(0, crop.col0 + crop.cols - cols)
-    padded = cv2.copyMakeBorder(image, pad_top, pad_bottom, pad_left, pad_right, cv2.BORDER_REPLICATE)
-    r, c = crop.row0 + pad_top, crop.col0 + pad_left
-    region = padded[r : r + crop.rows, c : c + crop.cols]
+    top, left = max(0, crop.row0), max(0, crop.col0)
+    bottom, right = min(rows, crop.row0 + crop.rows), min(cols, crop.col0 + crop.cols)
+    region = cv2.copyMakeBorder(  # pads only what lies outside the image
+        np.ascontiguousarray(image[top:bottom, left:right]),
+        top - crop.row0,
+        crop.row0 + crop.rows - bottom,
+        left - crop.col0,
+        crop.col0 + crop.cols - right,
+        cv2.BORDER_REPLICATE,
+    )
     if crop.out_shape == region.shape:
-        return np.ascontiguousarray(region)
+        return region
     return cv2.resize(region, (crop.out_shape[1], crop.out_shape[0]), interpolation=interpolation)
 
 

@@ -4,11 +4,10 @@ import cv2
 import numpy as np
 
 from core.heatmap import colour_bar, grey_from_probability, jet_overlay, probability_map
-from core.patches import PatchGrid
 
 
-def _grid(boxes: list[tuple[float, float, float, float]]) -> PatchGrid:
-    return PatchGrid(np.array(boxes, dtype=np.float64), np.ones(len(boxes), np.float32), 1.0)
+def _grid(boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
+    return np.array(boxes, dtype=np.float64)
 
 
 def test_overlapping_patches_average() -> None:
