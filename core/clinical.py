@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The one list of N categories: pages, manifests, training and reports import these.
 N_CATEGORIES = ("N0", "N1")
 UNKNOWN_N = "unknown"
+N_CHOICES = (*N_CATEGORIES, UNKNOWN_N)
 Z_95 = 1.959963984540054
 
 # (N category, early recurrence 0/1) → number of patients, from Table 1 of the paper.
@@ -109,6 +111,19 @@ def fit_from_counts(counts: dict[tuple[str, int], int]) -> NCategoryLogisticRegr
 def paper_model() -> NCategoryLogisticRegression:
     """The clinical model fitted to the paper's Table 1 (41 patients); fitted once per process."""
     return fit_from_counts(PAPER_TABLE1_COUNTS)
+
+
+def parse_n_category(text: str | None) -> str:
+    """"N0" or "N1" (any case, surrounding blanks ignored), else "unknown" (empty, "NX", anything else)."""
+    cleaned = (text or "").strip().upper()
+    return cleaned if cleaned in N_CATEGORIES else UNKNOWN_N
+
+
+def n1_indicator(n_categories: list[str]) -> np.ndarray:
+    """(n,) float 0/1 N1 indicators for known categories ("N0"/"N1")."""
+    if any(c not in N_CATEGORIES for c in n_categories):
+        raise ValueError("only known N categories have an indicator")
+    return np.array([c == "N1" for c in n_categories], dtype=np.float64)
 
 
 UNKNOWN_N_REASON = (

@@ -13,7 +13,8 @@ pseudonymised key from it (see :mod:`core.pseudonym`).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import cv2
@@ -37,6 +38,9 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 
 SourceKind = Literal["dicom", "png", "jpeg"]
+SpacingSource = Literal["header", "user"]
+# Plausible in-plane pixel sizes, mm/px (a 0.01 mm pixel is a microscope, 10 mm is not a CT slice).
+MIN_SPACING_MM, MAX_SPACING_MM = 0.01, 10.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class CtSlice:
         source_kind: "dicom", "png" or "jpeg".
         modality: DICOM Modality, or "" for raster exports.
         patient_id: DICOM PatientID for pseudonymisation only, never stored or logged.
+        spacing_source: "header" (PixelSpacing), "user" (entered for this image) or ``None``.
+        spacing_problem: why a DICOM's own spacing is unusable, for the page to say; ``None`` otherwise.
+        export_window: (level, width) in HU a PNG/JPEG export was made with, as the user stated it
+            (its grey values were mapped back to HU with it); ``None`` otherwise.
     """
 
     pixels: np.ndarray
@@ -58,6 +66,14 @@ class CtSlice:
     source_kind: SourceKind
     modality: str = ""
     patient_id: str | None = None
+    spacing_source: SpacingSource | None = None
+    spacing_problem: str | None = None
+    export_window: tuple[float, float] | None = None
+
+    @property
+    def is_raster(self) -> bool:
+        """A PNG/JPEG export (whatever was entered for it), as opposed to a DICOM."""
+        return self.source_kind != "dicom"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -79,6 +95,7 @@ class CtSlice:
             "rows": self.shape[0],
             "columns": self.shape[1],
             "pixel_spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,
+            "pixel_spacing_problem": self.spacing_problem,
             "hu_min": float(values.min()) if self.is_hu else None,
             "hu_max": float(values.max()) if self.is_hu else None,
             "grey_min": None if self.is_hu else float(values.min()),
@@ -121,13 +138,16 @@ def _read_dicom(data: bytes, filename: str) -> CtSlice:
     _check_modality(ds)
     hu = _hounsfield_units(ds)
     _check_size(hu.shape)
+    spacing, problem = _pixel_spacing(ds)
     return CtSlice(
         pixels=hu,
         is_hu=True,
-        spacing_mm=_pixel_spacing(ds),
+        spacing_mm=spacing,
         source_kind="dicom",
         modality="CT",
         patient_id=str(ds.get("PatientID", "")) or None,
+        spacing_source="header" if spacing else None,
+        spacing_problem=problem,
     )
 
 
@@ -172,15 +192,30 @@ def _hounsfield_units(ds: pydicom.Dataset) -> np.ndarray:
     return np.asarray(hu, dtype=np.float32)
 
 
-def _pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
-    spacing = ds.get("PixelSpacing")
+def _pixel_spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str | None]:
+    """(row, col) spacing in mm from PixelSpacing, or ``None`` and why it is unusable."""
     try:
-        row_mm, col_mm = float(spacing[0]), float(spacing[1])
+        spacing = ds.get("PixelSpacing")
+    except Exception:  # a value pydicom cannot even parse
+        return None, "its PixelSpacing cannot be read"
+    if spacing is None or spacing == "":
+        return None, "it has no PixelSpacing"
+    values = list(spacing) if isinstance(spacing, list | tuple | pydicom.multival.MultiValue) else [spacing]
+    try:
+        row_mm, col_mm = float(values[0]), float(values[1])
     except (TypeError, ValueError, IndexError):
-        return None
-    if not (0.01 <= row_mm <= 10.0 and 0.01 <= col_mm <= 10.0):
-        return None
-    return row_mm, col_mm
+        return None, f"its PixelSpacing ({_shown(spacing)}) is not two numbers"
+    if not (math.isfinite(row_mm) and math.isfinite(col_mm)) or min(row_mm, col_mm) <= 0:
+        return None, f"its PixelSpacing ({_shown(spacing)}) is not positive"
+    if not (MIN_SPACING_MM <= row_mm <= MAX_SPACING_MM and MIN_SPACING_MM <= col_mm <= MAX_SPACING_MM):
+        return None, f"its PixelSpacing ({_shown(spacing)}) is outside {MIN_SPACING_MM:g}–{MAX_SPACING_MM:g} mm"
+    return (row_mm, col_mm), None
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """A header value as the user would recognise it, cut short."""
+    text = "\\".join(str(v) for v in value) if isinstance(value, list | tuple | pydicom.multival.MultiValue) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _read_raster(data: bytes) -> CtSlice:
@@ -221,3 +256,95 @@ def model_grey(ct: CtSlice, cfg: PreprocessConfig) -> np.ndarray:
     if not ct.is_hu:
         return np.clip(ct.pixels, 0, 255).astype(np.float32) / 255.0
     return window_to_unit(ct.pixels, cfg.window_level_hu, cfg.window_width_hu)
+
+
+# ---------------------------------------------------------------- calibration for the model
+
+
+def calibrate(
+    ct: CtSlice, spacing_mm: float | None = None, export_window: tuple[float, float] | None = None
+) -> CtSlice:
+    """Apply what the user stated about an image the header cannot tell: its scale and its window.
+
+    Args:
+        ct: the slice as read.
+        spacing_mm: isotropic pixel size in mm/px for an image without usable spacing (a
+            PNG/JPEG export, or a DICOM without PixelSpacing); ignored when the DICOM header
+            has a usable one (the header wins).
+        export_window: (level, width) in HU a PNG/JPEG export was made with. Grey g (0–255)
+            maps back to HU as ``level − width/2 + g/255 · width``; grey 0 and 255 mean
+            "at or beyond the window's edge" (the export clipped them). Ignored for DICOM.
+
+    Returns:
+        A new slice; unchanged when nothing applies.
+
+    Raises:
+        UnreadableImageError: a spacing or window outside plausible values.
+    """
+    if spacing_mm is not None and ct.spacing_source != "header":
+        if not (math.isfinite(spacing_mm) and MIN_SPACING_MM <= spacing_mm <= MAX_SPACING_MM):
+            raise UnreadableImageError(
+                f"A pixel spacing of {spacing_mm:g} mm/px is not plausible for a CT slice; "
+                f"enter a value between {MIN_SPACING_MM:g} and {MAX_SPACING_MM:g} mm/px."
+            )
+        ct = replace(ct, spacing_mm=(float(spacing_mm), float(spacing_mm)), spacing_source="user")
+    if export_window is not None and not ct.is_hu:
+        level, width = (float(v) for v in export_window)
+        if not (math.isfinite(level) and math.isfinite(width) and 1.0 <= width <= 5000.0 and -2000 <= level <= 4000):
+            raise UnreadableImageError(
+                f"An export window of L{level:g}/W{width:g} HU is not plausible; enter the level and width "
+                "(in HU) the viewer used for the export, e.g. L60/W160."
+            )
+        hu = (level - width / 2.0) + np.clip(ct.pixels, 0.0, 255.0) / 255.0 * width
+        ct = replace(ct, pixels=hu.astype(np.float32), is_hu=True, export_window=(level, width))
+    return ct
+
+
+def analysis_blocker(ct: CtSlice, cfg: PreprocessConfig) -> str | None:
+    """Why the model must not run on this slice (one sentence), or ``None`` when it may.
+
+    The model's patches are defined in millimetres (``cfg.target_spacing_mm``) and its input
+    is a window in HU: an image without a known scale or without HU would be analysed at a
+    scale, or in grey values, the model never saw.
+    """
+    needs_spacing = cfg.target_spacing_mm is not None and ct.spacing_mm is None
+    if ct.is_raster and not ct.is_hu and needs_spacing:
+        return (
+            f"The model cannot run on this {ct.source_kind.upper()} export yet: enter its pixel spacing (mm/px) "
+            "and the window (level/width, HU) it was exported with, because the model's patches are defined "
+            "in millimetres and its input in Hounsfield units."
+        )
+    if not ct.is_hu:
+        return (
+            f"The model cannot run on this {ct.source_kind.upper()} export yet: enter the window (level/width, HU) "
+            "it was exported with, so that its grey values can be mapped back to Hounsfield units."
+        )
+    if needs_spacing:
+        what = (
+            f"This DICOM slice has no usable pixel spacing ({ct.spacing_problem or 'unknown why'})"
+            if not ct.is_raster
+            else f"This {ct.source_kind.upper()} export has no pixel spacing"
+        )
+        return (
+            f"{what}: enter it in mm/px to run the model, whose {cfg.patch_mm:g} mm patches would otherwise "
+            "cover the wrong amount of tissue."
+        )
+    return None
+
+
+def export_window_note(ct: CtSlice, cfg: PreprocessConfig) -> str | None:
+    """A caution when a PNG/JPEG export's window does not cover the model's window (values were clipped)."""
+    if ct.export_window is None:
+        return None
+    level, width = ct.export_window
+    low, high = level - width / 2.0, level + width / 2.0
+    m_low = cfg.window_level_hu - cfg.window_width_hu / 2.0
+    m_high = cfg.window_level_hu + cfg.window_width_hu / 2.0
+    step = width / 255.0
+    note = f"Grey values mapped back to HU with the export window L{level:g}/W{width:g} ({step:.2g} HU per grey step)."
+    if low > m_low or high < m_high:
+        note += (
+            f" The export covers {low:g} to {high:g} HU, narrower than the model's {m_low:g} to {m_high:g} HU: "
+            "tissue outside it was clipped by the export, and the model sees it at the clip value."
+        )
+    return note

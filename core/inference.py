@@ -19,8 +19,15 @@ from core.preprocess import PreprocessConfig
 Precision = Literal["auto", "fp32", "bf16"]
 ProgressFn = Callable[[int, int], None]
 
+# The one case-level rule of the code base: the dashboard, `core analyze`, cross-validation
+# and every report score a case (a patient) with `aggregate` and these thresholds.
 AGGREGATION_RULE = "mean of the per-patch probabilities"
-PATCH_THRESHOLD = 0.5
+PATCH_THRESHOLD = 0.5  # a patch "votes" early recurrence at or above this probability
+CASE_THRESHOLD = 0.5  # a case is predicted early recurrence when its risk is at or above this
+PATIENT_RULE = (
+    f"patient risk = {AGGREGATION_RULE} over all its patches; "
+    f"early recurrence predicted when ≥ {CASE_THRESHOLD:g}"
+)
 
 
 @dataclass(frozen=True)
@@ -43,9 +50,15 @@ class CaseRisk:
 
 
 def aggregate(probabilities: np.ndarray, threshold: float = PATCH_THRESHOLD) -> CaseRisk:
-    """Case risk from (N,) patch probabilities; N ≥ 1."""
+    """Case risk from (N,) patch probabilities in [0, 1]; N ≥ 1.
+
+    Raises:
+        ValueError: no probabilities, or a non-finite one (a risk is never averaged over NaN).
+    """
     if probabilities.size == 0:
         raise ValueError("no patch probabilities to aggregate")
+    if not np.all(np.isfinite(probabilities)):
+        raise ValueError("patch probabilities contain NaN or infinity")
     return CaseRisk(
         probability=float(np.mean(probabilities)),
         share_above=float(np.mean(probabilities >= threshold)),
