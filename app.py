@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import RESEARCH_NOTICE, SHELL_FLAG, current_model, engine
+from pages.common import DATABASE_DOWN, REQUESTED_PAGE, RESEARCH_NOTICE, SHELL_FLAG, current_model, engine
 
 st.set_page_config(page_title="iCCA early recurrence", page_icon=":material/biotech:", layout="wide")
 st.session_state[SHELL_FLAG] = True
@@ -16,21 +16,24 @@ navigation = st.navigation(
         st.Page("pages/model_card.py", title="Model card", icon=":material/badge:"),
     ]
 )
+requested = st.session_state.pop(REQUESTED_PAGE, None)
+if requested and requested != "pages/analyze.py":  # a deep link that arrived before the shell had run
+    st.switch_page(requested)
 
 with st.sidebar:
     model, problem = current_model()
     if model is None:
         st.error(problem or "No model is installed.")
     else:
-        st.markdown(f"**Model:** {model.card.get('name', 'unnamed')}")
+        st.markdown(f"**Model:** {model.name}")
         st.caption(f"{model.provenance} · sha256 {model.sha256[:12]}")
-        if model.is_synthetic:
-            st.warning("Not trained on patients: its risks mean nothing clinically.", icon=":material/warning:")
+        if model.weights_warning:
+            st.warning(model.weights_warning, icon=":material/warning:")
     try:
         engine()
         st.caption("Case database: connected")
-    except Exception:
-        st.error("The case database cannot be opened; check ICCA_DATABASE_URL and disk space.")
+    except Exception:  # any driver error: the sentence, never the message (it can carry the URL)
+        st.error(DATABASE_DOWN)
     st.caption(RESEARCH_NOTICE)
 
 navigation.run()

@@ -1,7 +1,9 @@
-"""One case, end to end: slice + outline + model → patch probabilities, risks and heatmap.
+"""One case, end to end: slice + outline + model → patch probabilities, risk and heatmap.
 
-This is the only function the Analyze page calls to compute; it is also what the
-benchmark times. Nothing here knows about Streamlit.
+The Analyze page, ``python -m core analyze`` and the benchmark all call :func:`analyze_case`;
+the clinical risk is separate (:func:`clinical_risk_for`) because it depends only on the
+N category, which the surgeon may change after the network has run. Nothing here knows
+about Streamlit.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from core import clinical, db
+from core.errors import ModelOutputError, NotCalibratedError
 from core.heatmap import probability_map
-from core.imaging import CtSlice, model_grey
+from core.imaging import CtSlice, analysis_blocker, model_grey
 from core.inference import CaseRisk, ProgressFn, aggregate, predict_patches
 from core.patches import PatchGrid, extract_patches
 from models.checkpoint import LoadedModel
@@ -25,30 +28,57 @@ CLINICAL_MODEL_NAME = "Logistic regression on UICC N category (paper Table 1, n 
 class ClinicalInputs:
     """What the surgeon entered beside the image; ``None`` means not entered."""
 
-    n_category: str  # "N0", "N1" or "unknown"
+    n_category: str  # one of core.clinical.N_CHOICES
     t_category: str | None = None
     tumour_size_mm: float | None = None
     solitary: bool | None = None
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """How much of the outline the patch grid covers.
+
+    Patches are kept only when enough of them lies inside the outline, so a rim along the
+    outline's edge, or a narrow protrusion, can be covered by no patch: it has no colour
+    on the heatmap and does not enter the risk.
+
+    Attributes:
+        outline_px: pixels inside the outline.
+        uncovered_px: of those, pixels no patch covers.
+        pixel_area_mm2: area of one pixel (mm²), or ``None`` without spacing.
+    """
+
+    outline_px: int
+    uncovered_px: int
+    pixel_area_mm2: float | None
+
+    @property
+    def uncovered_share(self) -> float:
+        return self.uncovered_px / self.outline_px if self.outline_px else 0.0
+
+    @property
+    def uncovered_mm2(self) -> float | None:
+        return None if self.pixel_area_mm2 is None else self.uncovered_px * self.pixel_area_mm2
+
+
+@dataclass(frozen=True)
 class CaseAnalysis:
-    """Everything shown after pressing Analyze.
+    """What pressing Analyze computes.
 
     Attributes:
         grid: where the patches sit, in image pixels.
         probabilities: (N,) float64 per-patch probability of early recurrence.
-        dl_risk: aggregated deep-learning risk.
-        clinical_risk: N-category risk, or ``None`` when N is unknown.
+        dl_risk: aggregated deep-learning risk (:func:`core.inference.aggregate`).
         pmap: (rows, cols) float32 probability map, NaN outside patches.
+        coverage: how much of the outline the patches cover.
         seconds: wall time from patch cutting to probability map (s).
     """
 
     grid: PatchGrid
     probabilities: np.ndarray
     dl_risk: CaseRisk
-    clinical_risk: clinical.ClinicalRisk | None
     pmap: np.ndarray
+    coverage: Coverage
     seconds: float
 
 
@@ -59,31 +89,51 @@ def clinical_risk_for(n_category: str) -> clinical.ClinicalRisk | None:
     return clinical.paper_model().risk(n_category)
 
 
+def outline_coverage(pmap: np.ndarray, mask: np.ndarray, pixel_area_mm2: float | None) -> Coverage:
+    """Pixels of the (rows, cols) bool outline that the (rows, cols) probability map leaves NaN."""
+    inside = int(mask.sum())
+    uncovered = int((mask & np.isnan(pmap)).sum())
+    return Coverage(outline_px=inside, uncovered_px=uncovered, pixel_area_mm2=pixel_area_mm2)
+
+
 def analyze_case(
     ct: CtSlice,
     mask: np.ndarray,
     model: LoadedModel,
-    n_category: str,
     *,
     batch_size: int = 32,
     progress: ProgressFn | None = None,
 ) -> CaseAnalysis:
     """Cut the patch grid, run the network, aggregate, and build the probability map.
 
+    Args:
+        ct: the slice, calibrated (:func:`core.imaging.calibrate`) where its header could not say.
+        mask: (rows, cols) bool outline in image pixels.
+
     Raises:
+        NotCalibratedError: the slice lacks the scale or HU the model needs.
         RoiError: the outline yields no patch.
+        ModelOutputError: the network returned NaN or infinite probabilities.
     """
-    started = time.perf_counter()
     cfg = model.preprocess
+    blocker = analysis_blocker(ct, cfg)
+    if blocker is not None:
+        raise NotCalibratedError(blocker)
+    started = time.perf_counter()
     grid, patches = extract_patches(model_grey(ct, cfg), mask, ct.spacing_mm, cfg)
     probabilities = predict_patches(model.network, patches, cfg, batch_size=batch_size, progress=progress)
+    if not np.all(np.isfinite(probabilities)):
+        raise ModelOutputError(
+            "The model returned invalid probabilities (not a number) for this case, so no risk is shown; "
+            "check that the model file is intact."
+        )
     pmap = probability_map(ct.shape, grid.boxes_img, probabilities)
     return CaseAnalysis(
         grid=grid,
         probabilities=probabilities,
         dl_risk=aggregate(probabilities),
-        clinical_risk=clinical_risk_for(n_category),
         pmap=pmap,
+        coverage=outline_coverage(pmap, mask, ct.pixel_area_mm2),
         seconds=time.perf_counter() - started,
     )
 
@@ -105,26 +155,44 @@ def case_record(
         solitary=inputs.solitary,
         display_level=float(display_window[0]),
         display_width=float(display_window[1]),
+        spacing_source=ct.spacing_source,
+        export_window=ct.export_window,
     )
 
 
-def analysis_record(result: CaseAnalysis, model: LoadedModel) -> db.NewAnalysis:
+def analysis_record(
+    result: CaseAnalysis, model: LoadedModel, clinical_risk: clinical.ClinicalRisk | None
+) -> db.NewAnalysis:
     """The database record of one analysis, with the model's identity and preprocessing."""
-    risk = result.clinical_risk
     return db.NewAnalysis(
         model_sha256=model.sha256,
         model_name=model.name,
         model_provenance=model.provenance,
+        training_data=model.training_data,
         preprocess=model.preprocess.to_dict(),
         dl_probability=result.dl_risk.probability,
         dl_share_above=result.dl_risk.share_above,
         dl_threshold=result.dl_risk.threshold,
         aggregation_rule=result.dl_risk.rule,
         clinical_model=CLINICAL_MODEL_NAME,
-        clinical_probability=risk.probability if risk else None,
-        clinical_ci_low=risk.ci_low if risk else None,
-        clinical_ci_high=risk.ci_high if risk else None,
+        clinical_probability=clinical_risk.probability if clinical_risk else None,
+        clinical_ci_low=clinical_risk.ci_low if clinical_risk else None,
+        clinical_ci_high=clinical_risk.ci_high if clinical_risk else None,
         probabilities=result.probabilities,
         boxes_img=result.grid.boxes_img,
         seconds=result.seconds,
+    )
+
+
+def clinical_update(inputs: ClinicalInputs) -> db.ClinicalUpdate:
+    """The inputs and the clinical risk they give, to update a saved case."""
+    risk = clinical_risk_for(inputs.n_category)
+    return db.ClinicalUpdate(
+        n_category=inputs.n_category,
+        t_category=inputs.t_category,
+        tumour_size_mm=inputs.tumour_size_mm,
+        solitary=inputs.solitary,
+        clinical_probability=risk.probability if risk else None,
+        clinical_ci_low=risk.ci_low if risk else None,
+        clinical_ci_high=risk.ci_high if risk else None,
     )

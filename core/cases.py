@@ -1,76 +1,100 @@
-"""Rebuild a saved case for display from the database, without running the model."""
+"""The read model of saved cases: the Cases page, reports and validation all read through here.
+
+Reopening a case rebuilds its overlay from the database, without running the model.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from core import db
+from core import db, provenance
 from core.clinical import ClinicalRisk
 from core.heatmap import probability_map
 from core.inference import CaseRisk
 
 
 @dataclass(frozen=True)
-class SavedCase:
-    """A case and its latest analysis, ready to render. Arrays as stored (see :mod:`core.db`)."""
+class AnalysisSummary:
+    """One saved analysis: its risks and the identity of the model that made it."""
 
-    case_id: int
-    case_key: str
-    pixels: np.ndarray
-    is_hu: bool
-    spacing_mm: tuple[float, float] | None
-    source_kind: str
-    mask: np.ndarray
-    pmap: np.ndarray
-    display_level: float
-    display_width: float
-    n_category: str
+    analysis_id: int
+    created_at: datetime
     dl_risk: CaseRisk
     clinical_risk: ClinicalRisk | None
     model_name: str
     model_provenance: str
     model_sha256: str
+    training_data: str
 
     @property
-    def synthetic(self) -> bool:
-        return "synthetic" in self.model_provenance.lower() or "untrained" in self.model_provenance.lower()
+    def weights_warning(self) -> str | None:
+        """The sentence shown beside this analysis's risk when its model was not trained on patients."""
+        return provenance.weights_warning(self.training_data)
 
 
-def load_saved_case(session: Session, case_id: int) -> SavedCase | None:
-    """The case with its latest analysis, or ``None`` if it does not exist."""
-    case = session.get(db.Case, case_id)
-    if case is None or not case.analyses:
-        return None
-    analysis = case.analyses[-1]
-    pixels = db.case_array(session, case, "slice")
-    probabilities = db.array_by_id(session, analysis.probabilities_id)
-    boxes = db.array_by_id(session, analysis.boxes_id)
-    spacing = (case.spacing_row_mm, case.spacing_col_mm) if case.spacing_row_mm and case.spacing_col_mm else None
+@dataclass(frozen=True)
+class CaseSummary:
+    """A saved case as the case list shows it: clinical inputs, outline size and its analyses (oldest first)."""
+
+    case_id: int
+    case_key: str
+    created_at: datetime
+    n_category: str
+    t_category: str | None
+    tumour_size_mm: float | None
+    solitary: bool | None
+    roi_area_px: int
+    roi_area_mm2: float | None
+    analyses: tuple[AnalysisSummary, ...]
+
+    @property
+    def latest(self) -> AnalysisSummary | None:
+        return self.analyses[-1] if self.analyses else None
+
+
+@dataclass(frozen=True)
+class SavedCase:
+    """A case with its pixels, outline and the probability map of its latest analysis, ready to render.
+
+    Attributes:
+        pixels: (rows, cols) float32, HU when ``is_hu`` else grey 0–255.
+        mask: (rows, cols) bool outline.
+        pmap: (rows, cols) float32 probability map, NaN where no patch.
+        spacing_mm: (row, col) mm, or ``None``; ``spacing_source`` says whether the header
+            or the user gave it.
+    """
+
+    summary: CaseSummary
+    pixels: np.ndarray
+    is_hu: bool
+    spacing_mm: tuple[float, float] | None
+    spacing_source: str | None
+    export_window: tuple[float, float] | None
+    source_kind: str
+    mask: np.ndarray
+    pmap: np.ndarray
+    display_level: float
+    display_width: float
+
+
+def _analysis_summary(case: db.Case, analysis: db.Analysis) -> AnalysisSummary:
     clinical = (
         ClinicalRisk(
             analysis.clinical_probability,
-            analysis.clinical_ci_low or 0.0,
-            analysis.clinical_ci_high or 1.0,
+            analysis.clinical_ci_low if analysis.clinical_ci_low is not None else 0.0,
+            analysis.clinical_ci_high if analysis.clinical_ci_high is not None else 1.0,
             case.n_category,
         )
         if analysis.clinical_probability is not None
         else None
     )
-    return SavedCase(
-        case_id=case.id,
-        case_key=case.case_key,
-        pixels=pixels,
-        is_hu=case.is_hu,
-        spacing_mm=spacing,
-        source_kind=case.source_kind,
-        mask=db.case_array(session, case, "mask"),
-        pmap=probability_map(pixels.shape, boxes, probabilities),
-        display_level=case.display_level,
-        display_width=case.display_width,
-        n_category=case.n_category,
+    return AnalysisSummary(
+        analysis_id=analysis.id,
+        created_at=analysis.created_at,
         dl_risk=CaseRisk(
             analysis.dl_probability,
             analysis.dl_share_above,
@@ -82,4 +106,93 @@ def load_saved_case(session: Session, case_id: int) -> SavedCase | None:
         model_name=analysis.model_name,
         model_provenance=analysis.model_provenance,
         model_sha256=analysis.model_sha256,
+        training_data=analysis.training_data,
     )
+
+
+def _case_summary(case: db.Case) -> CaseSummary:
+    return CaseSummary(
+        case_id=case.id,
+        case_key=case.case_key,
+        created_at=case.created_at,
+        n_category=case.n_category,
+        t_category=case.t_category,
+        tumour_size_mm=case.tumour_size_mm,
+        solitary=case.solitary,
+        roi_area_px=case.roi_area_px,
+        roi_area_mm2=case.roi_area_mm2,
+        analyses=tuple(_analysis_summary(case, a) for a in case.analyses),
+    )
+
+
+def list_case_summaries(session: Session) -> list[CaseSummary]:
+    """Every saved case, newest first, in two queries whatever the number of cases."""
+    return [_case_summary(case) for case in db.list_cases(session)]
+
+
+def load_saved_case(session: Session, case_id: int) -> SavedCase | None:
+    """The case with the probability map of its latest analysis, or ``None`` if it does not exist."""
+    case = session.get(db.Case, case_id)
+    if case is None or not case.analyses:
+        return None
+    latest = case.analyses[-1]
+    pixels = db.case_array(session, case, "slice")
+    probabilities = db.array_by_id(session, latest.probabilities_id)
+    boxes = db.array_by_id(session, latest.boxes_id)
+    spacing = (case.spacing_row_mm, case.spacing_col_mm) if case.spacing_row_mm and case.spacing_col_mm else None
+    export_window = (
+        (case.export_window_level, case.export_window_width)
+        if case.export_window_level is not None and case.export_window_width is not None
+        else None
+    )
+    return SavedCase(
+        summary=_case_summary(case),
+        pixels=pixels,
+        is_hu=case.is_hu,
+        spacing_mm=spacing,
+        spacing_source=case.spacing_source,
+        export_window=export_window,
+        source_kind=case.source_kind,
+        mask=db.case_array(session, case, "mask"),
+        pmap=probability_map(pixels.shape, boxes, probabilities),
+        display_level=case.display_level,
+        display_width=case.display_width,
+    )
+
+
+@dataclass(frozen=True)
+class SaveOutcome:
+    """What pressing Save did: ``action`` is "saved", "updated" or "unchanged"; ``changed`` names fields."""
+
+    case_id: int
+    case_key: str
+    action: str
+    changed: tuple[str, ...] = ()
+
+
+def save_case(
+    session: Session,
+    new_case: db.NewCase,
+    new_analysis: db.NewAnalysis,
+    update: db.ClinicalUpdate,
+    saved_case_id: int | None,
+) -> SaveOutcome:
+    """Save an analysed case once; pressing Save again updates that case instead of adding another.
+
+    Args:
+        new_case, new_analysis: the records of what is on screen.
+        update: the clinical inputs on screen and the risk they give.
+        saved_case_id: the case this same analysis was saved as earlier in the session, if any.
+
+    The caller commits. A case deleted meanwhile is saved afresh.
+    """
+    if saved_case_id is not None:
+        try:
+            changed = db.update_clinical_inputs(session, saved_case_id, update)
+        except LookupError:
+            pass
+        else:
+            return SaveOutcome(saved_case_id, new_case.case_key, "updated" if changed else "unchanged", tuple(changed))
+    case = db.add_case(session, new_case, new_analysis)
+    session.flush()
+    return SaveOutcome(case.id, case.case_key, "saved")

@@ -17,6 +17,10 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print what a slice file holds: modality, size (px), pixel spacing (mm) or why it is unusable, HU range.
+
+    Returns 0; an unreadable or unsuitable file raises :class:`UserFacingError` (one line, exit status 2).
+    """
     from core.imaging import load_slice
 
     path = Path(args.file)
@@ -27,9 +31,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(facts, indent=2))
         return 0
     spacing = facts["pixel_spacing_mm"]
+    if spacing:
+        spacing_text = f"{spacing[0]:.4g} × {spacing[1]:.4g} mm"
+    elif facts["source"] == "dicom":
+        spacing_text = f"unusable: {facts['pixel_spacing_problem'] or 'it has no usable PixelSpacing'}"
+    else:
+        spacing_text = "unknown (raster export)"
     print(f"modality        {facts['modality']}")
     print(f"rows × columns  {facts['rows']} × {facts['columns']}")
-    print(f"pixel spacing   {f'{spacing[0]:.4g} × {spacing[1]:.4g} mm' if spacing else 'unknown (raster export)'}")
+    print(f"pixel spacing   {spacing_text}")
     if facts["hu_min"] is not None:
         print(f"HU min / max    {facts['hu_min']:.0f} / {facts['hu_max']:.0f} HU")
     else:
@@ -60,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="also measure training steps (paper configuration)")
     p.set_defaults(handler=cmd_bench)
 
-    from core import training_cli  # registers phantom / train / demo-model
+    from core import analysis_cli, training_cli  # analyze; phantom / train / demo-model
 
+    analysis_cli.register(sub)
     training_cli.register(sub)
     return parser
 

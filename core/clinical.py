@@ -18,6 +18,7 @@ import numpy as np
 N_CATEGORIES = ("N0", "N1")
 UNKNOWN_N = "unknown"
 N_CHOICES = (*N_CATEGORIES, UNKNOWN_N)
+T_CATEGORIES = ("T1a", "T1b", "T2", "T3", "T4")  # UICC 8th edition, intrahepatic bile ducts
 Z_95 = 1.959963984540054
 
 # (N category, early recurrence 0/1) → number of patients, from Table 1 of the paper.

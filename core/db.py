@@ -34,7 +34,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
 
 from core import arrays
 
@@ -67,6 +67,9 @@ class Case(Base):
     cols: Mapped[int] = mapped_column(Integer)
     spacing_row_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
     spacing_col_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    spacing_source: Mapped[str | None] = mapped_column(String(8), nullable=True)  # "header" or "user"
+    export_window_level: Mapped[float | None] = mapped_column(Float, nullable=True)  # HU, PNG/JPEG exports
+    export_window_width: Mapped[float | None] = mapped_column(Float, nullable=True)
     roi_area_px: Mapped[int] = mapped_column(Integer)
     roi_area_mm2: Mapped[float | None] = mapped_column(Float, nullable=True)
     n_category: Mapped[str] = mapped_column(String(16))
@@ -117,6 +120,7 @@ class Analysis(Base):
     model_sha256: Mapped[str] = mapped_column(String(64))
     model_name: Mapped[str] = mapped_column(String(128))
     model_provenance: Mapped[str] = mapped_column(String(256))
+    training_data: Mapped[str] = mapped_column(String(32), server_default="unknown")  # core.provenance
     preprocess: Mapped[dict[str, Any]] = mapped_column(JSON)
     dl_probability: Mapped[float] = mapped_column(Float)
     dl_share_above: Mapped[float] = mapped_column(Float)
@@ -218,6 +222,8 @@ class NewCase:
     solitary: bool | None
     display_level: float
     display_width: float
+    spacing_source: str | None = None
+    export_window: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +231,7 @@ class NewAnalysis:
     model_sha256: str
     model_name: str
     model_provenance: str
+    training_data: str
     preprocess: dict[str, Any]
     dl_probability: float
     dl_share_above: float
@@ -261,6 +268,9 @@ def add_case(session: Session, new: NewCase, analysis: NewAnalysis) -> Case:
         cols=int(new.pixels.shape[1]),
         spacing_row_mm=new.spacing_mm[0] if new.spacing_mm else None,
         spacing_col_mm=new.spacing_mm[1] if new.spacing_mm else None,
+        spacing_source=new.spacing_source if new.spacing_mm else None,
+        export_window_level=new.export_window[0] if new.export_window else None,
+        export_window_width=new.export_window[1] if new.export_window else None,
         roi_area_px=area_px,
         roi_area_mm2=area_mm2,
         n_category=new.n_category,
@@ -288,6 +298,7 @@ def add_analysis(case: Case, new: NewAnalysis) -> Analysis:
         model_sha256=new.model_sha256,
         model_name=new.model_name,
         model_provenance=new.model_provenance,
+        training_data=new.training_data,
         preprocess=new.preprocess,
         dl_probability=new.dl_probability,
         dl_share_above=new.dl_share_above,
@@ -307,8 +318,53 @@ def add_analysis(case: Case, new: NewAnalysis) -> Analysis:
 
 
 def list_cases(session: Session) -> list[Case]:
-    """All cases, newest first."""
-    return list(session.scalars(select(Case).order_by(Case.created_at.desc(), Case.id.desc())))
+    """All cases, newest first, with their analyses loaded in one extra query (not one per row)."""
+    query = select(Case).options(selectinload(Case.analyses)).order_by(Case.created_at.desc(), Case.id.desc())
+    return list(session.scalars(query))
+
+
+@dataclass(frozen=True)
+class ClinicalUpdate:
+    """Clinical inputs of a saved case and the clinical risk they give (``None`` where unknown)."""
+
+    n_category: str
+    t_category: str | None
+    tumour_size_mm: float | None
+    solitary: bool | None
+    clinical_probability: float | None
+    clinical_ci_low: float | None
+    clinical_ci_high: float | None
+
+
+def update_clinical_inputs(session: Session, case_id: int, update: ClinicalUpdate) -> list[str]:
+    """Replace a saved case's clinical inputs (and its latest analysis's clinical risk); caller commits.
+
+    Returns:
+        The names of the fields that changed (empty when nothing did); the audit trail
+        records them by name only.
+
+    Raises:
+        LookupError: no such case (deleted meanwhile).
+    """
+    case = session.get(Case, case_id)
+    if case is None:
+        raise LookupError(f"no case {case_id}")
+    changed = [
+        name
+        for name in ("n_category", "t_category", "tumour_size_mm", "solitary")
+        if getattr(case, name) != getattr(update, name)
+    ]
+    if not changed:
+        return []
+    for name in changed:
+        setattr(case, name, getattr(update, name))
+    if case.analyses:
+        latest = case.analyses[-1]
+        latest.clinical_probability = update.clinical_probability
+        latest.clinical_ci_low = update.clinical_ci_low
+        latest.clinical_ci_high = update.clinical_ci_high
+    session.add(AuditEvent(action="case_updated", case_key=case.case_key, detail={"fields": changed}))
+    return changed
 
 
 def case_array(session: Session, case: Case, kind: str) -> np.ndarray:
@@ -326,11 +382,32 @@ def array_by_id(session: Session, array_id: str) -> np.ndarray:
     return row.load()
 
 
-def delete_case(session: Session, case_id: int) -> bool:
-    """Delete a case with everything attached; the audit trail keeps a record. Caller commits."""
+@dataclass(frozen=True)
+class DeletedCase:
+    """What a deletion removed, for the page to say."""
+
+    case_key: str
+    analyses: int
+    arrays: int
+    outcomes: int
+
+
+def delete_case(session: Session, case_id: int) -> DeletedCase | None:
+    """Delete a case with everything attached; the audit trail keeps a record. Caller commits.
+
+    Returns:
+        What was deleted, or ``None`` when the case did not exist (deleted meanwhile).
+    """
     case = session.get(Case, case_id)
     if case is None:
-        return False
-    session.add(AuditEvent(action="case_deleted", case_key=case.case_key, detail={}))
+        return None
+    deleted = DeletedCase(case.case_key, len(case.analyses), len(case.arrays), len(case.outcomes))
+    session.add(
+        AuditEvent(
+            action="case_deleted",
+            case_key=case.case_key,
+            detail={"analyses": deleted.analyses, "arrays": deleted.arrays, "outcomes": deleted.outcomes},
+        )
+    )
     session.delete(case)
-    return True
+    return deleted

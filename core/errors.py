@@ -24,6 +24,14 @@ class RoiError(UserFacingError):
     """The outline cannot be used (empty, too small, outside the image)."""
 
 
+class NotCalibratedError(UserFacingError):
+    """The image lacks the scale (mm/px) or the HU the model needs; the message says what to enter."""
+
+
+class ModelOutputError(UserFacingError):
+    """The network produced no usable probabilities (NaN or infinite)."""
+
+
 class ModelNotInstalledError(UserFacingError):
     """No checkpoint exists at the configured path."""
 
@@ -40,3 +48,19 @@ class ManifestError(UserFacingError):
         listed = "; ".join(problems[:20])
         more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
         super().__init__(f"The manifest has {len(problems)} problem(s): {listed}{more}.")
+
+
+class DataSourceError(UserFacingError):
+    """A training run does not know, or is told two different things, about what its images are."""
+
+
+class ControlRunError(UserFacingError):
+    """A permuted-label control would be written where it could be mistaken for a model."""
+
+
+class ResumeMismatchError(UserFacingError):
+    """An output folder holds a run whose data, settings or code differ from this one's."""
+
+
+class TrainingDivergedError(UserFacingError):
+    """The training loss became NaN or infinite; the run stopped."""

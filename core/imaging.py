@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import io
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, TypeVar
 
 import cv2
 import numpy as np
 import pydicom
 import pydicom.pixels
+from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
-from core.errors import UnreadableImageError, WrongModalityError
+from core.errors import UnreadableImageError, UserFacingError, WrongModalityError
 from core.preprocess import PreprocessConfig
 
 MAX_SIDE_PX = 4096
@@ -36,6 +40,8 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "Wide soft tissue (L50 / W500)": (50.0, 500.0),
     "Bone (L400 / W1800)": (400.0, 1800.0),
 }
+
+_T = TypeVar("_T")
 
 SourceKind = Literal["dicom", "png", "jpeg"]
 SpacingSource = Literal["header", "user"]
@@ -122,6 +128,12 @@ def load_slice(data: bytes, filename: str = "") -> CtSlice:
 
 
 def _read_dicom(data: bytes, filename: str) -> CtSlice:
+    """Parse DICOM bytes, check every header value the reader relies on, then decode the pixels.
+
+    Any failure is a :class:`~core.errors.UserFacingError` with one sentence: the specific
+    checks below name the header field; anything they did not foresee becomes a generic
+    "damaged or unusual" sentence rather than a traceback.
+    """
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
     except InvalidDicomError:
@@ -135,9 +147,24 @@ def _read_dicom(data: bytes, filename: str) -> CtSlice:
         raise UnreadableImageError(
             "The DICOM file is damaged or incomplete; export the slice again from the PACS."
         ) from exc
+    try:
+        return _dicom_slice(ds)
+    except UserFacingError:
+        raise
+    except Exception as exc:  # last line of defence: never a traceback for a strange file
+        raise UnreadableImageError(
+            "This DICOM file is damaged or unusual in a way this tool cannot read; "
+            "export the slice again from the PACS."
+        ) from exc
+
+
+def _dicom_slice(ds: pydicom.Dataset) -> CtSlice:
+    """A parsed dataset as a :class:`CtSlice` in HU; the header is validated before any pixel is decoded."""
     _check_modality(ds)
-    hu = _hounsfield_units(ds)
-    _check_size(hu.shape)
+    header = _check_header(ds)
+    _check_size((header.rows, header.columns))
+    _check_pixel_data_length(ds, header)
+    hu = _hounsfield_units(ds, header)
     spacing, problem = _pixel_spacing(ds)
     return CtSlice(
         pixels=hu,
@@ -145,7 +172,7 @@ def _read_dicom(data: bytes, filename: str) -> CtSlice:
         spacing_mm=spacing,
         source_kind="dicom",
         modality="CT",
-        patient_id=str(ds.get("PatientID", "")) or None,
+        patient_id=_patient_id(ds),
         spacing_source="header" if spacing else None,
         spacing_problem=problem,
     )
@@ -158,27 +185,278 @@ def _not_an_image(filename: str) -> UnreadableImageError:
     )
 
 
+def _patient_id(ds: pydicom.Dataset) -> str | None:
+    """PatientID for pseudonymisation, or ``None`` when absent or unreadable (never a reason to refuse)."""
+    try:
+        return str(ds.get("PatientID", "")) or None
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------- DICOM header checks
+
+# Greyscale photometric interpretations. MONOCHROME1 (low values shown white) is as good as
+# MONOCHROME2 here: HU come from the modality LUT, whichever way round a viewer would paint them.
+GREYSCALE_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
+# Bits per stored pixel this reader decodes (a CT is 16; 8 and 32 occur in converted files).
+BITS_ALLOCATED = (8, 16, 32)
+_AGAIN = "export the slice again from the PACS"
+_DS_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")  # DICOM Decimal String
+_IS_TEXT = re.compile(r"[+-]?\d+")  # DICOM Integer String
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class _CtHeader:
+    """The header values the reader uses, validated.
+
+    Attributes:
+        rows, columns: image size in pixels.
+        bits_allocated: bits per stored pixel in the pixel data (8, 16 or 32).
+        slope: RescaleSlope, HU per stored unit (finite, non-zero).
+        intercept: RescaleIntercept, HU (finite).
+    """
+
+    rows: int
+    columns: int
+    bits_allocated: int
+    slope: float
+    intercept: float
+
+
+class _HeaderProblem(Exception):
+    """One header value is unusable; ``describe(keyword)`` is the start of the user's sentence."""
+
+    def __init__(self, kind: Literal["absent", "empty", "bad"], shown: str = "", why: str = "") -> None:
+        super().__init__(kind)
+        self.kind, self.shown, self.why = kind, shown, why
+
+    def describe(self, keyword: str) -> str:
+        if self.kind == "absent":
+            return f"This CT file has no {keyword}"
+        if self.kind == "empty":
+            return f"This CT file has an empty {keyword}"
+        value = f" ({self.shown})" if self.shown else ""
+        return f"This CT file's {keyword}{value} {self.why}"
+
+
+def _header_error(keyword: str, problem: _HeaderProblem, consequence: str) -> UnreadableImageError:
+    return UnreadableImageError(f"{problem.describe(keyword)}, so {consequence}; {_AGAIN}.")
+
+
+def _element(ds: pydicom.Dataset, keyword: str) -> object | None:
+    """The element as stored (pydicom's raw element when not yet converted), or ``None`` when absent.
+
+    Reading the raw element avoids pydicom's own conversion, which raises (or warns) on
+    malformed DS / IS values; the callers parse the bytes themselves.
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds:
+        return None
+    return ds.get_item(tag)
+
+
+def _text_parts(ds: pydicom.Dataset, keyword: str) -> list[str]:
+    """A text element's (DS, IS, CS) values as stripped strings, at least one, none of them all blank.
+
+    Raises:
+        _HeaderProblem: absent, or empty.
+    """
+    elem = _element(ds, keyword)
+    if elem is None:
+        raise _HeaderProblem("absent")
+    value = getattr(elem, "value", None)
+    if isinstance(value, bytes | bytearray):
+        parts = [part.strip(" \0") for part in bytes(value).decode("latin-1").split("\\")]
+    elif value is None:
+        parts = [""]
+    elif isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        parts = [str(part).strip() for part in value]
+    else:
+        parts = [str(value).strip()]
+    if not any(parts):
+        raise _HeaderProblem("empty")
+    return parts
+
+
+def _decimal(ds: pydicom.Dataset, keyword: str) -> float:
+    """One finite DS number (e.g. RescaleSlope), read from the raw text."""
+    parts = _text_parts(ds, keyword)
+    shown = _shown(parts)
+    if len(parts) != 1:
+        raise _HeaderProblem("bad", shown, "is not a single number")
+    if not _DS_TEXT.fullmatch(parts[0]):
+        raise _HeaderProblem("bad", shown, "is not a number")
+    value = float(parts[0])
+    if not math.isfinite(value):
+        raise _HeaderProblem("bad", shown, "is not a finite number")
+    return value
+
+
+def _integer_string(ds: pydicom.Dataset, keyword: str) -> int:
+    """One IS whole number (e.g. NumberOfFrames), read from the raw text."""
+    parts = _text_parts(ds, keyword)
+    shown = _shown(parts)
+    if len(parts) != 1 or not _IS_TEXT.fullmatch(parts[0]):
+        raise _HeaderProblem("bad", shown, "is not a whole number")
+    return int(parts[0])
+
+
+def _unsigned_short(ds: pydicom.Dataset, keyword: str) -> int:
+    """One US value (e.g. Rows), from the raw two bytes in the file's byte order."""
+    elem = _element(ds, keyword)
+    if elem is None:
+        raise _HeaderProblem("absent")
+    value = getattr(elem, "value", None)
+    if isinstance(value, bytes | bytearray):
+        if len(value) == 0:
+            raise _HeaderProblem("empty")
+        if len(value) != 2:
+            raise _HeaderProblem("bad", "", "is not a single whole number")
+        return int.from_bytes(value, "little" if getattr(elem, "is_little_endian", True) else "big")
+    if value is None or value == "":
+        raise _HeaderProblem("empty")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _HeaderProblem("bad", _shown(value), "is not a single whole number")
+
+
+def _read_field(
+    reader: Callable[[pydicom.Dataset, str], _T], ds: pydicom.Dataset, keyword: str, consequence: str
+) -> _T:
+    """``reader(ds, keyword)``, its :class:`_HeaderProblem` turned into the user's sentence."""
+    try:
+        return reader(ds, keyword)
+    except _HeaderProblem as problem:
+        raise _header_error(keyword, problem, consequence) from None
+
+
 def _check_modality(ds: pydicom.Dataset) -> None:
-    modality = str(ds.get("Modality", "")).upper()
+    """Refuse anything but a CT image that has pixel data."""
+    try:
+        modality = "\\".join(_text_parts(ds, "Modality")).upper()
+    except _HeaderProblem:
+        modality = ""
     if modality == "SEG":
         raise WrongModalityError("This file is a DICOM segmentation, not an image; upload the CT slice itself.")
     if modality and modality != "CT":
-        raise WrongModalityError(
-            f"This file is a{'n' if modality[0] in 'AEIOUMR' else ''} {modality} image; a CT is needed."
-        )
+        # "an" before a letter whose name starts with a vowel sound: an MR, an NM, a US, a PT.
+        article = "an" if modality[0] in "AEFHILMNORSX" else "a"
+        raise WrongModalityError(f"This file is {article} {_shown(modality)} image; a CT is needed.")
     if not modality:
         raise WrongModalityError("This DICOM file does not say it is a CT (Modality tag missing); upload a CT slice.")
     if "PixelData" not in ds:
         raise UnreadableImageError("This DICOM file holds no image (no pixel data); upload a CT slice.")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise UnreadableImageError(
-            "This DICOM file holds several frames; upload the single axial slice with the largest tumour area."
+
+
+def _check_header(ds: pydicom.Dataset) -> _CtHeader:
+    """Validate, before decoding, every Image Pixel / CT Image header value the reader uses.
+
+    Raises:
+        WrongModalityError: a colour (not greyscale) image.
+        UnreadableImageError: any of SamplesPerPixel, PhotometricInterpretation, NumberOfFrames,
+            Rows, Columns, BitsAllocated, BitsStored, HighBit, PixelRepresentation, RescaleSlope,
+            RescaleIntercept missing, empty, malformed or out of range; several frames.
+    """
+    greyscale = "it is not known to be a greyscale image"
+    samples = _read_field(_unsigned_short, ds, "SamplesPerPixel", greyscale)
+    if samples in (3, 4):
+        raise WrongModalityError(
+            f"This DICOM is a colour image ({samples} SamplesPerPixel); a greyscale CT slice is needed."
         )
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise WrongModalityError("This DICOM is a colour image; a greyscale CT slice is needed.")
+    if samples != 1:
+        raise _header_error("SamplesPerPixel", _HeaderProblem("bad", str(samples), "is not 1"), greyscale)
+    photometric = "\\".join(_read_field(_text_parts, ds, "PhotometricInterpretation", greyscale)).upper()
+    if photometric not in GREYSCALE_PHOTOMETRIC:
+        raise WrongModalityError(
+            f"This DICOM's PhotometricInterpretation is {_shown(photometric)}, not the greyscale MONOCHROME1 "
+            "or MONOCHROME2 of a CT slice; upload a greyscale CT slice."
+        )
+    if _element(ds, "NumberOfFrames") is not None:  # absent means one frame
+        frames = _read_field(_integer_string, ds, "NumberOfFrames", "the number of images it holds is unknown")
+        if frames < 1:
+            problem = _HeaderProblem("bad", str(frames), "is not a positive whole number")
+            raise _header_error("NumberOfFrames", problem, "the number of images it holds is unknown")
+        if frames > 1:
+            raise UnreadableImageError(
+                "This DICOM file holds several frames; upload the single axial slice with the largest tumour area."
+            )
+
+    size = "the size of its image is unknown"
+    rows = _read_field(_unsigned_short, ds, "Rows", size)
+    columns = _read_field(_unsigned_short, ds, "Columns", size)
+    for keyword, value in (("Rows", rows), ("Columns", columns)):
+        if value == 0:
+            raise _header_error(keyword, _HeaderProblem("bad", "0", "is zero"), size)
+
+    decode = "its stored pixel values cannot be decoded reliably"
+    allocated = _read_field(_unsigned_short, ds, "BitsAllocated", decode)
+    if allocated not in BITS_ALLOCATED:
+        raise _header_error("BitsAllocated", _HeaderProblem("bad", str(allocated), "is not 8, 16 or 32 bits"), decode)
+    stored = _read_field(_unsigned_short, ds, "BitsStored", decode)
+    if not 1 <= stored <= allocated:
+        why = f"is not between 1 and its BitsAllocated of {allocated}"
+        raise _header_error("BitsStored", _HeaderProblem("bad", str(stored), why), decode)
+    high = _read_field(_unsigned_short, ds, "HighBit", decode)
+    if high != stored - 1:
+        why = f"is not one less than its BitsStored of {stored}"
+        raise _header_error("HighBit", _HeaderProblem("bad", str(high), why), decode)
+    representation = _read_field(_unsigned_short, ds, "PixelRepresentation", decode)
+    if representation not in (0, 1):
+        why = "is neither 0 (unsigned) nor 1 (signed)"
+        raise _header_error("PixelRepresentation", _HeaderProblem("bad", str(representation), why), decode)
+
+    # CT Image module, type 1: without them (or with a zero slope) the HU would be wrong, not just unknown.
+    hu = "its Hounsfield units are unknown"
+    slope = _read_field(_decimal, ds, "RescaleSlope", hu)
+    if slope == 0:
+        raise _header_error("RescaleSlope", _HeaderProblem("bad", f"{slope:g}", "is zero"), hu)
+    intercept = _read_field(_decimal, ds, "RescaleIntercept", hu)
+    return _CtHeader(rows=rows, columns=columns, bits_allocated=allocated, slope=slope, intercept=intercept)
 
 
-def _hounsfield_units(ds: pydicom.Dataset) -> np.ndarray:
+def _check_pixel_data_length(ds: pydicom.Dataset, header: _CtHeader) -> None:
+    """Refuse native (uncompressed) pixel data shorter than Rows × Columns × BitsAllocated / 8 bytes.
+
+    Encapsulated (compressed) pixel data is left to the decoder, whose failure has its own sentence.
+    """
+    elem = _element(ds, "PixelData")
+    value = getattr(elem, "value", None)
+    if value is None:
+        value = b""
+    if not isinstance(value, bytes | bytearray):
+        return
+    if getattr(elem, "length", 0) == _UNDEFINED_LENGTH or getattr(elem, "is_undefined_length", False):
+        return
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        if syntax is not None and UID(str(syntax)).is_encapsulated:
+            return
+    except ValueError:  # not a known transfer syntax: treat as native, as pydicom would
+        pass
+    needed = header.rows * header.columns * header.bits_allocated // 8
+    if len(value) < needed:
+        raise UnreadableImageError(
+            f"This CT file's pixel data is incomplete ({len(value)} of the {needed} bytes its Rows, Columns and "
+            f"BitsAllocated call for), so the file was cut short or damaged; {_AGAIN}."
+        )
+
+
+def _hounsfield_units(ds: pydicom.Dataset, header: _CtHeader) -> np.ndarray:
+    """Decode the pixels and apply the modality LUT: HU = stored · RescaleSlope + RescaleIntercept.
+
+    Args:
+        ds: the dataset, header already validated by :func:`_check_header`.
+        header: the validated values (slope in HU per stored unit, intercept in HU).
+
+    Returns:
+        (rows, cols) float32 HU. Stored values are integers (uint or int, 8–32 bits, by
+        PixelRepresentation) and are computed in float64 before the cast.
+
+    Raises:
+        UnreadableImageError: pixel data that cannot be decoded, of another shape than the header
+            says, or HU that overflow float32.
+    """
     try:
         stored = ds.pixel_array
     except Exception as exc:
@@ -186,10 +464,15 @@ def _hounsfield_units(ds: pydicom.Dataset) -> np.ndarray:
             "The CT pixel data cannot be decoded (damaged, truncated or an unsupported compression); "
             "export the slice uncompressed."
         ) from exc
-    if stored.ndim != 2:
+    if stored.shape != (header.rows, header.columns):
         raise UnreadableImageError("The CT pixel data is not a single 2-D slice; upload one axial slice.")
-    hu = pydicom.pixels.apply_rescale(stored, ds)
-    return np.asarray(hu, dtype=np.float32)
+    hu = (stored.astype(np.float64) * header.slope + header.intercept).astype(np.float32)
+    if not np.isfinite(hu).all():
+        raise UnreadableImageError(
+            f"This CT file's RescaleSlope ({header.slope:g}) and RescaleIntercept ({header.intercept:g}) give values "
+            f"far beyond any Hounsfield unit, so its Hounsfield units are unknown; {_AGAIN}."
+        )
+    return hu
 
 
 def _pixel_spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str | None]:
@@ -213,8 +496,13 @@ def _pixel_spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str
 
 
 def _shown(value: object, limit: int = 40) -> str:
-    """A header value as the user would recognise it, cut short."""
-    text = "\\".join(str(v) for v in value) if isinstance(value, list | tuple | pydicom.multival.MultiValue) else str(value)
+    """A header value as the user would recognise it, on one line (control characters as "?"), cut short."""
+    text = (
+        "\\".join(str(v) for v in value)
+        if isinstance(value, list | tuple | pydicom.multival.MultiValue)
+        else str(value)
+    )
+    text = "".join(char if char.isprintable() else "?" for char in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -21,6 +21,14 @@ from typing import Any
 FORMAT_VERSION = 1
 
 
+class UnknownPreprocessingError(ValueError):
+    """Preprocessing fields this version of the tool does not know (``.fields`` lists them)."""
+
+    def __init__(self, unknown: list[str]) -> None:
+        self.fields = unknown
+        super().__init__(f"unknown preprocessing field(s): {', '.join(unknown)}")
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How a slice becomes network input.
@@ -79,9 +87,19 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are ignored for forward compatibility."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            UnknownPreprocessingError: a key this version does not know. Such a checkpoint was
+                made by a newer version whose preprocessing this one cannot reproduce; loading
+                it with defaults would silently feed the network the wrong input.
+            ValueError: a known key with an invalid value.
+        """
         known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UnknownPreprocessingError(unknown)
+        kwargs = dict(data)
         if "labels" in kwargs:
             kwargs["labels"] = tuple(kwargs["labels"])
         return cls(**kwargs)

@@ -8,6 +8,8 @@ whether the weights come from real patients and which warning to show.
 
 from __future__ import annotations
 
+RESEARCH_NOTICE = "Research use only — not a medical device; do not base treatment decisions on these numbers."
+
 REAL_PATIENTS = "real patients"
 SYNTHETIC_PHANTOMS = "synthetic phantoms"
 UNTRAINED = "untrained"

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from core.errors import CheckpointError, ModelNotInstalledError
-from core.preprocess import FORMAT_VERSION, PreprocessConfig
+from core.preprocess import FORMAT_VERSION, PreprocessConfig, UnknownPreprocessingError
+from core.provenance import TRAINING_DATA_KINDS, UNKNOWN, weights_warning
 from models.resnet import build_resnet50
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "model.pt"
@@ -45,9 +46,14 @@ class LoadedModel:
     path: Path
 
     @property
-    def is_synthetic(self) -> bool:
-        """True unless the card says the weights come from real patients."""
-        return self.card.get("training_data") != "real patients"
+    def training_data(self) -> str:
+        """What the weights were trained on, as the card says (see :mod:`core.provenance`)."""
+        return str(self.card.get("training_data", UNKNOWN))
+
+    @property
+    def weights_warning(self) -> str | None:
+        """The sentence shown beside every risk of a model not trained on patients; ``None`` otherwise."""
+        return weights_warning(self.training_data)
 
     @property
     def name(self) -> str:
@@ -75,8 +81,10 @@ def make_card(name: str, provenance: str, training_data: str, **extra: Any) -> d
     Args:
         name: short model name shown in the sidebar.
         provenance: where the weights came from, in one line.
-        training_data: "untrained", "synthetic phantoms" or "real patients".
+        training_data: one of :data:`core.provenance.TRAINING_DATA_KINDS`, as the data said.
     """
+    if training_data not in TRAINING_DATA_KINDS:
+        raise ValueError(f"training_data must be one of {TRAINING_DATA_KINDS}, got {training_data!r}")
     card: dict[str, Any] = {
         "name": name,
         "provenance": provenance,
@@ -126,18 +134,40 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"The model file {path.name} is damaged or not a safe checkpoint; rebuild it with `make demo-model`."
         ) from exc
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+    if not isinstance(payload, dict) or not isinstance(payload.get("format_version"), int):
         raise CheckpointError(
             f"The model file {path.name} has an unknown format; rebuild it with this version of the tool."
         )
+    if payload["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"The model file {path.name} was written by a newer version of this tool (format "
+            f"{payload['format_version']}, this version reads {FORMAT_VERSION}); update the tool to use it."
+        )
+    if payload["format_version"] < FORMAT_VERSION or not {"state_dict", "preprocess", "card"} <= payload.keys():
+        raise CheckpointError(
+            f"The model file {path.name} has an outdated or incomplete format; rebuild it with this version of the tool."
+        )
     return payload
+
+
+def preprocess_from_checkpoint(payload: dict[str, Any], name: str) -> PreprocessConfig:
+    """The checkpoint's preprocessing, refused whole when this version cannot reproduce it."""
+    try:
+        return PreprocessConfig.from_dict(dict(payload["preprocess"]))
+    except UnknownPreprocessingError as error:
+        raise CheckpointError(
+            f"The model file {name} needs a newer version of this tool: its preprocessing has settings this "
+            f"version does not know ({', '.join(error.fields)}), and running it without them would give wrong risks."
+        ) from error
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"The model file {name} has invalid preprocessing settings; rebuild it.") from error
 
 
 def load_checkpoint(path: Path | None = None) -> LoadedModel:
     """Load the network, preprocessing and card; the network is in eval mode on the CPU."""
     path = Path(path) if path is not None else configured_model_path()
     payload = read_checkpoint(path)
-    preprocess = PreprocessConfig.from_dict(payload["preprocess"])
+    preprocess = preprocess_from_checkpoint(payload, path.name)
     network = build_resnet50(num_classes=int(payload.get("num_classes", 2)))
     try:
         network.load_state_dict(payload["state_dict"])

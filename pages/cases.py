@@ -2,61 +2,137 @@
 
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
 from sqlalchemy.orm import Session
 
 from core import db
-from core.cases import load_saved_case
+from core.analysis import outline_coverage
+from core.cases import AnalysisSummary, CaseSummary, SavedCase, list_case_summaries, load_saved_case
 from core.imaging import CtSlice, display_image
-from pages.common import engine, model_provenance_banner, require_shell, show_overlay, show_risks
+from pages.common import DATABASE_DOWN, engine, model_banner, require_shell, show_overlay, show_risks
 
-require_shell()
+log = logging.getLogger(__name__)
+
+
+def _number(solitary: bool | None) -> str:
+    return "—" if solitary is None else ("solitary" if solitary else "multiple")
+
+
+def case_row(case: CaseSummary) -> dict[str, object]:
+    latest = case.latest
+    return {
+        "id": case.case_id,
+        "case key": case.case_key,
+        "saved (UTC)": case.created_at.strftime("%Y-%m-%d %H:%M"),
+        "N": case.n_category,
+        "T": case.t_category or "—",
+        "size (mm)": f"{case.tumour_size_mm:g}" if case.tumour_size_mm else "—",
+        "number": _number(case.solitary),
+        "outline": f"{case.roi_area_mm2:,.0f} mm²" if case.roi_area_mm2 else f"{case.roi_area_px:,} px²",
+        "DL mean patch prob.": f"{latest.dl_risk.probability:.0%}" if latest else "—",
+        "clinical risk": f"{latest.clinical_risk.probability:.0%}" if latest and latest.clinical_risk else "n/a",
+        "model": latest.model_name if latest else "—",
+        "weights": ("patients" if latest.weights_warning is None else "NOT patients") if latest else "—",
+    }
+
+
+def analysis_details(analyses: tuple[AnalysisSummary, ...]) -> None:
+    """Every analysis of the case with the full identity of its model."""
+    with st.expander(f"Analyses of this case ({len(analyses)}) and their models"):
+        for a in analyses:
+            st.markdown(
+                f"**{a.created_at.strftime('%Y-%m-%d %H:%M')} UTC** · mean patch probability "
+                f"{a.dl_risk.probability:.0%} over {a.dl_risk.n_patches:,} patches · model **{a.model_name}** "
+                f"({a.training_data})  \nsha256 `{a.model_sha256}`"
+            )
+
+
+def show_case(saved: SavedCase) -> None:
+    summary = saved.summary
+    latest = summary.latest
+    assert latest is not None  # load_saved_case returns only analysed cases
+    ct = CtSlice(pixels=saved.pixels, is_hu=saved.is_hu, spacing_mm=saved.spacing_mm, source_kind=saved.source_kind)
+    display = display_image(ct, saved.display_level, saved.display_width)
+    model_banner(latest.model_name, latest.model_provenance, latest.weights_warning)
+    st.markdown(
+        f"**Clinical inputs:** N {summary.n_category} · T {summary.t_category or 'not entered'} · size "
+        f"{f'{summary.tumour_size_mm:g} mm' if summary.tumour_size_mm else 'not entered'} · "
+        f"{_number(summary.solitary) if summary.solitary is not None else 'number not entered'}"
+        + (" · pixel spacing entered by the user" if saved.spacing_source == "user" else "")
+        + (
+            f" · PNG/JPEG export window L{saved.export_window[0]:g}/W{saved.export_window[1]:g} HU"
+            if saved.export_window
+            else ""
+        )
+    )
+    coverage = outline_coverage(saved.pmap, saved.mask, ct.pixel_area_mm2)
+    show_overlay(display, saved.pmap, saved.mask, coverage, key=f"case_{summary.case_id}")
+    show_risks(
+        latest.dl_risk,
+        "Shown from the database; the model was not re-run.",
+        latest.weights_warning,
+        latest.clinical_risk,
+        summary.n_category,
+    )
+    analysis_details(summary.analyses)
+
+
+def delete_section(summary: CaseSummary) -> None:
+    with st.expander("Delete this case"):
+        confirm = st.checkbox(
+            f"Yes, delete case {summary.case_key} and its analyses for good.", key=f"confirm_{summary.case_id}"
+        )
+        if st.button("Delete case", disabled=not confirm, key=f"delete_{summary.case_id}"):
+            try:
+                with Session(engine()) as session:
+                    deleted = db.delete_case(session, summary.case_id)
+                    session.commit()
+            except Exception as error:
+                log.error("deleting a case failed: %s", type(error).__name__)
+                st.error(DATABASE_DOWN)
+                return
+            if deleted is None:
+                st.info(f"Case {summary.case_key} had already been deleted.")
+            else:
+                st.session_state["deleted_note"] = (
+                    f"Deleted case {deleted.case_key}: its slice, outline, {deleted.analyses} analysis(es) and "
+                    f"{deleted.outcomes} follow-up record(s). The audit trail keeps a record of the deletion."
+                )
+                st.rerun()
+
+
+require_shell("pages/cases.py")
 st.title("Saved cases")
+if "deleted_note" in st.session_state:
+    st.success(st.session_state.pop("deleted_note"))
 
-with Session(engine()) as session:
-    rows = [
-        {
-            "id": case.id,
-            "case key": case.case_key,
-            "saved (UTC)": case.created_at.strftime("%Y-%m-%d %H:%M"),
-            "N category": case.n_category,
-            "DL risk": f"{case.analyses[-1].dl_probability:.0%}" if case.analyses else "—",
-            "clinical risk": (
-                f"{case.analyses[-1].clinical_probability:.0%}"
-                if case.analyses and case.analyses[-1].clinical_probability is not None
-                else "n/a"
-            ),
-            "ROI area": f"{case.roi_area_mm2:,.0f} mm²" if case.roi_area_mm2 else f"{case.roi_area_px:,} px²",
-        }
-        for case in db.list_cases(session)
-    ]
+try:
+    with Session(engine()) as session:
+        cases = list_case_summaries(session)
+except Exception as error:
+    log.error("listing cases failed: %s", type(error).__name__)
+    st.error(DATABASE_DOWN)
+    st.stop()
 
-if not rows:
+if not cases:
     st.info("No saved cases yet. Analyze a case and press Save case.")
     st.stop()
 
-st.dataframe(rows, hide_index=True, width="stretch")
-labels = {row["id"]: f"#{row['id']} · {row['case key']} · {row['saved (UTC)']}" for row in rows}
+st.dataframe([case_row(c) for c in cases], hide_index=True, width="stretch")
+labels = {c.case_id: f"#{c.case_id} · {c.case_key} · {c.created_at.strftime('%Y-%m-%d %H:%M')}" for c in cases}
 chosen = st.selectbox("Open case", list(labels), format_func=labels.__getitem__, key="open_case")
 
-with Session(engine()) as session:
-    saved = load_saved_case(session, int(chosen))
+try:
+    with Session(engine()) as session:
+        saved = load_saved_case(session, int(chosen))
+except Exception as error:
+    log.error("opening a case failed: %s", type(error).__name__)
+    st.error("This case cannot be opened (database unavailable, or its stored arrays are damaged); others may open.")
+    st.stop()
 if saved is None:
     st.warning("This case was deleted meanwhile.")
     st.stop()
-
-ct = CtSlice(pixels=saved.pixels, is_hu=saved.is_hu, spacing_mm=saved.spacing_mm, source_kind=saved.source_kind)
-display = display_image(ct, saved.display_level, saved.display_width)
-model_provenance_banner(saved.model_name, saved.model_provenance, saved.synthetic)
-show_overlay(display, saved.pmap, saved.mask, key=f"case_{chosen}")
-show_risks(saved.dl_risk, saved.clinical_risk, saved.n_category, saved.synthetic)
-st.caption(f"Model sha256 {saved.model_sha256[:12]} · shown from the database, the model was not re-run.")
-
-with st.expander("Delete this case"):
-    confirm = st.checkbox(f"Yes, delete case {saved.case_key} and its analyses for good.", key=f"confirm_{chosen}")
-    if st.button("Delete case", disabled=not confirm, key=f"delete_{chosen}"):
-        with Session(engine()) as session:
-            db.delete_case(session, int(chosen))
-            session.commit()
-        st.success(f"Case {saved.case_key} deleted.")
-        st.rerun()
+show_case(saved)
+delete_section(saved.summary)

@@ -13,26 +13,33 @@ import streamlit as st
 from sqlalchemy.engine import Engine
 
 from core import db, pseudonym
+from core.analysis import Coverage
 from core.clinical import UNKNOWN_N_REASON, ClinicalRisk
 from core.errors import UserFacingError
 from core.heatmap import colour_bar, jet_overlay, roi_crop_box
 from core.inference import CaseRisk
+from core.provenance import RESEARCH_NOTICE
 from models.checkpoint import LoadedModel, configured_model_path, load_checkpoint
 
 SHELL_FLAG = "shell_ran"
-RESEARCH_NOTICE = "Research use only — not a medical device; do not base treatment decisions on these numbers."
+REQUESTED_PAGE = "requested_page"
 DISPLAY_WIDTH_PX = 640
+DATABASE_DOWN = "The case database cannot be reached (check ICCA_DATABASE_URL, the server and disk space); try again."
 
 
-def require_shell() -> None:
-    """Send a page that runs without ``app.py`` through it.
+def require_shell(page_file: str) -> None:
+    """Send a page that runs without ``app.py`` through it, to the same page.
 
     When the first request a fresh server sees is a deep link (``/cases``), Streamlit's
     legacy ``pages/``-folder mode runs that file alone: no sidebar, no model notice.
-    ``app.py`` marks the session; a page that finds no mark switches to ``app.py``, whose
-    ``st.navigation`` then takes over for the rest of the process.
+    ``app.py`` marks the session; a page that finds no mark records itself and switches to
+    ``app.py``, whose ``st.navigation`` then opens the recorded page.
+
+    Args:
+        page_file: the page's path relative to the app root, e.g. ``"pages/cases.py"``.
     """
     if not st.session_state.get(SHELL_FLAG):
+        st.session_state[REQUESTED_PAGE] = page_file
         st.switch_page("app.py")
 
 
@@ -64,20 +71,100 @@ def current_model() -> tuple[LoadedModel | None, str | None]:
 
 
 def pseudonym_secret() -> bytes:
-    return pseudonym.load_secret(db.REPO_ROOT / "data" / "pseudonym.key")
+    """The installation's pseudonym key.
+
+    Raises:
+        UserFacingError: the key file cannot be read or created.
+    """
+    try:
+        return pseudonym.load_secret(db.REPO_ROOT / "data" / "pseudonym.key")
+    except OSError as error:
+        raise UserFacingError(
+            "The pseudonym key (data/pseudonym.key or ICCA_PSEUDONYM_SECRET) cannot be read or created; "
+            "check the data folder's permissions and disk space."
+        ) from error
 
 
-def model_provenance_banner(model_name: str, provenance: str, synthetic: bool) -> None:
+def model_banner(model_name: str, provenance_line: str, weights_warning: str | None) -> None:
     """The model's origin beside every risk; a warning when the weights are not from patients."""
-    text = f"Model: **{model_name}** — {provenance}"
-    if synthetic:
-        st.warning(text, icon=":material/warning:")
+    text = f"Model: **{model_name}** — {provenance_line}"
+    if weights_warning:
+        st.warning(f"{text}. {weights_warning}", icon=":material/warning:")
     else:
         st.info(text)
 
 
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def show_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, coverage: Coverage, key: str) -> None:
+    """The JET overlay with an opacity slider, a colour bar and what the uncoloured pixels mean."""
+    opacity_col, zoom_col = st.columns([3, 1])
+    opacity = opacity_col.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_opacity")
+    zoom = zoom_col.toggle("Zoom to the outline", value=True, key=f"{key}_zoom")
+    overlay = jet_overlay(display, pmap, mask, opacity)
+    if zoom:
+        r0, c0, r1, c1 = roi_crop_box(mask)
+        overlay = overlay[r0:r1, c0:c1]
+    image_col, bar_col = st.columns([12, 2])
+    image_col.image(
+        overlay,
+        width="stretch",
+        caption="Per-patch probability of early recurrence (OpenCV COLORMAP_JET; mean of overlapping patches)",
+    )
+    bar_col.image(colour_bar(256, 24), width=24)
+    bar_col.caption("1.0 (red) at top, 0.0 (blue) at bottom")
+    if coverage.uncovered_px:
+        area = (
+            f"{coverage.uncovered_mm2:,.0f} mm²"
+            if coverage.uncovered_mm2 is not None
+            else f"{coverage.uncovered_px:,} px²"
+        )
+        st.caption(
+            f"{coverage.uncovered_share:.0%} of the outline ({area}) has no colour: no patch covers it, because a "
+            "patch is kept only when enough of it lies inside the outline (rims and narrow parts). Those pixels do "
+            "not enter the risk."
+        )
+
+
+def show_dl_risk(dl: CaseRisk, performance: str, weights_warning: str | None) -> None:
+    """The deep-learning number, labelled for what it is: an uncalibrated mean patch probability."""
+    st.subheader("Deep learning (ResNet50 patches)")
+    st.metric("Mean patch probability (uncalibrated)", f"{dl.probability:.0%}")
+    st.caption(
+        f"The {dl.rule} of this model over {dl.n_patches:,} patches ({dl.share_above:.0%} of them ≥ "
+        f"{dl.threshold:g}). It ranks cases; it is not a calibrated risk. {performance}"
+    )
+    if weights_warning:
+        st.caption(f":material/warning: {weights_warning}")
+
+
+def show_clinical_risk(clinical: ClinicalRisk | None, n_category: str) -> None:
+    """The N-category model's fitted probability with its 95% CI, or why there is none."""
+    if clinical is None:
+        st.subheader("Clinical model (N category unknown)")
+        st.metric("Fitted probability of early recurrence", "not available")
+        st.caption(UNKNOWN_N_REASON)
+        return
+    st.subheader(f"Clinical model (UICC {n_category})")
+    st.metric("Fitted probability of early recurrence", f"{clinical.probability:.0%}")
+    st.caption(
+        f"95% CI {clinical.ci_low:.0%}–{clinical.ci_high:.0%}: logistic regression on N category alone, "
+        "fitted to the paper's Table 1 (41 patients)."
+    )
+
+
+def show_risks(
+    dl: CaseRisk, performance: str, weights_warning: str | None, clinical: ClinicalRisk | None, n_category: str
+) -> None:
+    """Deep-learning number beside the clinical risk, then the research-use notice once."""
+    left, right = st.columns(2)
+    with left:
+        show_dl_risk(dl, performance, weights_warning)
+    with right:
+        show_clinical_risk(clinical, n_category)
+    st.caption(RESEARCH_NOTICE)
 
 
 def sample_session_state() -> dict[str, object]:
@@ -93,48 +180,5 @@ def sample_session_state() -> dict[str, object]:
     }
 
 
-def show_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, key: str) -> None:
-    """The JET overlay with an opacity slider and a colour bar."""
-    opacity_col, zoom_col = st.columns([3, 1])
-    opacity = opacity_col.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_opacity")
-    zoom = zoom_col.toggle("Zoom to the outline", value=True, key=f"{key}_zoom")
-    overlay = jet_overlay(display, pmap, mask, opacity)
-    if zoom:
-        r0, c0, r1, c1 = roi_crop_box(mask)
-        overlay = overlay[r0:r1, c0:c1]
-    image_col, bar_col = st.columns([12, 2])
-    image_col.image(
-        overlay,
-        width=DISPLAY_WIDTH_PX,
-        caption="Per-patch probability of early recurrence (OpenCV COLORMAP_JET; mean of overlapping patches)",
-    )
-    bar_col.image(colour_bar(256, 24), width=24)
-    bar_col.caption("1.0 (red) at top, 0.0 (blue) at bottom")
-
-
-def show_risks(dl: CaseRisk, clinical: ClinicalRisk | None, n_category: str, synthetic: bool) -> None:
-    """Deep-learning risk beside the N-category risk, with rules and units."""
-    left, right = st.columns(2)
-    with left:
-        st.subheader("Deep learning (ResNet50)")
-        st.metric("Risk of early recurrence", f"{dl.probability:.0%}")
-        st.caption(
-            f"Rule: {dl.rule} over {dl.n_patches} patches; {dl.share_above:.0%} of patches ≥ {dl.threshold:g}."
-            + (" Weights trained on synthetic phantoms." if synthetic else "")
-        )
-    with right:
-        st.subheader(f"Clinical model (UICC {n_category})")
-        if clinical is None:
-            st.metric("Risk of early recurrence", "not available")
-            st.caption(UNKNOWN_N_REASON)
-        else:
-            st.metric("Risk of early recurrence", f"{clinical.probability:.0%}")
-            st.caption(
-                f"95% CI {clinical.ci_low:.0%}–{clinical.ci_high:.0%}; logistic regression on N category "
-                "fitted to the paper's Table 1 (41 patients)."
-            )
-    st.caption(RESEARCH_NOTICE)
-
-
 if __name__ == "__main__":  # run as a page by the legacy pages/ mode: it is not one
-    require_shell()
+    require_shell("pages/analyze.py")

@@ -1,13 +1,14 @@
-"""Model card: where the installed weights came from and how they were validated."""
+"""Model card: where the installed weights came from and how they were validated, patient level first."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from core.modelcard import patient_level_auc, same_patients_comparison
 from core.report import card_metric_rows
 from pages.common import RESEARCH_NOTICE, current_model, require_shell
 
-require_shell()
+require_shell("pages/model_card.py")
 st.title("Model card")
 model, problem = current_model()
 if model is None:
@@ -15,21 +16,34 @@ if model is None:
     st.stop()
 
 card = model.card
-if model.is_synthetic:
-    st.warning(f"{model.provenance}", icon=":material/warning:")
-st.markdown(f"**{card.get('name', 'unnamed model')}** · file `{model.path.name}` · sha256 `{model.sha256}`")
+if model.weights_warning:
+    st.warning(f"{model.provenance}. {model.weights_warning}", icon=":material/warning:")
+st.markdown(f"**{model.name}** · file `{model.path.name}` · sha256 `{model.sha256}`")
+st.markdown(f"**Trained on:** {model.training_data}")
 st.markdown(f"**Preprocessing:** {model.preprocess.describe()}")
 st.markdown(f"**Intended use:** {card.get('intended_use', RESEARCH_NOTICE)}")
+
 metrics = card.get("cv_metrics")
-if metrics:
-    st.subheader("Cross-validation, validation folds (mean ± SD over folds)")
-    st.dataframe(card_metric_rows(metrics), hide_index=True)
-    oof = metrics.get("out_of_fold_patient_level", {})
-    if oof:
+pooled = patient_level_auc(card)
+if pooled is None:
+    st.info("This model's card holds no cross-validation results.")
+else:
+    st.subheader("Patient level, out of fold (one prediction per patient)")
+    st.markdown(f"ResNet50: **{pooled.describe()}**.")
+    st.caption(
+        "Each patient is scored once, by the fold model that did not see them, with the dashboard's own rule. "
+        "With a few dozen patients the 95% CI is wide: read the interval, not the point."
+    )
+    comparison = same_patients_comparison(card)
+    if comparison:
+        dl, clinical = comparison
         st.markdown(
-            f"Out of fold, one prediction per patient: ResNet50 AUC **{oof['dl_auc']:.3f}** against "
-            f"**{oof['clinical_n_category_auc']:.3f}** for the N-category logistic regression on the same patients."
+            f"On the same {dl.n} patients with a known N category: ResNet50 {dl.describe()} against "
+            f"N-category logistic regression {clinical.describe()}."
         )
+if metrics:
+    st.subheader("Per fold: validation folds, mean ± SD over folds")
+    st.dataframe(card_metric_rows(metrics), hide_index=True)
     st.caption(f"{metrics.get('patient_rule', '')}. {metrics.get('note', '')}. Rates in %.")
     cohort = card.get("cohort", {})
     if cohort:

@@ -32,6 +32,7 @@ def _new_case(key: str = "P-abc") -> tuple[db.NewCase, db.NewAnalysis]:
         model_sha256="f" * 64,
         model_name="test",
         model_provenance="untrained test model",
+        training_data="untrained",
         preprocess={"patch_px": 128},
         dl_probability=0.7,
         dl_share_above=0.8,
@@ -73,7 +74,8 @@ def test_save_and_reopen_round_trip(engine) -> None:
     assert saved is not None
     np.testing.assert_array_equal(saved.pixels, new_case.pixels)
     np.testing.assert_array_equal(saved.mask, new_case.mask)
-    assert saved.dl_risk.probability == 0.7 and saved.clinical_risk.ci_high == 0.96
+    latest = saved.summary.latest
+    assert latest.dl_risk.probability == 0.7 and latest.clinical_risk.ci_high == 0.96
     assert saved.pmap[12, 14] == pytest.approx(0.6) and saved.pmap[17, 21] == pytest.approx(0.7)
 
 
@@ -82,8 +84,10 @@ def test_delete_cascades_and_leaves_an_audit_record(engine) -> None:
         db.add_case(session, *_new_case("P-del"))
         session.commit()
         case_id = db.list_cases(session)[0].id
-        assert db.delete_case(session, case_id)
+        deleted = db.delete_case(session, case_id)
         session.commit()
+        assert deleted == db.DeletedCase("P-del", analyses=1, arrays=4, outcomes=0)
+        assert db.delete_case(session, case_id) is None  # deleted meanwhile: nothing to say but that
     with Session(engine) as session:
         assert session.scalar(select(db.StoredArray).limit(1)) is None
         assert session.scalar(select(db.Analysis).limit(1)) is None
@@ -107,3 +111,89 @@ def test_migrations_match_the_models(engine) -> None:
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), db.Base.metadata)
     assert diff == []
+
+
+def test_saving_again_updates_the_same_case(engine) -> None:
+    from core.cases import save_case
+
+    new_case, analysis = _new_case("P-once")
+    update = db.ClinicalUpdate("N1", "T2", 50.0, True, 0.85, 0.5, 0.96)
+    with Session(engine) as session:
+        first = save_case(session, new_case, analysis, update, saved_case_id=None)
+        session.commit()
+        again = save_case(session, new_case, analysis, update, saved_case_id=first.case_id)
+        changed = save_case(
+            session, new_case, analysis, db.ClinicalUpdate("N0", "T2", 50.0, True, 0.32, 0.17, 0.52), first.case_id
+        )
+        session.commit()
+    assert (first.action, again.action, changed.action) == ("saved", "unchanged", "updated")
+    assert changed.changed == ("n_category",) and again.case_id == changed.case_id == first.case_id
+    with Session(engine) as session:
+        [case] = db.list_cases(session)
+        assert case.n_category == "N0" and case.analyses[-1].clinical_probability == 0.32
+        actions = [e.action for e in session.scalars(select(db.AuditEvent).order_by(db.AuditEvent.id))]
+        assert actions == ["case_saved", "case_updated"]
+        db.delete_case(session, case.id)
+        session.commit()
+        # the case was deleted meanwhile (another tab): saving again makes a new one, nothing is lost
+        assert save_case(session, new_case, analysis, update, saved_case_id=first.case_id).action == "saved"
+
+
+def test_case_list_loads_analyses_without_a_query_per_row(engine) -> None:
+    from sqlalchemy import event
+
+    from core.cases import list_case_summaries
+
+    with Session(engine) as session:
+        for i in range(5):
+            db.add_case(session, *_new_case(f"P-{i}"))
+        session.commit()
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with Session(engine) as session:
+        summaries = list_case_summaries(session)
+    assert len(summaries) == 5 and all(s.latest.training_data == "untrained" for s in summaries)
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 2
+
+
+def test_migration_0002_maps_first_release_provenance_to_training_data(engine) -> None:
+    """Analyses saved by the first release keep their meaning: synthetic stays synthetic, the rest unknown."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0001")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO cases (id, case_key, created_at, updated_at, source_kind, is_hu, rows, cols, "
+                "spacing_row_mm, spacing_col_mm, roi_area_px, n_category, display_level, display_width) VALUES "
+                "(1, 'P-old', '2026-11-27', '2026-11-27', 'dicom', true, 8, 8, 0.7, 0.7, 10, 'N0', 60, 160)"
+            )
+        )
+        for i, provenance in enumerate(
+            [
+                "trained on synthetic phantoms — not for clinical use",
+                "untrained test model (random weights, seed 0)",
+                "trained on 41 patients of the local cohort",
+                "fold 1 of 5",
+            ]
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO analyses (case_id, created_at, model_sha256, model_name, model_provenance, "
+                    "preprocess, dl_probability, dl_share_above, dl_threshold, n_patches, aggregation_rule, "
+                    "clinical_model, probabilities_id, boxes_id) VALUES (1, :at, 'x', 'm', :p, '{}', 0.5, 0.5, "
+                    "0.5, 1, 'mean', 'N', 'a', 'b')"
+                ),
+                {"p": provenance, "at": f"2026-11-27 00:00:0{i}"},
+            )
+    db.migrate(engine)
+    with Session(engine) as session:
+        [case] = db.list_cases(session)
+        kinds = [a.training_data for a in case.analyses]
+        assert case.spacing_source == "header"
+    assert kinds == ["synthetic phantoms", "untrained", "real patients", "unknown"]

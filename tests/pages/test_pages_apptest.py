@@ -1,23 +1,33 @@
-"""AppTest smoke tests: every page renders; Analyze runs end to end with an injected outline.
+"""AppTest: every page renders; Analyze runs end to end with an injected slice and outline.
 
 AppTest cannot draw on the canvas or upload files, so the slice and the outline are
-injected into session state the way the upload widget and the sample button set them.
+injected into session state the way the upload widget and the sample button set them
+(the canvas returns its initial drawing until the browser reports).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from sqlalchemy.orm import Session
 from streamlit.testing.v1 import AppTest
 
-from pages.common import SHELL_FLAG, sample_session_state
+from core import db
+from core.phantom import sample_case
+from pages.common import DISPLAY_WIDTH_PX, SHELL_FLAG, content_hash, sample_session_state
 
 ROOT = Path(__file__).resolve().parents[2]
+DL_LABEL = "Mean patch probability (uncalibrated)"
+CLINICAL_LABEL = "Fitted probability of early recurrence"
 
 
 @pytest.fixture()
-def app_env(monkeypatch: pytest.MonkeyPatch, test_checkpoint: Path, sqlite_url: str, tmp_path: Path) -> None:
+def app_env(monkeypatch: pytest.MonkeyPatch, test_checkpoint: Path, sqlite_url: str) -> None:
     monkeypatch.setenv("ICCA_MODEL_PATH", str(test_checkpoint))
     monkeypatch.setenv("ICCA_DATABASE_URL", sqlite_url)
     monkeypatch.setenv("ICCA_PSEUDONYM_SECRET", "test-secret")
@@ -36,32 +46,120 @@ def _with_sample(at: AppTest) -> AppTest:
     return at
 
 
+def _with_upload(at: AppTest, name: str, data: bytes, outline_from_sample: bool = True) -> AppTest:
+    """An upload as the uploader stores it, with the sample's outline drawn on the canvas."""
+    at.session_state["case_source"] = {"name": name, "data": data, "hash": content_hash(data)}
+    if outline_from_sample:
+        state = sample_session_state()
+        at.session_state["roi_json"] = state["roi_json"]
+        at.session_state["sample_loaded"] = True  # makes the canvas start from that drawing
+    return at
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def _analyze(at: AppTest) -> AppTest:
+    return at.button(key="analyze").click().run()
+
+
+def _cases(url: str) -> list[db.Case]:
+    engine = db.make_engine(url)
+    with Session(engine) as session:
+        cases = db.list_cases(session)
+        for case in cases:  # load while the session is open
+            _ = [a.training_data for a in case.analyses]
+    engine.dispose()
+    return cases
+
+
 def test_analyze_page_asks_for_a_slice(app_env: None) -> None:
     at = _page("analyze.py").run()
     assert not at.exception
     assert any("Upload a CT slice" in i.value for i in at.info)
 
 
-def test_analyze_page_runs_and_saves_the_sample_case(app_env: None) -> None:
-    at = _with_sample(_page("analyze.py"))
-    at.run()
-    assert not at.exception
-    assert any("patches" in m.value for m in at.markdown)
-    at.radio[1].set_value("N1")
-    at.button(key="FormSubmitter:clinical-Analyze").click().run()
-    assert not at.exception
-    labels = [m.label for m in at.metric]
-    assert labels.count("Risk of early recurrence") == 2
-    assert any(m.value == "85%" for m in at.metric)  # N1: 11/13 from Table 1
-    at.button[-1].click().run()  # Save case
+def test_inputs_entered_after_analyze_are_what_is_saved(app_env: None, sqlite_url: str) -> None:
+    at = _with_sample(_page("analyze.py")).run()
+    assert not at.exception and any("patches" in m.value for m in at.markdown)
+    _analyze(at)
+    assert _metric(at, CLINICAL_LABEL) == "not available"
+    result = at.session_state["result"]["analysis"]
+    # entered after Analyze: the clinical risk follows at once, the network is not re-run
+    at.radio(key="n").set_value("N1").run()
+    at.selectbox(key="t").set_value("T2").run()
+    at.number_input(key="size").set_value(55.0).run()
+    at.selectbox(key="number").set_value("multiple").run()
+    assert _metric(at, CLINICAL_LABEL) == "85%"  # N1: 11/13 in Table 1
+    assert at.session_state["result"]["analysis"] is result
+    at.button(key="save").click().run()
     assert any("Saved as case" in s.value for s in at.success)
+    [case] = _cases(sqlite_url)
+    assert (case.n_category, case.t_category, case.tumour_size_mm, case.solitary) == ("N1", "T2", 55.0, False)
+    assert case.analyses[0].clinical_probability == pytest.approx(11 / 13)
+    assert case.analyses[0].training_data == "untrained"
 
 
-def test_unknown_n_category_shows_not_available(app_env: None) -> None:
-    at = _with_sample(_page("analyze.py"))
-    at.run()
-    at.button(key="FormSubmitter:clinical-Analyze").click().run()
-    assert any(m.value == "not available" for m in at.metric)
+def test_saving_twice_makes_one_case_and_a_change_updates_it(app_env: None, sqlite_url: str) -> None:
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    at.button(key="save").click().run()
+    at.button(key="save").click().run()
+    assert any("Already saved as case" in i.value for i in at.info)
+    assert len(_cases(sqlite_url)) == 1
+    at.radio(key="n").set_value("N0").run()
+    assert any("press Save case to update it" in c.value for c in at.caption)
+    at.button(key="save").click().run()
+    assert any("N category changed" in s.value for s in at.success)
+    [case] = _cases(sqlite_url)
+    assert case.n_category == "N0" and case.analyses[0].clinical_probability == pytest.approx(9 / 28)
+
+
+def test_unknown_n_category_says_so_in_the_heading(app_env: None) -> None:
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    assert _metric(at, CLINICAL_LABEL) == "not available"
+    assert any(h.value == "Clinical model (N category unknown)" for h in at.subheader)
+    assert _metric(at, DL_LABEL).endswith("%")
+    assert any("not a calibrated risk" in c.value for c in at.caption)
+    assert any("Untrained (random) weights" in c.value for c in at.caption)
+
+
+def _png(grey: np.ndarray) -> bytes:
+    _ok, encoded = cv2.imencode(".png", grey)
+    return encoded.tobytes()
+
+
+def test_png_export_needs_spacing_and_window_before_the_model_runs(app_env: None) -> None:
+    sample = sample_case()
+    hu = pydicom.dcmread(__import__("io").BytesIO(sample.dicom_bytes)).pixel_array.astype(np.float32) - 1024
+    grey = np.clip((hu - (60 - 80)) / 160 * 255, 0, 255).round().astype(np.uint8)  # exported at L60/W160
+    at = _with_upload(_page("analyze.py"), "export.png", _png(grey)).run()
+    assert not at.exception
+    assert at.button(key="analyze").disabled
+    assert any("enter its pixel spacing (mm/px) and the window" in w.value for w in at.warning)
+    assert any("px² (no spacing)" in m.value for m in at.markdown)  # outlining works in pixels
+    tag = content_hash(_png(grey))[:12]
+    at.number_input(key=f"sp_{tag}").set_value(0.7).run()
+    assert at.button(key="analyze").disabled  # spacing alone is not enough: no HU yet
+    at.number_input(key=f"el_{tag}").set_value(60.0).run()
+    at.number_input(key=f"ew_{tag}").set_value(160.0).run()
+    assert not at.button(key="analyze").disabled
+    assert any("mm²" in m.value and "patches (" in m.value for m in at.markdown)
+    assert any("narrower than the model's" in c.value for c in at.caption)
+    _analyze(at)
+    assert not at.exception and _metric(at, DL_LABEL).endswith("%")
+
+
+def test_dicom_without_spacing_is_named_as_such(app_env: None) -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.PixelSpacing
+    buffer = __import__("io").BytesIO()
+    ds.save_as(buffer)
+    at = _with_upload(_page("analyze.py"), "nospacing.dcm", buffer.getvalue(), outline_from_sample=False).run()
+    assert not at.exception
+    texts = [w.value for w in at.warning]
+    assert any("This DICOM slice has no usable pixel spacing: it has no PixelSpacing" in t for t in texts)
+    assert not any("raster" in t.lower() for t in texts + [i.value for i in at.info])
 
 
 def test_wrong_file_shows_one_sentence(app_env: None) -> None:
@@ -74,15 +172,55 @@ def test_wrong_file_shows_one_sentence(app_env: None) -> None:
     ]
 
 
-def test_cases_page_empty_then_lists(app_env: None) -> None:
+def test_pseudonym_key_failure_is_one_sentence_and_the_result_stays(
+    app_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core import pseudonym
+
+    def unreadable(_path: Path) -> bytes:
+        raise PermissionError("data/pseudonym.key")
+
+    monkeypatch.setattr(pseudonym, "load_secret", unreadable)
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    at.button(key="save").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "The pseudonym key (data/pseudonym.key or ICCA_PSEUDONYM_SECRET) cannot be read or created; check the "
+        "data folder's permissions and disk space. The result stays on screen."
+    ]
+    assert _metric(at, DL_LABEL).endswith("%")
+
+
+def test_database_failure_on_save_is_one_sentence_and_the_result_stays(
+    app_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    monkeypatch.setenv("ICCA_DATABASE_URL", "postgresql+psycopg://nobody:x@127.0.0.1:1/none")  # refused
+    at.button(key="save").click().run()
+    assert not at.exception
+    assert any("could not be saved" in e.value for e in at.error)
+    assert _metric(at, DL_LABEL).endswith("%")
+
+
+def test_cases_page_empty(app_env: None) -> None:
     at = _page("cases.py").run()
     assert not at.exception and any("No saved cases" in i.value for i in at.info)
 
 
-def test_model_card_page(app_env: None) -> None:
+def test_cases_page_database_down_is_one_sentence(app_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ICCA_DATABASE_URL", "postgresql+psycopg://nobody:x@127.0.0.1:1/none")
+    at = _page("cases.py").run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "The case database cannot be reached (check ICCA_DATABASE_URL, the server and disk space); try again."
+    ]
+
+
+def test_model_card_leads_with_patient_level(app_env: None) -> None:
     at = _page("model_card.py").run()
     assert not at.exception
     assert any("untrained test model" in w.value for w in at.warning)
+    assert any("no cross-validation results" in i.value for i in at.info)
 
 
 def test_no_model_installed_is_said_plainly(app_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -95,14 +233,12 @@ def test_app_shell_renders_sidebar(app_env: None) -> None:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     assert not at.exception
     assert any("Research use only" in c.value for c in at.sidebar.caption)
+    assert any("Untrained (random) weights" in w.value for w in at.sidebar.warning)
 
 
-def test_cases_page_reopens_without_the_model_and_deletes(
+def test_cases_page_reopens_without_the_model_shows_inputs_and_deletes(
     app_env: None, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from sqlalchemy.orm import Session
-
-    from core import db
     from tests.core.test_db import _new_case
 
     engine = db.make_engine(sqlite_url)
@@ -113,10 +249,22 @@ def test_cases_page_reopens_without_the_model_and_deletes(
     monkeypatch.setenv("ICCA_MODEL_PATH", str(tmp_path / "no-model.pt"))  # reopening must not need it
     at = _page("cases.py").run()
     assert not at.exception
-    assert any(m.value == "70%" for m in at.metric) and any(m.value == "85%" for m in at.metric)
+    assert _metric(at, DL_LABEL) == "70%" and _metric(at, CLINICAL_LABEL) == "85%"
+    assert any("T T2" in m.value and "50 mm" in m.value and "solitary" in m.value for m in at.markdown)
+    assert any("f" * 64 in m.value for m in at.markdown)  # the model's full sha256 in the details
+    assert any("Untrained (random) weights" in c.value for c in at.caption)
     at.checkbox[0].check().run()
     at.button[0].click().run()
     assert not at.exception
+    assert any(
+        s.value.startswith("Deleted case P-reopen: its slice, outline, 1 analysis(es)") for s in at.success
+    )
     with Session(engine) as session:
         assert db.list_cases(session) == []
     engine.dispose()
+
+
+def test_sample_canvas_scale_matches_the_display_width() -> None:
+    state = sample_session_state()
+    [polygon] = state["roi_json"]["objects"]
+    assert max(p["x"] for p in polygon["points"]) <= DISPLAY_WIDTH_PX
