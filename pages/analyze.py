@@ -44,7 +44,7 @@ from core.pseudonym import case_key
 from core.roi import canvas_view_for, mask_from_fabric
 from models.checkpoint import LoadedModel
 from pages.common import (
-    DISPLAY_WIDTH_PX,
+    CANVAS_WIDTH_PX,
     content_hash,
     current_model,
     engine,
@@ -72,6 +72,13 @@ def load_sample() -> None:
     """Button callback: the sample replaces any upload, and the uploader is emptied."""
     st.session_state.update(sample_session_state())
     st.session_state["uploader_nonce"] = st.session_state.get("uploader_nonce", 0) + 1
+
+
+def clear_outline() -> None:
+    """Button callback: forget the loaded outline and start a fresh, empty canvas."""
+    st.session_state.pop("roi_json", None)
+    st.session_state["sample_loaded"] = False
+    st.session_state["canvas_nonce"] = st.session_state.get("canvas_nonce", 0) + 1
 
 
 def calibration_inputs(ct: CtSlice, source_hash: str) -> CtSlice:
@@ -120,8 +127,10 @@ def display_window(ct: CtSlice, cfg: PreprocessConfig) -> tuple[float, float]:
 
 def outline_mask(display: np.ndarray, ct: CtSlice, source_hash: str) -> np.ndarray | None:
     """The canvas over the slice; the drawn outline as a (rows, cols) bool mask, or ``None`` with a hint."""
-    view = canvas_view_for(ct.shape, DISPLAY_WIDTH_PX)
+    view = canvas_view_for(ct.shape, CANVAS_WIDTH_PX)
     mode_label = st.radio("Outline tool", list(DRAWING_MODES), horizontal=True, key="drawing_mode")
+    # The canvas's toolbar floats above its top edge: keep it off the radio row.
+    st.container(height=24, border=False)
     background = Image.fromarray(display).resize(view.canvas_size, Image.Resampling.BILINEAR)
     canvas = st_canvas(
         fill_color="rgba(0, 255, 0, 0.15)",
@@ -132,7 +141,12 @@ def outline_mask(display: np.ndarray, ct: CtSlice, source_hash: str) -> np.ndarr
         height=view.canvas_size[1],
         drawing_mode=DRAWING_MODES[mode_label],
         initial_drawing=st.session_state.get("roi_json") if st.session_state.get("sample_loaded") else None,
-        key=f"canvas_{source_hash[:12]}",
+        key=f"canvas_{source_hash[:12]}_{st.session_state.get('canvas_nonce', 0)}",
+    )
+    st.button(
+        "Clear outline",
+        on_click=clear_outline,
+        help="Remove every outline, the sample's included (the canvas's own reset returns to the loaded outline).",
     )
     # json_data is the initial drawing until the canvas reports, then exactly what it holds:
     # a cleared canvas means no outline, never a stale one.

@@ -23,7 +23,7 @@ from models.checkpoint import LoadedModel, configured_model_path, load_checkpoin
 
 SHELL_FLAG = "shell_ran"
 REQUESTED_PAGE = "requested_page"
-DISPLAY_WIDTH_PX = 640
+CANVAS_WIDTH_PX = 480  # fits the left column of a 1400-px-wide screen beside the sidebar
 DATABASE_DOWN = "The case database cannot be reached (check ICCA_DATABASE_URL, the server and disk space); try again."
 
 
@@ -175,7 +175,7 @@ def sample_session_state() -> dict[str, object]:
     sample = sample_case()
     return {
         "case_source": {"name": "sample.dcm", "data": sample.dicom_bytes, "hash": content_hash(sample.dicom_bytes)},
-        "roi_json": sample.fabric_json(canvas_view_for(sample.shape, DISPLAY_WIDTH_PX)),
+        "roi_json": sample.fabric_json(canvas_view_for(sample.shape, CANVAS_WIDTH_PX)),
         "sample_loaded": True,
     }
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
@@ -40,9 +41,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-# Polygon vertices in canvas pixels (the canvas shows the 128-px CT_small at 640 px: scale 5).
-POLYGON = [(200, 200), (440, 180), (480, 400), (300, 470), (180, 380)]
-CANVAS_SCALE = 640 / 128
+# Polygon vertices in canvas pixels (the canvas shows the 128-px CT_small 480 px wide: scale 3.75).
+POLYGON = [(150, 150), (330, 135), (360, 300), (225, 352), (135, 285)]
+CANVAS_SCALE = 480 / 128
 
 pytestmark = pytest.mark.e2e
 
@@ -125,7 +126,23 @@ def browser_page(base: str, path: str = "") -> Iterator[Page]:
             browser.close()
 
 
-def test_upload_outline_analyze_save(app_url: tuple[str, str]) -> None:
+def _pixel_centre_mask(polygon_xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels whose centre lies inside the polygon, by OpenCV's point test (independent of core.roi)."""
+    contour = polygon_xy.astype(np.float32).reshape(-1, 1, 2)
+    rows, cols = shape
+    return np.array(
+        [[cv2.pointPolygonTest(contour, (c + 0.5, r + 0.5), False) > 0 for c in range(cols)] for r in range(rows)]
+    )
+
+
+def _choose(page: Page, label: str, option: str) -> None:
+    """Pick ``option`` in the Streamlit selectbox labelled ``label``."""
+    page.locator("[data-testid=stSelectbox]").filter(has_text=label).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_outline_analyze_then_inputs_are_saved_as_shown(app_url: tuple[str, str]) -> None:
+    """Draw by mouse, analyse, THEN enter the clinical inputs: the saved case holds them and the drawn outline."""
     from playwright.sync_api import expect
 
     base, db_url = app_url
@@ -134,33 +151,83 @@ def test_upload_outline_analyze_save(app_url: tuple[str, str]) -> None:
         page.wait_for_selector("canvas", timeout=30_000)
         page.wait_for_timeout(1_000)
         box = page.locator("canvas").last.bounding_box()
-        assert box is not None and round(box["width"]) == 640
+        assert box is not None and round(box["width"]) == 480
         for x, y in [*POLYGON, POLYGON[0]]:  # clicking the first vertex again closes the polygon
             page.mouse.click(box["x"] + x, box["y"] + y)
             page.wait_for_timeout(250)
         page.wait_for_selector("text=patches (", timeout=30_000)
-        page.get_by_text("N1", exact=True).click()
         page.get_by_role("button", name="Analyze").click()
-        page.wait_for_selector("text=Deep learning (ResNet50)", timeout=180_000)
+        page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
+        expect(page.get_by_text("Clinical model (N category unknown)")).to_be_visible()
+        page.get_by_text("N1", exact=True).click()
         expect(page.get_by_text("Clinical model (UICC N1)")).to_be_visible()
         expect(page.get_by_text("85%", exact=True).first).to_be_visible()  # N1 risk from Table 1: 11/13
+        _choose(page, "UICC T category", "T2")
+        page.get_by_label("Tumour size (mm)", exact=True).fill("42")
+        page.get_by_label("Tumour size (mm)", exact=True).press("Enter")
+        _choose(page, "Tumour number", "solitary")
+        page.wait_for_timeout(1_000)
         page.get_by_role("button", name="Save case").click()
         page.wait_for_selector("text=Saved as case", timeout=30_000)
+        page.get_by_role("button", name="Save case").click()
+        page.wait_for_selector("text=Already saved as case", timeout=30_000)
 
     engine = db.make_engine(db_url)
     with Session(engine) as session:
         cases = db.list_cases(session)
-        assert len(cases) == 1
+        assert len(cases) == 1  # two presses, one case
         case = cases[0]
         mask = db.case_array(session, case, "mask")
-        assert case.n_category == "N1" and case.case_key.startswith(("P-", "R-"))
+        assert (case.n_category, case.t_category, case.tumour_size_mm, case.solitary) == ("N1", "T2", 42.0, True)
+        assert case.case_key.startswith(("P-", "R-"))
         assert len(case.analyses) == 1 and case.analyses[0].clinical_probability == pytest.approx(11 / 13)
-        assert case.analyses[0].n_patches > 0
-    expected_px = polygon_area(np.array(POLYGON, dtype=float)) / CANVAS_SCALE**2
-    assert mask.shape == (128, 128)
-    assert abs(mask.sum() - expected_px) / expected_px < 0.02
-    assert case.roi_area_mm2 == pytest.approx(mask.sum() * 0.661468**2, rel=1e-6)
+        assert case.analyses[0].n_patches > 0 and case.analyses[0].training_data == "untrained"
     engine.dispose()
+    drawn = np.array(POLYGON, dtype=float) / CANVAS_SCALE
+    expected = _pixel_centre_mask(drawn, (128, 128))
+    assert mask.shape == (128, 128)
+    assert abs(mask.sum() - polygon_area(drawn)) / polygon_area(drawn) < 0.02
+    iou = (mask & expected).sum() / (mask | expected).sum()
+    assert iou >= 0.95, f"saved outline is not where it was drawn (IoU {iou:.3f})"
+    assert case.roi_area_mm2 == pytest.approx(mask.sum() * 0.661468**2, rel=1e-6)
+
+
+def test_sample_replaces_an_upload_and_clearing_the_canvas_clears_the_outline(app_url: tuple[str, str]) -> None:
+    from playwright.sync_api import expect
+
+    base, _ = app_url
+    with browser_page(base) as page:
+        page.set_input_files("input[type=file]", get_testdata_file("CT_small.dcm"))
+        expect(page.get_by_text("CT_small.dcm")).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="Load sample case").click()
+        page.wait_for_selector("text=patches (", timeout=60_000)
+        expect(page.get_by_text("CT_small.dcm")).to_have_count(0)  # the uploader let go of the upload
+        page.get_by_label("Tumour size (mm)", exact=True).fill("30")  # any rerun: the sample must stay
+        page.get_by_label("Tumour size (mm)", exact=True).press("Enter")
+        page.wait_for_timeout(1_500)
+        expect(page.get_by_text("1,851 mm²", exact=False)).to_be_visible()
+        page.get_by_role("button", name="Clear outline").click()
+        expect(page.get_by_text("No tumour outline yet", exact=False)).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("button", name="Analyze")).to_be_disabled()
+
+
+def test_resetting_a_drawn_outline_leaves_no_outline(app_url: tuple[str, str]) -> None:
+    from playwright.sync_api import expect
+
+    base, _ = app_url
+    with browser_page(base) as page:
+        page.set_input_files("input[type=file]", get_testdata_file("CT_small.dcm"))
+        page.wait_for_selector("canvas", timeout=30_000)
+        page.wait_for_timeout(1_000)
+        box = page.locator("canvas").last.bounding_box()
+        assert box is not None
+        for x, y in [*POLYGON, POLYGON[0]]:
+            page.mouse.click(box["x"] + x, box["y"] + y)
+            page.wait_for_timeout(250)
+        page.wait_for_selector("text=patches (", timeout=30_000)
+        page.get_by_role("button", name="Reset canvas & history").click()
+        expect(page.get_by_text("No tumour outline yet", exact=False)).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("button", name="Analyze")).to_be_disabled()
 
 
 def test_sample_case_loads_with_its_outline_and_analyzes(app_url: tuple[str, str]) -> None:
@@ -175,7 +242,7 @@ def test_sample_case_loads_with_its_outline_and_analyzes(app_url: tuple[str, str
         page.get_by_role("button", name="Load sample case").click()
         page.wait_for_selector("text=patches (", timeout=60_000)
         page.get_by_role("button", name="Analyze").click()
-        page.wait_for_selector("text=Deep learning (ResNet50)", timeout=180_000)
+        page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
         expect(page.get_by_text("not available", exact=True)).to_be_visible()  # N category left unknown
         page.get_by_role("button", name="Save case").click()
         page.wait_for_selector("text=Saved as case", timeout=30_000)
@@ -191,11 +258,20 @@ def test_sample_case_loads_with_its_outline_and_analyzes(app_url: tuple[str, str
     assert abs(int(saved.sum()) - int(expected.sum())) / expected.sum() < 0.02
 
 
-def test_deep_link_into_a_fresh_server_goes_through_the_shell(app_url: tuple[str, str]) -> None:
-    """Streamlit's legacy pages/ mode would run /model_card alone, without sidebar or notices."""
-    from playwright.sync_api import expect
+@pytest.mark.parametrize(("path", "heading"), [("cases", "Saved cases"), ("model_card", "Model card")])
+def test_deep_link_into_a_fresh_server_opens_that_page(app_url: tuple[str, str], path: str, heading: str) -> None:
+    """Streamlit's legacy pages/ mode would run the page alone; the shell must then open that same page."""
+    from playwright.sync_api import sync_playwright
 
     base, _ = app_url
-    with browser_page(base, "model_card") as page:
-        expect(page.get_by_text("Case database: connected")).to_be_visible()
-        expect(page.locator("[data-testid=stSidebarNav]")).not_to_contain_text("common")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{base}/{path}")
+            page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
+            assert page.get_by_text("Case database: connected").is_visible()
+            assert "common" not in page.locator("[data-testid=stSidebarNav]").inner_text()
+            assert page.get_by_role("heading", name="Analyze a case").count() == 0
+        finally:
+            browser.close()

@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import db
 from core.phantom import sample_case
-from pages.common import DISPLAY_WIDTH_PX, SHELL_FLAG, content_hash, sample_session_state
+from pages.common import CANVAS_WIDTH_PX, SHELL_FLAG, content_hash, sample_session_state
 
 ROOT = Path(__file__).resolve().parents[2]
 DL_LABEL = "Mean patch probability (uncalibrated)"
@@ -267,4 +267,4 @@ def test_cases_page_reopens_without_the_model_shows_inputs_and_deletes(
 def test_sample_canvas_scale_matches_the_display_width() -> None:
     state = sample_session_state()
     [polygon] = state["roi_json"]["objects"]
-    assert max(p["x"] for p in polygon["points"]) <= DISPLAY_WIDTH_PX
+    assert max(p["x"] for p in polygon["points"]) <= CANVAS_WIDTH_PX
