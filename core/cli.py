@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="also measure training steps (paper configuration)")
     p.set_defaults(handler=cmd_bench)
 
-    from core import analysis_cli, training_cli  # analyze; phantom / train / demo-model
+    from core import analysis_cli, figures, training_cli  # analyze; figures; phantom / train / demo-model
 
     analysis_cli.register(sub)
+    figures.register(sub)
     training_cli.register(sub)
     return parser
 

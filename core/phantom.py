@@ -48,7 +48,10 @@ MANIFEST_COLUMNS = (
     "t_category",
     "tumour_size_mm",
     "institution",
+    "data_source",
 )
+# Phantom manifests say what they are, so a model trained on them is labelled synthetic by the data.
+PHANTOM_DATA_SOURCE = "synthetic"
 # Per label (0 = no early recurrence, 1 = early recurrence): patients and N1 count, Table 1.
 TABLE1_GROUPS = {0: {"patients": 21, "n1": 2}, 1: {"patients": 20, "n1": 11}}
 T_CATEGORIES = ("T1a", "T1b", "T2", "T3", "T4")
@@ -207,7 +210,10 @@ def iter_cohort(n_patients: int = 41, seed: int = 0) -> Iterator[PhantomPatient]
 
 
 def write_cohort(out: Path, n_patients: int = 41, seed: int = 0, progress: bool = True) -> Path:
-    """Write DICOM slices, PNG masks and ``manifest.csv`` under ``out``; returns the manifest path."""
+    """Write DICOM slices, PNG masks and ``manifest.csv`` under ``out``; returns the manifest path.
+
+    Every row's ``data_source`` is ``synthetic``: ``core train`` reads it onto the model's card.
+    """
     from tqdm import tqdm
 
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -230,6 +236,7 @@ def write_cohort(out: Path, n_patients: int = 41, seed: int = 0, progress: bool 
                     patient.t_category,
                     patient.tumour_size_mm,
                     patient.institution,
+                    PHANTOM_DATA_SOURCE,
                 ]
             )
     return manifest
@@ -248,7 +255,10 @@ class SampleCase:
         return {"version": "7.0.0", "objects": [polygon_to_fabric(view.to_canvas(self.outline_xy))]}
 
 
+SAMPLE_TUMOUR_MM = 55.0
+
+
 def sample_case(seed: int = 2022) -> SampleCase:
-    """One early-recurrence phantom with a 55 mm tumour and its outline (simplified to 24 vertices)."""
-    patient = make_patient("SAMPLE-001", 1, "N1", np.random.default_rng(seed), size_mm=55.0)
+    """One early-recurrence phantom with a ``SAMPLE_TUMOUR_MM`` tumour and its outline (simplified to 24 vertices)."""
+    patient = make_patient("SAMPLE-001", 1, "N1", np.random.default_rng(seed), size_mm=SAMPLE_TUMOUR_MM)
     return SampleCase(dicom_bytes(patient, seed), patient.outline_xy[::4].copy(), patient.hu.shape)

@@ -93,6 +93,13 @@ def test_png_export_without_spacing_exits_2_saying_what_to_enter(
     assert result.returncode == 2
     assert "enter its pixel spacing (mm/px) and the window" in result.stderr
     ok = _analyze(
-        str(export), "--outline", str(outline), "--spacing-mm", "0.7", "--export-window", "60,160", model=test_checkpoint
+        str(export),
+        "--outline",
+        str(outline),
+        "--spacing-mm",
+        "0.7",
+        "--export-window",
+        "60,160",
+        model=test_checkpoint,
     )
     assert ok.returncode == 0, ok.stderr

@@ -7,6 +7,7 @@ injected into session state the way the upload widget and the sample button set 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -131,7 +132,7 @@ def _png(grey: np.ndarray) -> bytes:
 
 def test_png_export_needs_spacing_and_window_before_the_model_runs(app_env: None) -> None:
     sample = sample_case()
-    hu = pydicom.dcmread(__import__("io").BytesIO(sample.dicom_bytes)).pixel_array.astype(np.float32) - 1024
+    hu = pydicom.dcmread(io.BytesIO(sample.dicom_bytes)).pixel_array.astype(np.float32) - 1024
     grey = np.clip((hu - (60 - 80)) / 160 * 255, 0, 255).round().astype(np.uint8)  # exported at L60/W160
     at = _with_upload(_page("analyze.py"), "export.png", _png(grey)).run()
     assert not at.exception
@@ -153,7 +154,7 @@ def test_png_export_needs_spacing_and_window_before_the_model_runs(app_env: None
 def test_dicom_without_spacing_is_named_as_such(app_env: None) -> None:
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     del ds.PixelSpacing
-    buffer = __import__("io").BytesIO()
+    buffer = io.BytesIO()
     ds.save_as(buffer)
     at = _with_upload(_page("analyze.py"), "nospacing.dcm", buffer.getvalue(), outline_from_sample=False).run()
     assert not at.exception
@@ -192,7 +193,7 @@ def test_pseudonym_key_failure_is_one_sentence_and_the_result_stays(
 
 
 def test_database_failure_on_save_is_one_sentence_and_the_result_stays(
-    app_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    app_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     at = _analyze(_with_sample(_page("analyze.py")).run())
     monkeypatch.setenv("ICCA_DATABASE_URL", "postgresql+psycopg://nobody:x@127.0.0.1:1/none")  # refused
@@ -256,9 +257,7 @@ def test_cases_page_reopens_without_the_model_shows_inputs_and_deletes(
     at.checkbox[0].check().run()
     at.button[0].click().run()
     assert not at.exception
-    assert any(
-        s.value.startswith("Deleted case P-reopen: its slice, outline, 1 analysis(es)") for s in at.success
-    )
+    assert any(s.value.startswith("Deleted case P-reopen: its slice, outline, 1 analysis(es)") for s in at.success)
     with Session(engine) as session:
         assert db.list_cases(session) == []
     engine.dispose()
