@@ -1,4 +1,10 @@
-"""``report.md`` and ROC curves (plotly HTML + PNG) from a cross-validation summary."""
+"""``report.md`` and ROC curves (plotly HTML + PNG) from a cross-validation summary.
+
+The report leads with the pooled out-of-fold patient-level AUC and its DeLong 95% CI,
+then the deep-learning vs clinical comparison on the same patients, then the fold
+tables (mean ± SD), and says for each figure which patients it rests on. A
+permuted-label run is titled and flagged as a control.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from core.metrics import METRIC_NAMES, roc_curve
+from core.provenance import RESEARCH_NOTICE, weights_warning
 
 log = logging.getLogger(__name__)
 ROWS = {
@@ -24,6 +31,7 @@ ROWS = {
     "accuracy": "Accuracy, %",
     "auc": "AUC",
 }
+CONTROL_TITLE = "Permuted-label control (not a model): cross-validation report"
 
 
 def write_report(out: Path, summary: dict[str, Any]) -> None:
@@ -32,28 +40,70 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
     write_roc(out, summary)
 
 
+def auc_with_ci(auc: float, ci: list[float]) -> str:
+    """ "0.812 (95% CI 0.671–0.953)", or "—" when undefined."""
+    if auc is None or math.isnan(auc):
+        return "—"
+    if ci is None or any(v is None or math.isnan(v) for v in ci):
+        return f"{_num(auc)} (95% CI not defined)"
+    return f"{_num(auc)} (95% CI {_num(ci[0])}–{_num(ci[1])})"
+
+
+def width_reason(n: int, events: int) -> str:
+    """Why the CI is wide, in one sentence."""
+    return (
+        f"With only {n} patients ({events} events, {n - events} without) the interval is wide: "
+        "read the AUC as lying anywhere inside it, not as the point value."
+    )
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
-    cohort, cfg = summary["cohort"], summary["config"]
-    lines = [
-        "# Cross-validation report",
+    cohort, cfg, covers = summary["cohort"], summary["config"], summary["covers"]
+    oof = summary["out_of_fold_patient_level"]
+    control = summary.get("control")
+    lines = [f"# {CONTROL_TITLE if control else 'Cross-validation report'}", ""]
+    if control:
+        lines += [f"**This is a {control}.**", ""]
+    warning = weights_warning(summary["training_data"])
+    if warning:
+        lines += [f"**{warning}** {RESEARCH_NOTICE}", ""]
+    everyone, same = oof["all_patients"], oof["same_patients"]
+    lines += [
+        "## Patient level, out of fold: the headline",
         "",
-        f"Cohort: {cohort['patients']} patients ({cohort['early_recurrence']} with early recurrence), "
-        f"{cohort['patches']:,} patches. {cfg['folds']}-fold cross-validation split **by patient**, stratified by label.",
+        f"ResNet50 AUC **{auc_with_ci(everyone['dl_auc'], everyone['dl_auc_ci'])}** ({oof['ci_method']}), "
+        f"n = {everyone['n']} patients, {everyone['events']} with early recurrence: "
+        f"{covers['out_of_fold_patient_level']}.",
+        "",
+        width_reason(everyone["n"], everyone["events"]),
+        "",
+        "## Patient level, deep learning vs clinical model on the same patients",
+        "",
+        f"Patients: {covers['same_patients']}; n = {same['n']}, {same['events']} with early recurrence "
+        f"({everyone['n'] - same['n']} with unknown N left out). The N-category logistic regression was refitted "
+        "on each training fold.",
+        "",
+        "| Model | AUC (95% CI, " + oof["ci_method"] + ") | n | Events |",
+        "|---|---|---|---|",
+        "| ResNet50 (the dashboard's case risk) | "
+        + f"{auc_with_ci(same['dl_auc'], same['dl_auc_ci'])} | {same['n']} | {same['events']} |",
+        f"| N-category logistic regression | {auc_with_ci(same['clinical_auc'], same['clinical_auc_ci'])} | "
+        f"{same['n']} | {same['events']} |",
+        "",
+        "## Run",
+        "",
+        f"Cohort: {cohort['patients']} patients ({cohort['early_recurrence']} with early recurrence, "
+        f"{cohort['known_n_category']} with known N), {cohort['patches']:,} patches in all "
+        f"({cohort['training_patches']:,} used for fitting). Data: {cohort['data_source']}"
+        + (" **with permuted labels (control run)**" if cohort["permuted_labels"] else "")
+        + f"; model card training data: {summary['training_data']}.",
+        f"{cfg['folds']}-fold cross-validation split **by patient**, stratified by label. "
         f"Training: ResNet50 from scratch, {cfg['epochs']} epochs, batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}, "
-        f"seed {cfg['seed']}, max patches per patient {cfg['max_patches_per_patient'] or 'all'}.",
-        f"Data: {cfg['training_data']}."
-        + (" **Labels were permuted (control run).**" if cohort["permuted_labels"] else ""),
+        f"seed {cfg['seed']}, max patches per patient for fitting {cfg['max_patches_per_patient'] or 'all'}.",
         f"Aggregation: {summary['patient_rule']}.",
         "",
-    ]
-    pooled = summary["out_of_fold_patient_level"]
-    lines += [
-        "## Patient level, out of fold (one prediction per patient)",
-        "",
-        f"- Deep learning: AUC {_num(pooled['dl']['auc'])}, accuracy {_pct(pooled['dl']['accuracy'])} % "
-        f"(n = {pooled['dl']['n']}).",
-        f"- N-category logistic regression (refitted on each training fold): AUC {_num(pooled['clinical_n_category']['auc'])} "
-        f"(n = {pooled['clinical_patients']} with known N).",
+        "Fold tables follow (mean ± SD over folds; each fold rests on a few patients, so they vary more "
+        "than the pooled figure above).",
         "",
     ]
     for level, title in (
@@ -64,12 +114,19 @@ def render_markdown(summary: dict[str, Any]) -> str:
             ("train", "training set (Table 2 layout)"),
             ("validation", "validation set (Table 3 layout)"),
         ):
-            lines += [f"## {title}: {table}", "", *_fold_table(summary, level, split), ""]
+            lines += [
+                f"## {title}: {table}",
+                "",
+                f"Patients: {covers[split]}.",
+                "",
+                *_fold_table(summary, level, split),
+                "",
+            ]
     lines += [
         "## Per-patient patch accuracy (Table 4 analysis, validation folds)",
         "",
-        f"First quartile of patch accuracy: {_pct(summary['table4']['first_quartile_patch_accuracy'])} %; "
-        "patients at or below it are flagged.",
+        f"Patients: {covers['table4']}. First quartile of patch accuracy: "
+        f"{_pct(summary['table4']['first_quartile_patch_accuracy'])} %; patients at or below it are flagged.",
         "",
         "| Patient | Fold | Label | N | Size, mm | Patches | Patch accuracy, % | DL risk | ≤ Q1 |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -91,7 +148,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
 
 def card_metric_rows(cv_metrics: dict[str, Any]) -> list[dict[str, str]]:
-    """Validation mean ± SD per metric at patient and patch level, for the model card page."""
+    """Validation mean ± SD per metric at patient and patch level, for the model card page.
+
+    These come second: the page leads with the pooled out-of-fold AUC (:mod:`core.modelcard`).
+    """
     rows = []
     for name in METRIC_NAMES:
         row = {"metric": ROWS[name]}
@@ -126,25 +186,31 @@ def _num(value: float) -> str:
 
 
 def write_roc(out: Path, summary: dict[str, Any]) -> None:
-    """Out-of-fold patient-level ROC of the DL model against the N-category model, HTML and PNG."""
+    """Out-of-fold patient-level ROC of the DL model against the N-category model, HTML and PNG.
+
+    Curves: the ResNet50 on all patients; where some N categories are unknown, the ResNet50
+    again on the patients with known N; the N-category model on those same patients. Each
+    legend entry gives its n.
+    """
     import plotly.graph_objects as go
 
     patients = summary["table4"]["patients"]
-    fig = go.Figure()
-    labels = np.array([p["label"] for p in patients])
-    fpr, tpr = roc_curve(labels, np.array([p["dl_probability"] for p in patients]))
-    auc = summary["out_of_fold_patient_level"]["dl"]["auc"]
-    fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines+markers", name=f"ResNet50 (AUC {_num(auc)})"))
+    oof = summary["out_of_fold_patient_level"]
+    everyone, same = oof["all_patients"], oof["same_patients"]
     known = [p for p in patients if p["clinical_probability"] is not None]
+    curves = [("ResNet50, all", patients, "dl_probability", everyone["dl_auc"], everyone["n"])]
+    if known and len(known) < len(patients):
+        curves.append(("ResNet50, known N", known, "dl_probability", same["dl_auc"], same["n"]))
     if known:
-        cfpr, ctpr = roc_curve(
-            np.array([p["label"] for p in known]), np.array([p["clinical_probability"] for p in known])
-        )
-        cauc = summary["out_of_fold_patient_level"]["clinical_n_category"]["auc"]
-        fig.add_trace(go.Scatter(x=cfpr, y=ctpr, mode="lines+markers", name=f"N category LR (AUC {_num(cauc)})"))
+        curves.append(("N category LR, known N", known, "clinical_probability", same["clinical_auc"], same["n"]))
+    fig = go.Figure()
+    for name, rows, key, auc, n in curves:
+        fpr, tpr = roc_curve(np.array([p["label"] for p in rows]), np.array([p[key] for p in rows]))
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines+markers", name=f"{name} (n = {n}, AUC {_num(auc)})"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
+    control = " — PERMUTED-LABEL CONTROL" if summary.get("control") else ""
     fig.update_layout(
-        title="Patient-level ROC, out of fold",
+        title=f"Patient-level ROC, out of fold{control}",
         xaxis_title="1 − specificity",
         yaxis_title="Sensitivity",
         width=640,

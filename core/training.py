@@ -3,13 +3,19 @@
 Recipe (paper defaults): ResNet50 from scratch, 2 classes, 50 epochs, batch 128,
 learning rate 0.00025. The paper does not name its optimizer; we use Adam
 (β = 0.9, 0.999, no weight decay), the usual choice at that learning rate. Patches
-come from the same code the dashboard uses (:func:`core.patches.extract_patches`)
-and are augmented with the 8 flips/rotations of the square (tumour texture has no
-orientation). Mixed precision: bfloat16 autocast on CPUs with BF16 and on CUDA.
+come from the same code the dashboard uses (:func:`core.patches.extract_patches`,
+images calibrated as :func:`core.cohort.load_calibrated_image` says) and are augmented
+with the 8 flips/rotations of the square (tumour texture has no orientation). Mixed
+precision: bfloat16 autocast on CPUs with BF16 and on CUDA; float16 (CUDA without
+bf16) trains with a gradient scaler. A non-finite loss stops the run.
 
 Honesty: folds are split **by patient**, stratified by label; no patient is in two
-folds. Each patient gets one prediction (the mean of its patch probabilities,
-the dashboard's rule), and patient-level metrics come first.
+folds. A validation patient is scored exactly as the dashboard scores a case: every
+patch of its grid, :func:`core.inference.aggregate`, :data:`core.inference.CASE_THRESHOLD`.
+``max_patches_per_patient`` subsamples the *training* patches only. The headline is the
+pooled out-of-fold patient-level AUC with DeLong's 95% CI; fold means ± SD come second.
+What the model was trained on comes from the data (the manifest's ``data_source`` or
+``--data-source``), never from a default. A permuted-label control writes no model.
 
 Scale-out: run under ``torchrun --nproc_per_node N``; each global batch is split
 across processes with DistributedDataParallel (gloo on CPU, nccl on GPU) and only
@@ -21,10 +27,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +41,70 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.clinical import NCategoryLogisticRegression
-from core.cohort import CohortPatient, load_mask, load_patient_image, read_manifest
-from core.errors import ManifestError, RoiError
+from core.clinical import N_CATEGORIES, NCategoryLogisticRegression, n1_indicator
+from core.cohort import (
+    CohortPatient,
+    content_sha256,
+    load_calibrated_image,
+    load_mask,
+    manifest_data_source,
+    read_manifest,
+)
+from core.errors import (
+    ControlRunError,
+    DataSourceError,
+    ManifestError,
+    ResumeMismatchError,
+    RoiError,
+    TrainingDivergedError,
+)
 from core.imaging import model_grey
-from core.inference import predict_patches, resolve_autocast, to_network_input
-from core.metrics import binary_metrics, mean_sd
+from core.inference import (
+    CASE_THRESHOLD,
+    PATCH_THRESHOLD,
+    PATIENT_RULE,
+    CaseRisk,
+    aggregate,
+    predict_patches,
+    resolve_autocast,
+    to_network_input,
+)
+from core.metrics import CI_METHOD, binary_metrics, delong_auc, mean_sd
 from core.patches import extract_patches
 from core.preprocess import PreprocessConfig
+from core.provenance import DATA_SOURCES, PERMUTED_CONTROL, REAL_PATIENTS, SYNTHETIC_PHANTOMS
 from models.checkpoint import make_card, save_checkpoint
 from models.resnet import build_resnet50
 
-PATIENT_RULE = "patient risk = mean of its patch probabilities; early recurrence predicted when ≥ 0.5"
+ROOT = Path(__file__).resolve().parents[1]
+# The source files whose change can change a training run's result (patches, grey values,
+# network, optimisation, scoring, metrics): a resumed run must have been made by the same code.
+TRAINING_CODE_FILES = (
+    "core/training.py",
+    "core/cohort.py",
+    "core/imaging.py",
+    "core/patches.py",
+    "core/preprocess.py",
+    "core/inference.py",
+    "core/clinical.py",
+    "core/metrics.py",
+    "models/resnet.py",
+)
+CONTROL_NOTE = (
+    "permuted-label control: the patients' labels were shuffled before cross-validation, so every "
+    "AUC here should sit near 0.5; no deployable model was written"
+)
+PATCH_NOTE = "patch-level figures are secondary: the patches of one patient are not independent"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one training / cross-validation run (paper defaults)."""
+    """Hyper-parameters of one training / cross-validation run (paper defaults).
+
+    ``data_source`` is what the command line states about the images ("patients" or
+    "synthetic"); ``None`` leaves it to the manifest's ``data_source`` column, and a run
+    with neither is refused. ``model_name`` ``None`` derives a name from the data.
+    """
 
     folds: int = 5
     epochs: int = 50
@@ -62,19 +116,13 @@ class TrainConfig:
     permute_labels: bool = False
     final_model: bool = True
     augment: bool = True
-    training_data: str = "real patients"
-    model_name: str = "ResNet50 patch model"
-
-    def fingerprint(self, preprocess: PreprocessConfig) -> str:
-        """Hash of everything that changes the result, to refuse resuming a different run."""
-        keys = {k: v for k, v in asdict(self).items() if k not in {"device", "model_name"}}
-        blob = json.dumps([keys, preprocess.to_dict()], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    data_source: str | None = None
+    model_name: str | None = None
 
 
 @dataclass
 class PatientPatches:
-    """One patient's training material: (N, P, P) uint8 patches (grey × 255) and labels."""
+    """One patient's material: (N, P, P) uint8 patches (grey × 255), the whole grid unless subsampled."""
 
     key: str
     label: int
@@ -91,6 +139,26 @@ class FoldResult:
     validation_patients: list[dict[str, Any]] = field(default_factory=list)
     train_patches_per_s: float = 0.0
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunFingerprint:
+    """What a run's result depends on, in three parts, so a refused resume can say which differs.
+
+    Attributes:
+        data: sha256 over the patients' content hashes in manifest order.
+        settings: sha256 of the TrainConfig (less device and names), preprocessing and training data kind.
+        code: sha256 of :data:`TRAINING_CODE_FILES`.
+        patients: patient key → :func:`core.cohort.content_sha256`, manifest order.
+    """
+
+    data: str
+    settings: str
+    code: str
+    patients: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 # ---------------------------------------------------------------- distributed helpers
@@ -123,6 +191,142 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# ---------------------------------------------------------------- what the run is
+
+
+def resolve_data_source(manifest_source: str | None, stated: str | None) -> str:
+    """The data source ("patients" or "synthetic") from the manifest column and/or ``--data-source``.
+
+    Raises:
+        DataSourceError: neither says, one says something else, or they disagree.
+    """
+    for value in (manifest_source, stated):
+        if value is not None and value not in DATA_SOURCES:
+            raise DataSourceError(f"The data source must be {' or '.join(DATA_SOURCES)}, not {value!r}.")
+    if manifest_source is None and stated is None:
+        raise DataSourceError(
+            "The manifest does not say whether its images are of real patients or synthetic: add a data_source "
+            "column (patients or synthetic) or pass --data-source patients|synthetic, so the model's card says it."
+        )
+    if manifest_source is not None and stated is not None and manifest_source != stated:
+        raise DataSourceError(
+            f"The manifest's data_source says {manifest_source} but --data-source says {stated}; "
+            "correct whichever is wrong."
+        )
+    return str(manifest_source or stated)
+
+
+def training_data_kind(data_source: str, permute_labels: bool) -> str:
+    """The card's ``training_data`` (a :data:`core.provenance.TRAINING_DATA_KINDS` value)."""
+    return PERMUTED_CONTROL if permute_labels else DATA_SOURCES[data_source]
+
+
+def check_control_folder(out: Path) -> None:
+    """Refuse a permuted-label control in a folder whose name does not say "control".
+
+    Raises:
+        ControlRunError: with a suggested folder name.
+    """
+    if "control" not in out.name.lower():
+        suggestion = out.with_name(f"{out.name or 'run'}-control")
+        raise ControlRunError(
+            f"A permuted-label run is a control, not a model, and its folder must say so: use --out {suggestion}."
+        )
+
+
+def default_model_name(training_data: str) -> str:
+    return "ResNet50 patch model" if training_data == REAL_PATIENTS else f"ResNet50 patch model ({training_data})"
+
+
+# ---------------------------------------------------------------- fingerprints
+
+
+def data_fingerprint(patients: Sequence[CohortPatient]) -> tuple[str, dict[str, str]]:
+    """(sha256 of the cohort, key → per-patient content sha256), patients in manifest order."""
+    per_patient = {p.key: content_sha256(p) for p in patients}
+    blob = json.dumps(list(per_patient.items()))
+    return hashlib.sha256(blob.encode()).hexdigest(), per_patient
+
+
+def settings_fingerprint(tc: TrainConfig, cfg: PreprocessConfig, training_data: str) -> str:
+    """sha256 of everything set by hand that changes the result.
+
+    Leaves out the device and the model name (they change no number) and the stated
+    ``data_source`` (a repeated ``--data-source`` that agrees with the manifest changes
+    nothing); the resolved ``training_data`` kind goes in instead.
+    """
+    keys = {k: v for k, v in asdict(tc).items() if k not in {"device", "model_name", "data_source"}}
+    blob = json.dumps([keys, cfg.to_dict(), training_data], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def code_fingerprint(files: Sequence[str] = TRAINING_CODE_FILES, root: Path | None = None) -> str:
+    """sha256 over the named source files (path and bytes) under ``root`` (default: this checkout), in order."""
+    root = root if root is not None else ROOT
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode() + b"\0")
+        digest.update(hashlib.sha256((root / name).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def run_fingerprint(
+    patients: Sequence[CohortPatient], tc: TrainConfig, cfg: PreprocessConfig, training_data: str
+) -> RunFingerprint:
+    data, per_patient = data_fingerprint(patients)
+    return RunFingerprint(data, settings_fingerprint(tc, cfg, training_data), code_fingerprint(), per_patient)
+
+
+def resume_mismatch(previous: dict[str, Any], current: RunFingerprint) -> str | None:
+    """What differs between a folder's ``run.json`` and this run, in words; ``None`` when nothing does."""
+    if not {"data", "settings", "code"} & previous.keys():
+        return "was written by an older version of this tool"
+    parts = []
+    if previous.get("data") != current.data:
+        parts.append(f"data ({_first_changed_patient(previous.get('patients') or {}, current.patients)})")
+    if previous.get("settings") != current.settings:
+        parts.append("settings")
+    if previous.get("code") != current.code:
+        parts.append("code (a training source file changed)")
+    if not parts:
+        return None
+    return "has different " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0])
+
+
+def _first_changed_patient(previous: dict[str, str], current: dict[str, str]) -> str:
+    for key, digest in current.items():
+        if key not in previous:
+            return f"patient {key} is new"
+        if previous[key] != digest:
+            return f"patient {key}'s image, mask, label, N category or calibration changed"
+    for key in previous:
+        if key not in current:
+            return f"patient {key} was removed"
+    return "the order of the patients changed"
+
+
+def check_resume(out: Path, current: RunFingerprint) -> None:
+    """Refuse to resume into ``out`` when the run recorded there (``run.json``) differs from this one.
+
+    Raises:
+        ResumeMismatchError: one sentence naming what differs (data / settings / code).
+    """
+    stamp = out / "run.json"
+    if stamp.exists():
+        difference = resume_mismatch(json.loads(stamp.read_text()), current)
+        if difference is not None:
+            raise ResumeMismatchError(
+                f"{out} holds a run that {difference}; choose another --out or delete that folder to start again."
+            )
+
+
+def record_run(out: Path, current: RunFingerprint) -> None:
+    """Write ``run.json`` atomically (other ranks may be reading it in :func:`check_resume`)."""
+    tmp = out / "run.json.tmp"
+    tmp.write_text(json.dumps(current.to_json(), indent=2))
+    os.replace(tmp, out / "run.json")
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -146,28 +350,21 @@ def build_patient_patches(
     patients: Sequence[CohortPatient],
     labels: Sequence[int],
     cfg: PreprocessConfig,
-    max_patches: int | None,
-    seed: int,
     show_progress: bool = True,
 ) -> list[PatientPatches]:
-    """Cut every patient's patch grid (capped at ``max_patches``, a seeded subset).
+    """Cut every patient's whole patch grid, from the calibrated slice, as the dashboard would.
 
     Raises:
         ManifestError: listing the patients whose outline yields no patch.
     """
     out, problems = [], []
-    for index, (patient, label) in enumerate(
-        tqdm(list(zip(patients, labels, strict=True)), desc="patches", disable=not show_progress)
-    ):
-        ct = load_patient_image(patient.image_path)
+    for patient, label in tqdm(list(zip(patients, labels, strict=True)), desc="patches", disable=not show_progress):
+        ct = load_calibrated_image(patient)
         try:
             _, patches = extract_patches(model_grey(ct, cfg), load_mask(patient.mask_path), ct.spacing_mm, cfg)
         except RoiError as error:
             problems.append(f"{patient.key}: {error}")
             continue
-        if max_patches is not None and len(patches) > max_patches:
-            keep = np.sort(np.random.default_rng([seed, index]).choice(len(patches), max_patches, replace=False))
-            patches = patches[keep]
         # uint8 keeps a quarter of the memory and loses nothing: in the default 250-HU window
         # one HU is already 1/250 of the grey range, coarser than uint8's 1/255 steps.
         out.append(
@@ -184,6 +381,22 @@ def build_patient_patches(
     return out
 
 
+def training_subsample(data: Sequence[PatientPatches], max_patches: int | None, seed: int) -> list[PatientPatches]:
+    """At most ``max_patches`` patches per patient (a seeded subset), for fitting networks only.
+
+    The subset of patient ``i`` depends on (seed, i) alone, so it is the same in every fold
+    and in the final model. Validation never sees this: it scores every patch.
+    """
+    out = []
+    for index, patient in enumerate(data):
+        if max_patches is None or len(patient.patches) <= max_patches:
+            out.append(patient)
+            continue
+        keep = np.sort(np.random.default_rng([seed, index]).choice(len(patient.patches), max_patches, replace=False))
+        out.append(replace(patient, patches=patient.patches[keep]))
+    return out
+
+
 def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Apply one of the 8 symmetries of the square to each (P, P) patch."""
     out = np.empty_like(batch)
@@ -194,6 +407,40 @@ def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- training
+
+
+def grad_scaler_enabled(autocast_dtype: torch.dtype | None) -> bool:
+    """Whether training needs loss scaling: only float16, whose 5-bit exponent flushes small gradients to 0.
+
+    bfloat16 has float32's exponent range and fp32 needs nothing.
+    """
+    return autocast_dtype == torch.float16
+
+
+def make_grad_scaler(device: torch.device, autocast_dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A GradScaler that is a pass-through unless the autocast dtype is float16."""
+    return torch.amp.GradScaler(device.type, enabled=grad_scaler_enabled(autocast_dtype))
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """One optimisation step through ``scaler``.
+
+    With scaling on, the loss is multiplied by the scale before ``backward`` and the gradients
+    unscaled before the step; a step whose gradients overflowed is skipped and the scale lowered.
+    With scaling off this is ``loss.backward(); optimizer.step()``.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def loss_is_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process (all ranks must stop together, or DDP would hang)."""
+    finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+    if world()[1] > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
 
 
 def train_network(
@@ -207,21 +454,25 @@ def train_network(
 ) -> tuple[torch.nn.Module, float]:
     """Train a fresh ResNet50 on every patch of ``data``; returns it and patches/s.
 
-    Resumable: after every epoch rank 0 writes ``state_path`` (weights, optimizer,
-    epoch); a later call with the same path continues from there.
+    Resumable: after every epoch rank 0 writes ``state_path`` (weights, optimizer, grad
+    scaler, epoch); a later call with the same path continues from there.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN or infinite (naming ``desc``, epoch and batch).
     """
     rank, size = world()
     patches = np.concatenate([p.patches for p in data])
     labels = np.concatenate([np.full(len(p.patches), p.label, dtype=np.int64) for p in data])
     network = build_resnet50(num_classes=len(cfg.labels), seed=seed).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(network.parameters(), lr=tc.lr)
-    start_epoch = _resume(state_path, network, optimizer)
+    autocast_dtype = resolve_autocast(device, "auto")
+    scaler = make_grad_scaler(device, autocast_dtype)
+    start_epoch = _resume(state_path, network, optimizer, scaler)
     model: torch.nn.Module = network
     if size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None
         )
-    autocast_dtype = resolve_autocast(device, "auto")
     seen, busy = 0, 0.0
     for epoch in range(start_epoch, tc.epochs):
         model.train()
@@ -239,34 +490,49 @@ def train_network(
             y = torch.from_numpy(labels[index]).to(device)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if not loss_is_finite(loss):
+                raise TrainingDivergedError(
+                    f"Training stopped in {desc}, epoch {epoch + 1}, batch {b + 1}: the loss became "
+                    f"{loss.item():g}; lower the learning rate (--lr, now {tc.lr:g}) or check the images and masks."
+                )
+            backward_and_step(loss, optimizer, scaler)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             seen += len(index) * size
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         busy += time.perf_counter() - started
         if state_path is not None and rank == 0:
-            _save_state(state_path, network, optimizer, epoch + 1)
+            _save_state(state_path, network, optimizer, scaler, epoch + 1)
         barrier()
     network.eval()
     return network, (seen / busy if busy > 0 else 0.0)
 
 
-def _resume(state_path: Path | None, network: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def _resume(
+    state_path: Path | None, network: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+) -> int:
     if state_path is None or not state_path.exists():
         return 0
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     network.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     return int(state["epoch"])
 
 
-def _save_state(path: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+def _save_state(
+    path: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, epoch: int
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, tmp)
+    state = {
+        "model": network.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),  # {} when scaling is off
+        "epoch": epoch,
+    }
+    torch.save(state, tmp)
     os.replace(tmp, path)
 
 
@@ -274,73 +540,177 @@ def _save_state(path: Path, network: torch.nn.Module, optimizer: torch.optim.Opt
 
 
 def patch_probabilities(
-    network: torch.nn.Module, data: Sequence[PatientPatches], cfg: PreprocessConfig, device: torch.device
+    network: Callable[[torch.Tensor], torch.Tensor],
+    data: Sequence[PatientPatches],
+    cfg: PreprocessConfig,
+    device: torch.device,
+    desc: str = "this network",
 ) -> list[np.ndarray]:
-    """(N_i,) probabilities of early recurrence for each patient's patches."""
-    return [predict_patches(network, p.patches, cfg, batch_size=128, device=device) for p in data]
+    """(N_i,) float64 probabilities of early recurrence for each patient's patches.
+
+    Raises:
+        TrainingDivergedError: a probability is NaN (weights that blew up without a non-finite
+            training loss, e.g. BatchNorm running statistics that overflowed).
+    """
+    probs = [predict_patches(network, p.patches, cfg, batch_size=128, device=device) for p in data]
+    broken = [p.key for p, pr in zip(data, probs, strict=True) if not np.all(np.isfinite(pr))]
+    if broken:
+        raise TrainingDivergedError(
+            f"Training of {desc} diverged: its network gives NaN probabilities (first for patient {broken[0]}); "
+            "lower the learning rate (--lr) or check the images and masks."
+        )
+    return probs
 
 
 def evaluate(data: Sequence[PatientPatches], probs: Sequence[np.ndarray]) -> tuple[dict[str, float], dict[str, float]]:
-    """(patient-level, patch-level) metrics; a patient's score is its mean patch probability."""
-    patient_scores = np.array([p.mean() for p in probs])
+    """(patient-level, patch-level) metrics, scored as the dashboard scores a case.
+
+    A patient's score is :func:`core.inference.aggregate` of its patch probabilities, predicted
+    early recurrence at :data:`~core.inference.CASE_THRESHOLD`; patches at
+    :data:`~core.inference.PATCH_THRESHOLD`.
+    """
+    patient_scores = np.array([aggregate(p).probability for p in probs])
     patient_labels = np.array([d.label for d in data])
     patch_scores = np.concatenate(probs)
     patch_labels = np.concatenate([np.full(len(p), d.label) for d, p in zip(data, probs, strict=True)])
-    return binary_metrics(patient_labels, patient_scores), binary_metrics(patch_labels, patch_scores)
+    return (
+        binary_metrics(patient_labels, patient_scores, threshold=CASE_THRESHOLD),
+        binary_metrics(patch_labels, patch_scores, threshold=PATCH_THRESHOLD),
+    )
 
 
 def clinical_scores(train: Sequence[PatientPatches], validation: Sequence[PatientPatches]) -> list[float | None]:
     """Out-of-fold N-category logistic regression risks (``None`` where N is unknown)."""
-    known = [p for p in train if p.n_category in {"N0", "N1"}]
+    known = [p for p in train if p.n_category in N_CATEGORIES]
     if len({p.label for p in known}) < 2:
         return [None] * len(validation)
     model = NCategoryLogisticRegression().fit(
-        np.array([p.n_category == "N1" for p in known], dtype=float), np.array([p.label for p in known])
+        n1_indicator([p.n_category for p in known]), np.array([p.label for p in known])
     )
     return [
-        float(model.predict_proba_n1(np.array([p.n_category == "N1"]))[0]) if p.n_category in {"N0", "N1"} else None
+        float(model.predict_proba_n1(n1_indicator([p.n_category]))[0]) if p.n_category in N_CATEGORIES else None
         for p in validation
     ]
+
+
+def out_of_fold_aucs(patients: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled out-of-fold patient-level AUCs with DeLong 95% CIs.
+
+    Args:
+        patients: one row per patient (``label``, ``dl_probability``, ``clinical_probability`` or
+            ``None``), each scored by the fold in which it was held out.
+
+    Returns:
+        ``all_patients``: the ResNet50 on every patient. ``same_patients``: the ResNet50 and the
+        N-category model on the patients who have a clinical risk (known N), so the two AUCs
+        are comparable.
+    """
+    labels = np.array([p["label"] for p in patients], dtype=np.int64)
+    dl = delong_auc(labels, np.array([p["dl_probability"] for p in patients], dtype=np.float64))
+    known = [p for p in patients if p["clinical_probability"] is not None]
+    known_labels = np.array([p["label"] for p in known], dtype=np.int64)
+    same_dl = delong_auc(known_labels, np.array([p["dl_probability"] for p in known], dtype=np.float64))
+    same_clinical = delong_auc(known_labels, np.array([p["clinical_probability"] for p in known], dtype=np.float64))
+    return {
+        "all_patients": {"n": dl.n, "events": dl.n_positive, "dl_auc": dl.auc, "dl_auc_ci": dl.ci},
+        "same_patients": {
+            "n": same_dl.n,
+            "events": same_dl.n_positive,
+            "dl_auc": same_dl.auc,
+            "dl_auc_ci": same_dl.ci,
+            "clinical_auc": same_clinical.auc,
+            "clinical_auc_ci": same_clinical.ci,
+        },
+        "ci_method": CI_METHOD,
+    }
+
+
+def coverage(tc: TrainConfig) -> dict[str, str]:
+    """Which patients (and patches) each figure of the run rests on, in words."""
+    subsample = (
+        f"the training subsample (at most {tc.max_patches_per_patient} patches per patient) the network was fitted on"
+        if tc.max_patches_per_patient is not None
+        else "all their patches"
+    )
+    return {
+        "out_of_fold_patient_level": "every patient once, scored by the fold in which it was held out, on all its patches",
+        "same_patients": "the patients with a known N category (N0/N1): both models scored on exactly these",
+        "validation": f"each fold's held-out patients, on all their patches; mean ± SD over the {tc.folds} folds",
+        "train": f"each fold's training patients, scored on {subsample}; mean ± SD over the {tc.folds} folds",
+        "table4": "every patient once, from the fold in which it was held out, on all its patches",
+    }
 
 
 # ---------------------------------------------------------------- the whole run
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every fold of one run shares."""
+
+    out: Path
+    tc: TrainConfig
+    cfg: PreprocessConfig
+    device: torch.device
+    training_data: str
+    model_name: str
+
+
 def cross_validate(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessConfig) -> dict[str, Any]:
     """Validate the manifest, run k-fold CV by patient, train the deployable model, write the report.
 
-    Files under ``out``: ``folds.csv``, ``fold{k}/model.pt`` and ``result.json`` per fold,
-    ``model.pt`` (trained on all patients after CV), ``metrics.json``, ``report.md``,
-    ``roc.html`` / ``roc.png``. Re-running with the same arguments resumes.
+    Files under ``out``: ``run.json`` (fingerprint), ``folds.csv``, ``fold{k}/model.pt`` and
+    ``result.json`` per fold, ``model.pt`` (trained on all patients after CV), ``metrics.json``,
+    ``report.md``, ``roc.html`` / ``roc.png``. Re-running with the same arguments resumes.
+    A permuted-label control (``tc.permute_labels``) must go to a folder named "…control…"
+    and writes no ``model.pt`` at all.
+
+    Raises:
+        ControlRunError, DataSourceError, ManifestError, ResumeMismatchError,
+        TrainingDivergedError: each with one sentence saying what to do.
     """
     device = resolve_device(tc.device)
     init_distributed(device)
     rank, size = world()
+    if tc.permute_labels:
+        check_control_folder(out)
     torch.manual_seed(tc.seed)
-    patients = read_manifest(manifest)
+    patients = read_manifest(manifest, cfg)
+    data_source = resolve_data_source(manifest_data_source(patients), tc.data_source)
+    training_data = training_data_kind(data_source, tc.permute_labels)
+    run = _Run(out, tc, cfg, device, training_data, tc.model_name or default_model_name(training_data))
     labels = [p.label for p in patients]
     if tc.permute_labels:
         labels = [int(v) for v in np.random.default_rng([tc.seed, 99]).permutation(labels)]
     folds = assign_folds([p.key for p in patients], labels, tc.folds, tc.seed)
+    fingerprint = run_fingerprint(patients, tc, cfg, training_data)
     out.mkdir(parents=True, exist_ok=True)
-    _check_fingerprint(out, tc, cfg, rank)
-    if rank == 0:
+    check_resume(out, fingerprint)
+    data = build_patient_patches(patients, labels, cfg, show_progress=rank == 0)
+    if rank == 0:  # recorded once the patches exist, so a manifest fixed after a failed start is no mismatch
+        record_run(out, fingerprint)
         write_folds(out / "folds.csv", folds)
-    data = build_patient_patches(patients, labels, cfg, tc.max_patches_per_patient, tc.seed, show_progress=rank == 0)
-    results = [_run_fold(k, data, folds, out, tc, cfg, device) for k in range(tc.folds)]
+    fit_data = training_subsample(data, tc.max_patches_per_patient, tc.seed)
+    results = [_run_fold(k, data, fit_data, folds, run) for k in range(tc.folds)]
+    deployable = tc.final_model and not tc.permute_labels  # a control's weights are never a model
     final_throughput = None
-    if tc.final_model:
+    if deployable:
         network, final_throughput = train_network(
-            data, cfg, tc, device, seed=tc.seed + 1000, state_path=out / "final" / "state.pt", desc="all patients"
+            fit_data,
+            cfg,
+            tc,
+            device,
+            seed=tc.seed + 1000,
+            state_path=out / "final" / "state.pt",
+            desc="the final model",
         )
-    summary = summarise(results, data, folds, tc, cfg, size, final_throughput)
+    summary = summarise(results, data, fit_data, folds, run, size, final_throughput, DATA_SOURCES[data_source])
     if rank == 0:
         from core.report import write_report
 
+        if deployable:
+            summary["model_sha256"] = save_checkpoint(out / "model.pt", network, cfg, _card(summary, run))
         (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=_json_default))
-        if tc.final_model:
-            card = _card(summary, tc, len(data))
-            summary["model_sha256"] = save_checkpoint(out / "model.pt", network, cfg, card)
         write_report(out, summary)
     barrier()
     return summary
@@ -349,71 +719,81 @@ def cross_validate(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessCo
 def _run_fold(
     k: int,
     data: Sequence[PatientPatches],
+    fit_data: Sequence[PatientPatches],
     folds: dict[str, int],
-    out: Path,
-    tc: TrainConfig,
-    cfg: PreprocessConfig,
-    device: torch.device,
+    run: _Run,
 ) -> FoldResult:
+    """Train on the other folds' subsample; score fold ``k``'s patients on all their patches."""
     rank, _ = world()
-    done = out / f"fold{k + 1}" / "result.json"
+    tc = run.tc
+    done = run.out / f"fold{k + 1}" / "result.json"
     if done.exists():
         barrier()
         return FoldResult(**json.loads(done.read_text()))
     started = time.perf_counter()
-    train = [p for p in data if folds[p.key] != k]
+    train = [p for p in fit_data if folds[p.key] != k]
     validation = [p for p in data if folds[p.key] == k]
     network, throughput = train_network(
         train,
-        cfg,
+        run.cfg,
         tc,
-        device,
+        run.device,
         seed=tc.seed + k,
-        state_path=out / f"fold{k + 1}" / "state.pt",
+        state_path=run.out / f"fold{k + 1}" / "state.pt",
         desc=f"fold {k + 1}/{tc.folds}",
     )
     result = FoldResult(fold=k + 1, train_patches_per_s=throughput)
     if rank == 0:
-        train_probs = patch_probabilities(network, train, cfg, device)
-        val_probs = patch_probabilities(network, validation, cfg, device)
+        where = f"fold {k + 1}/{tc.folds}"
+        train_probs = patch_probabilities(network, train, run.cfg, run.device, where)
+        val_probs = patch_probabilities(network, validation, run.cfg, run.device, where)
         result.patient_level["train"], result.patch_level["train"] = evaluate(train, train_probs)
         result.patient_level["validation"], result.patch_level["validation"] = evaluate(validation, val_probs)
         clinical = clinical_scores(train, validation)
         result.validation_patients = [
-            {
-                "patient_key": p.key,
-                "label": p.label,
-                "n_category": p.n_category,
-                "tumour_size_mm": p.tumour_size_mm,
-                "dl_probability": float(pr.mean()),
-                "patch_accuracy": float(np.mean((pr >= 0.5) == bool(p.label))),
-                "n_patches": len(pr),
-                "clinical_probability": c,
-            }
-            for p, pr, c in zip(validation, val_probs, clinical, strict=True)
+            _patient_row(p, aggregate(pr), c) for p, pr, c in zip(validation, val_probs, clinical, strict=True)
         ]
         result.seconds = time.perf_counter() - started
-        save_checkpoint(
-            out / f"fold{k + 1}" / "model.pt",
-            network,
-            cfg,
-            make_card(f"{tc.model_name}, fold {k + 1}", f"fold {k + 1} of {tc.folds}", tc.training_data),
-        )
+        if run.training_data != PERMUTED_CONTROL:
+            save_checkpoint(
+                run.out / f"fold{k + 1}" / "model.pt",
+                network,
+                run.cfg,
+                make_card(f"{run.model_name}, fold {k + 1}", f"fold {k + 1} of {tc.folds}", run.training_data),
+            )
         done.write_text(json.dumps(asdict(result), default=_json_default))
     barrier()
     return FoldResult(**json.loads(done.read_text())) if rank != 0 else result
 
 
+def _patient_row(patient: PatientPatches, risk: CaseRisk, clinical: float | None) -> dict[str, Any]:
+    """One validation patient's line of Table 4: the dashboard's case risk and its patch votes."""
+    # a patch is right when its vote (p ≥ PATCH_THRESHOLD) matches the patient's label
+    patch_accuracy = risk.share_above if patient.label else 1.0 - risk.share_above
+    return {
+        "patient_key": patient.key,
+        "label": patient.label,
+        "n_category": patient.n_category,
+        "tumour_size_mm": patient.tumour_size_mm,
+        "dl_probability": risk.probability,
+        "predicted": int(risk.probability >= CASE_THRESHOLD),
+        "patch_accuracy": patch_accuracy,
+        "n_patches": risk.n_patches,
+        "clinical_probability": clinical,
+    }
+
+
 def summarise(
     results: Sequence[FoldResult],
     data: Sequence[PatientPatches],
+    fit_data: Sequence[PatientPatches],
     folds: dict[str, int],
-    tc: TrainConfig,
-    cfg: PreprocessConfig,
+    run: _Run,
     processes: int,
     final_throughput: float | None,
+    data_description: str,
 ) -> dict[str, Any]:
-    """metrics.json content: per fold and mean ± SD at both levels, patient level first."""
+    """metrics.json content: the pooled out-of-fold AUCs first, then folds (mean ± SD), patient level first."""
     levels: dict[str, Any] = {}
     for level in ("patient_level", "patch_level"):
         levels[level] = {
@@ -421,61 +801,62 @@ def summarise(
         }
     patients = [row | {"fold": r.fold} for r in results for row in r.validation_patients]
     accuracies = np.array([p["patch_accuracy"] for p in patients])
-    q1 = float(np.quantile(accuracies, 0.25)) if len(accuracies) else float("nan")
+    q1 = float(np.quantile(accuracies, 0.25)) if len(accuracies) else math.nan
     for p in patients:
         p["first_quartile"] = bool(p["patch_accuracy"] <= q1)
-    pooled_labels = np.array([p["label"] for p in patients])
-    pooled = binary_metrics(pooled_labels, np.array([p["dl_probability"] for p in patients]))
-    known = [p for p in patients if p["clinical_probability"] is not None]
-    clinical = binary_metrics(
-        np.array([p["label"] for p in known]), np.array([p["clinical_probability"] for p in known])
-    )
+    control = run.training_data == PERMUTED_CONTROL
     return {
-        "config": asdict(tc),
-        "preprocess": cfg.to_dict(),
+        "training_data": run.training_data,
+        "control": CONTROL_NOTE if control else None,
+        "out_of_fold_patient_level": out_of_fold_aucs(patients),
         "patient_rule": PATIENT_RULE,
+        "covers": coverage(run.tc),
+        "model_name": run.model_name,
+        "config": asdict(run.tc),
+        "preprocess": run.cfg.to_dict(),
         "cohort": {
             "patients": len(data),
             "early_recurrence": int(sum(p.label for p in data)),
+            "known_n_category": sum(1 for p in data if p.n_category in N_CATEGORIES),
             "patches": int(sum(len(p.patches) for p in data)),
-            "permuted_labels": tc.permute_labels,
+            "training_patches": int(sum(len(p.patches) for p in fit_data)),
+            "data_source": data_description,
+            "permuted_labels": run.tc.permute_labels,
         },
-        "folds": [asdict(r) for r in results],
         "summary": levels,
-        "out_of_fold_patient_level": {"dl": pooled, "clinical_n_category": clinical, "clinical_patients": len(known)},
+        "folds": [asdict(r) for r in results],
         "table4": {"first_quartile_patch_accuracy": q1, "patients": patients},
         "fold_assignment": folds,
         "throughput": {
             "train_patches_per_s_per_fold": [r.train_patches_per_s for r in results],
             "final_train_patches_per_s": final_throughput,
             "processes": processes,
-            "device": str(resolve_device(tc.device)),
+            "device": str(run.device),
         },
     }
 
 
-def _card(summary: dict[str, Any], tc: TrainConfig, n_patients: int) -> dict[str, Any]:
-    synthetic = tc.training_data != "real patients"
-    provenance = (
-        "trained on synthetic phantoms — not for clinical use"
-        if synthetic
-        else f"trained on {n_patients} patients of the local cohort"
-    )
+def _card(summary: dict[str, Any], run: _Run) -> dict[str, Any]:
+    """The deployable model's card: provenance from the data, the pooled out-of-fold AUC first."""
+    if run.training_data == SYNTHETIC_PHANTOMS:
+        provenance = "trained on synthetic phantoms — not for clinical use"
+    elif run.training_data == REAL_PATIENTS:
+        provenance = f"trained on {summary['cohort']['patients']} patients of the local cohort"
+    else:  # never reached: controls write no model
+        raise ValueError(f"no deployable model is made from {run.training_data!r}")
     return make_card(
-        tc.model_name,
+        run.model_name,
         provenance,
-        tc.training_data,
+        run.training_data,
         cohort=summary["cohort"],
         deployable="one ResNet50 trained on all patients after cross-validation (same recipe)",
         cv_metrics={
+            "out_of_fold_patient_level": summary["out_of_fold_patient_level"],
             "patient_level": summary["summary"]["patient_level"],
             "patch_level": summary["summary"]["patch_level"],
-            "out_of_fold_patient_level": {
-                "dl_auc": summary["out_of_fold_patient_level"]["dl"]["auc"],
-                "clinical_n_category_auc": summary["out_of_fold_patient_level"]["clinical_n_category"]["auc"],
-            },
+            "covers": summary["covers"],
             "patient_rule": PATIENT_RULE,
-            "note": "patch-level figures are secondary: the patches of one patient are not independent",
+            "note": PATCH_NOTE,
         },
         training={k: v for k, v in summary["config"].items() if k != "device"},
     )
@@ -487,15 +868,6 @@ def write_folds(path: Path, folds: dict[str, int]) -> None:
         writer.writerow(["patient_key", "fold"])
         for key, fold in folds.items():
             writer.writerow([key, fold + 1])
-
-
-def _check_fingerprint(out: Path, tc: TrainConfig, cfg: PreprocessConfig, rank: int) -> None:
-    stamp = out / "run.json"
-    fingerprint = tc.fingerprint(cfg)
-    if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") != fingerprint:
-        raise ManifestError([f"{out} holds a run with other settings; choose another --out or delete it"])
-    if rank == 0:
-        stamp.write_text(json.dumps({"fingerprint": fingerprint}))
 
 
 def _json_default(value: Any) -> Any:

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.preprocess import PreprocessConfig
+from core.provenance import DATA_SOURCES
 
 # The CPU demo recipe: fits `make demo-model` in about 15 minutes on 2 cores (see README).
 DEMO_RECIPE = {"patients": 41, "seed": 0, "epochs": 6, "batch_size": 32, "max_patches_per_patient": 48, "input_px": 64}
@@ -34,9 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-patches-per-patient", type=int, default=None)
     p.add_argument("--input-px", type=int, default=None, help="network input side (paper: 224)")
     p.add_argument("--preprocess", default=None, help="JSON file of PreprocessConfig fields (default: the paper's)")
-    p.add_argument("--permute-labels", action="store_true", help="control run with shuffled patient labels")
+    p.add_argument(
+        "--data-source",
+        choices=sorted(DATA_SOURCES),
+        default=None,
+        help="what the images are, for a manifest without a data_source column (written on the model card)",
+    )
+    p.add_argument(
+        "--permute-labels",
+        action="store_true",
+        help="control run with shuffled patient labels: writes no model; --out must name a '…control…' folder",
+    )
     p.add_argument("--no-final-model", action="store_true", help="skip training on all patients after CV")
-    p.add_argument("--synthetic", action="store_true", help="the cohort is synthetic (labels the model card)")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("demo-model", help="build the phantom cohort and train the built-in demo model")
@@ -66,8 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_patches_per_patient=args.max_patches_per_patient,
         permute_labels=args.permute_labels,
         final_model=not args.no_final_model,
-        training_data="synthetic phantoms" if args.synthetic else "real patients",
-        model_name="ResNet50 demo model (synthetic phantoms)" if args.synthetic else "ResNet50 patch model",
+        data_source=args.data_source,
     )
     cfg = (
         PreprocessConfig.from_dict(json.loads(Path(args.preprocess).read_text()))
@@ -78,17 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = replace(cfg, input_px=args.input_px)
     summary = cross_validate(Path(args.manifest), Path(args.out), tc, cfg)
     if world()[0] == 0:
-        pooled = summary["out_of_fold_patient_level"]
-        print(
-            json.dumps(
-                {
-                    "patient_level_oof_auc": pooled["dl"]["auc"],
-                    "clinical_oof_auc": pooled["clinical_n_category"]["auc"],
-                    "validation_patient_auc_mean": summary["summary"]["patient_level"]["validation"]["auc"],
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps({"training_data": summary["training_data"], **summary["out_of_fold_patient_level"]}, indent=2))
     return 0
 
 
@@ -107,7 +106,9 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
         batch_size=recipe["batch_size"],
         seed=recipe["seed"],
         max_patches_per_patient=recipe["max_patches_per_patient"],
-        training_data="synthetic phantoms",
+        # demo-model only ever trains on the phantoms it writes; their manifest says "synthetic" too,
+        # and a manifest that said otherwise would be refused rather than relabelled
+        data_source="synthetic",
         model_name="ResNet50 demo model (synthetic phantoms)",
     )
     cfg = replace(PreprocessConfig(), input_px=recipe["input_px"])
@@ -115,8 +116,10 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
     target = Path(args.out) if args.out else configured_model_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "train" / "model.pt", target)
-    auc = summary["out_of_fold_patient_level"]["dl"]["auc"]
+    pooled = summary["out_of_fold_patient_level"]["all_patients"]
+    low, high = pooled["dl_auc_ci"]
     print(
-        f"demo model written to {target} (patient-level out-of-fold AUC {auc:.3f}; report: {work / 'train' / 'report.md'})"
+        f"demo model written to {target} (patient-level out-of-fold AUC {pooled['dl_auc']:.3f}, "
+        f"95% CI {low:.3f}–{high:.3f}, {pooled['n']} phantoms; report: {work / 'train' / 'report.md'})"
     )
     return 0

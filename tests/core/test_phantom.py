@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 
 from core.imaging import load_slice
-from core.phantom import cohort_plan, dicom_bytes, iter_cohort, make_patient
+from core.phantom import MANIFEST_COLUMNS, cohort_plan, dicom_bytes, iter_cohort, make_patient, write_cohort
 
 
 def test_default_cohort_mirrors_table_1() -> None:
@@ -40,3 +43,13 @@ def test_texture_heterogeneity_tracks_the_label_imperfectly() -> None:
     assert t[y == 1].mean() > t[y == 0].mean() + 0.3
     # imperfect: at least one patient looks like the other class
     assert ((t > 0.5) != (y == 1)).any()
+
+
+def test_manifest_marks_every_row_synthetic(tmp_path: Path) -> None:
+    from core.provenance import DATA_SOURCES
+
+    manifest = write_cohort(tmp_path, n_patients=3, seed=1, progress=False)
+    rows = list(csv.DictReader(manifest.open()))
+    assert list(rows[0]) == list(MANIFEST_COLUMNS) and "data_source" in MANIFEST_COLUMNS
+    assert {row["data_source"] for row in rows} == {"synthetic"}
+    assert DATA_SOURCES["synthetic"] == "synthetic phantoms"

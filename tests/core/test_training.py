@@ -4,27 +4,58 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import torch
 
+from core import provenance
+from core.cohort import load_calibrated_image, load_mask, read_manifest
+from core.errors import (
+    ControlRunError,
+    DataSourceError,
+    ManifestError,
+    ResumeMismatchError,
+    TrainingDivergedError,
+)
+from core.imaging import load_slice, window_to_unit
+from core.inference import PATIENT_RULE
+from core.modelcard import patient_level_auc, same_patients_comparison
+from core.patches import plan_grid
 from core.phantom import write_cohort
 from core.preprocess import PreprocessConfig
 from core.report import card_metric_rows
-from core.training import TrainConfig, assign_folds, cross_validate
+from core.training import (
+    PatientPatches,
+    TrainConfig,
+    assign_folds,
+    backward_and_step,
+    build_patient_patches,
+    check_resume,
+    cross_validate,
+    grad_scaler_enabled,
+    make_grad_scaler,
+    patch_probabilities,
+    record_run,
+    resolve_data_source,
+    run_fingerprint,
+    training_subsample,
+)
 from models.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 # Tiny geometry so a CPU epoch takes about a second: 8 mm patches at 0.25 mm/px, 32-px input.
 TINY = PreprocessConfig(target_spacing_mm=0.25, patch_px=32, stride_px=32, input_px=32)
-TINY_TRAIN = TrainConfig(
-    folds=3, epochs=1, batch_size=8, max_patches_per_patient=8, seed=7, training_data="synthetic phantoms", device="cpu"
-)
+TINY_TRAIN = TrainConfig(folds=3, epochs=1, batch_size=8, max_patches_per_patient=8, seed=7, device="cpu")
+OOF_KEYS = {"all_patients", "same_patients", "ci_method"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +74,18 @@ def _folds(path: Path) -> dict[str, str]:
         return {row["patient_key"]: row["fold"] for row in csv.DictReader(handle)}
 
 
+def _manifest_without_data_source(manifest: Path, target: Path) -> Path:
+    """A copy of the cohort whose manifest has no data_source column."""
+    shutil.copytree(manifest.parent, target)
+    rows = list(csv.DictReader(manifest.open()))
+    with (target / "manifest.csv").open("w", newline="") as handle:
+        columns = [c for c in rows[0] if c != "data_source"]
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return target / "manifest.csv"
+
+
 def test_folds_are_by_patient_and_stratified() -> None:
     keys = [f"P{i}" for i in range(41)]
     labels = [1] * 20 + [0] * 21
@@ -55,7 +98,7 @@ def test_folds_are_by_patient_and_stratified() -> None:
 
 def test_outputs_exist_with_both_levels(run: tuple[Path, dict]) -> None:
     out, _summary = run
-    for name in ("folds.csv", "metrics.json", "report.md", "roc.html", "model.pt", "fold1/model.pt"):
+    for name in ("folds.csv", "metrics.json", "report.md", "roc.html", "model.pt", "fold1/model.pt", "run.json"):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["folds"]) == 3
@@ -65,23 +108,89 @@ def test_outputs_exist_with_both_levels(run: tuple[Path, dict]) -> None:
                 assert set(fold[level][split]) >= {"sensitivity", "specificity", "ppv", "npv", "accuracy", "auc"}
     report = (out / "report.md").read_text()
     assert report.index("## Patient level") < report.index("## Patch level")
-    assert "Table 4" in report and "mean of its patch probabilities" in report
+    assert "Table 4" in report and PATIENT_RULE in report
 
 
-def test_fold_file_has_every_patient_once(run: tuple[Path, dict], manifest: Path) -> None:
-    out, _ = run
-    folds = _folds(out / "folds.csv")
-    assert len(folds) == 9 and set(folds.values()) == {"1", "2", "3"}
+def test_report_leads_with_pooled_auc_then_same_patients_then_folds(run: tuple[Path, dict]) -> None:
+    out, summary = run
+    report = (out / "report.md").read_text()
+    pooled = report.index("## Patient level, out of fold")
+    same = report.index("deep learning vs clinical model on the same patients")
+    folds = report.index("training set (Table 2 layout)")
+    assert report.startswith("# Cross-validation report") and pooled < same < folds
+    # the one definition of "not trained on patients", before any number
+    assert report.index("Trained on synthetic phantoms, not on patients") < pooled
+    assert "95% CI" in report[pooled:same] and "n = 9 patients" in report[pooled:same]
+    assert "the interval is wide" in report[pooled:same]
+    # every table says which patients it covers; the training table says it used the subsample
+    assert report.count("Patients: ") >= 6
+    assert "training subsample (at most 8 patches per patient)" in report
+    oof = summary["out_of_fold_patient_level"]
+    assert set(oof) == OOF_KEYS and oof["ci_method"] == "DeLong"
+    assert set(oof["all_patients"]) == {"n", "events", "dl_auc", "dl_auc_ci"}
+    assert set(oof["same_patients"]) == {"n", "events", "dl_auc", "dl_auc_ci", "clinical_auc", "clinical_auc_ci"}
+    assert oof["all_patients"]["n"] == 9 and oof["all_patients"]["events"] == 4
+    low, high = oof["all_patients"]["dl_auc_ci"]
+    assert 0.0 <= low <= oof["all_patients"]["dl_auc"] <= high <= 1.0
+
+
+def test_same_patients_means_the_same_patients(run: tuple[Path, dict]) -> None:
+    from core.metrics import roc_auc
+
+    _, summary = run
+    patients = summary["table4"]["patients"]
+    known = [p for p in patients if p["clinical_probability"] is not None]
+    same = summary["out_of_fold_patient_level"]["same_patients"]
+    assert same["n"] == len(known) and same["events"] == sum(p["label"] for p in known)
+    labels = np.array([p["label"] for p in known])
+    assert same["dl_auc"] == pytest.approx(roc_auc(labels, np.array([p["dl_probability"] for p in known])))
+    assert same["clinical_auc"] == pytest.approx(roc_auc(labels, np.array([p["clinical_probability"] for p in known])))
+
+
+def test_validation_scores_every_patch_of_the_grid(run: tuple[Path, dict], manifest: Path) -> None:
+    """The cap of 8 patches per patient applies to training only: validation uses the whole grid."""
+    _, summary = run
+    by_key = {p.key: p for p in read_manifest(manifest, TINY)}
+    counts = {}
+    for row in summary["table4"]["patients"]:
+        patient = by_key[row["patient_key"]]
+        ct = load_calibrated_image(patient)
+        counts[row["patient_key"]] = (
+            row["n_patches"],
+            len(plan_grid(load_mask(patient.mask_path), ct.spacing_mm, TINY)),
+        )
+    assert all(n == grid for n, grid in counts.values()), counts
+    assert max(n for n, _ in counts.values()) > TINY_TRAIN.max_patches_per_patient
+    assert summary["cohort"]["patches"] == sum(n for n, _ in counts.values())
+
+
+def test_training_subsample_is_per_patient_and_leaves_the_full_set() -> None:
+    data = [PatientPatches(f"P{i}", i % 2, "N0", None, np.full((20 + i, 4, 4), i, np.uint8)) for i in range(3)]
+    fit = training_subsample(data, 5, seed=1)
+    assert [len(p.patches) for p in fit] == [5, 5, 5] and [len(p.patches) for p in data] == [20, 21, 22]
+    again = training_subsample(data, 5, seed=1)
+    assert all(np.array_equal(a.patches, b.patches) for a, b in zip(fit, again, strict=True))
+    assert training_subsample(data, None, seed=1)[2] is data[2]
 
 
 def test_deployable_checkpoint_loads_with_its_card(run: tuple[Path, dict]) -> None:
     out, _ = run
     model = load_checkpoint(out / "model.pt")
     assert model.preprocess == TINY
+    assert model.card["training_data"] == provenance.SYNTHETIC_PHANTOMS  # from the manifest's data_source
     assert model.card["provenance"] == "trained on synthetic phantoms — not for clinical use"
     assert model.card["cohort"]["patients"] == 9 and "patient_level" in model.card["cv_metrics"]
-    rows = card_metric_rows(model.card["cv_metrics"])
+    cv = model.card["cv_metrics"]
+    assert next(iter(cv)) == "out_of_fold_patient_level"  # the pooled AUC leads, fold means second
+    assert set(cv) == {"out_of_fold_patient_level", "patient_level", "patch_level", "covers", "patient_rule", "note"}
+    assert set(cv["out_of_fold_patient_level"]) == OOF_KEYS and cv["patient_rule"] == PATIENT_RULE
+    pooled = patient_level_auc(model.card)  # what the model card page shows first
+    assert pooled is not None and pooled.ci is not None and (pooled.n, pooled.events) == (9, 4)
+    assert same_patients_comparison(model.card) is not None
+    rows = card_metric_rows(cv)
     assert [r["metric"] for r in rows][-1] == "AUC" and " ± " in rows[-1]["patient level"]
+    fold_card = load_checkpoint(out / "fold1" / "model.pt").card
+    assert fold_card["training_data"] == provenance.SYNTHETIC_PHANTOMS
 
 
 def test_resume_reuses_finished_folds(run: tuple[Path, dict], manifest: Path) -> None:
@@ -101,19 +210,198 @@ def test_same_seed_same_result(run: tuple[Path, dict], manifest: Path, tmp_path:
 
 
 def test_other_settings_refuse_to_resume(run: tuple[Path, dict], manifest: Path) -> None:
-    from core.errors import ManifestError
-
     out, _ = run
-    with pytest.raises(ManifestError, match="other settings"):
+    with pytest.raises(ResumeMismatchError, match=r"different settings; choose another --out") as caught:
         cross_validate(manifest, out, replace(TINY_TRAIN, epochs=2), TINY)
+    assert not isinstance(caught.value, ManifestError)  # not presented as a manifest row problem
+    assert "data" not in str(caught.value) and "code" not in str(caught.value)
 
 
-def test_permuted_labels_keep_the_class_balance(manifest: Path, tmp_path: Path) -> None:
-    summary = cross_validate(manifest, tmp_path, replace(TINY_TRAIN, permute_labels=True, final_model=False), TINY)
+def test_run_json_holds_three_fingerprints(run: tuple[Path, dict]) -> None:
+    out, _ = run
+    stamp = json.loads((out / "run.json").read_text())
+    assert {"data", "settings", "code", "patients"} <= stamp.keys() and len(stamp["patients"]) == 9
+
+
+def test_changed_image_data_names_the_patient(manifest: Path, tmp_path: Path) -> None:
+    root = tmp_path / "cohort"
+    shutil.copytree(manifest.parent, root)
+    patients = read_manifest(root / "manifest.csv", TINY)
+    training_data = provenance.SYNTHETIC_PHANTOMS
+    (tmp_path / "out").mkdir()
+    record_run(tmp_path / "out", run_fingerprint(patients, TINY_TRAIN, TINY, training_data))
+    changed = patients[4]
+    mask = load_mask(changed.mask_path)
+    mask[np.nonzero(mask)[0][0], :] = True  # one more row of tumour
+    cv2.imwrite(str(changed.mask_path), mask.astype(np.uint8) * 255)
+    current = run_fingerprint(read_manifest(root / "manifest.csv", TINY), TINY_TRAIN, TINY, training_data)
+    with pytest.raises(ResumeMismatchError) as caught:
+        check_resume(tmp_path / "out", current)
+    message = str(caught.value)
+    assert f"different data (patient {changed.key}'s" in message and "settings" not in message
+    assert "choose another --out or delete that folder" in message and not isinstance(caught.value, ManifestError)
+
+
+def test_changed_code_is_named(manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.training as training
+
+    patients = read_manifest(manifest, TINY)
+    record_run(tmp_path, run_fingerprint(patients, TINY_TRAIN, TINY, provenance.SYNTHETIC_PHANTOMS))
+    source = tmp_path / "src"
+    for name in training.TRAINING_CODE_FILES:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, source / name)
+    (source / "core/patches.py").write_text((ROOT / "core/patches.py").read_text() + "\n# changed\n")
+    monkeypatch.setattr(training, "ROOT", source)
+    current = run_fingerprint(patients, TINY_TRAIN, TINY, provenance.SYNTHETIC_PHANTOMS)
+    with pytest.raises(ResumeMismatchError, match=r"holds a run that has different code \("):
+        check_resume(tmp_path, current)
+
+
+def test_run_of_an_older_version_is_refused(manifest: Path, tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text(json.dumps({"fingerprint": "0123456789abcdef"}))
+    current = run_fingerprint(read_manifest(manifest, TINY), TINY_TRAIN, TINY, provenance.SYNTHETIC_PHANTOMS)
+    with pytest.raises(ResumeMismatchError, match="written by an older version of this tool; choose another --out"):
+        check_resume(tmp_path, current)
+
+
+# ---------------------------------------------------------------- what the data is
+
+
+def test_manifest_without_data_source_is_refused(manifest: Path, tmp_path: Path) -> None:
+    bare = _manifest_without_data_source(manifest, tmp_path / "cohort")
+    with pytest.raises(DataSourceError, match="does not say whether its images are of real patients or synthetic"):
+        cross_validate(bare, tmp_path / "run", TINY_TRAIN, TINY)
+    assert not (tmp_path / "run").exists()
+
+
+def test_stated_data_source_labels_the_card(manifest: Path, tmp_path: Path) -> None:
+    bare = _manifest_without_data_source(manifest, tmp_path / "cohort")
+    tc = replace(TINY_TRAIN, folds=2, data_source="patients")
+    summary = cross_validate(bare, tmp_path / "run", tc, TINY)
+    assert summary["training_data"] == provenance.REAL_PATIENTS
+    card = load_checkpoint(tmp_path / "run" / "model.pt").card
+    assert card["training_data"] == provenance.REAL_PATIENTS and card["provenance"].startswith("trained on 9 patients")
+
+
+def test_disagreeing_data_sources_are_refused(manifest: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataSourceError, match="data_source says synthetic but --data-source says patients"):
+        cross_validate(manifest, tmp_path, replace(TINY_TRAIN, data_source="patients"), TINY)
+    assert resolve_data_source("synthetic", "synthetic") == "synthetic"
+    assert resolve_data_source(None, "patients") == "patients"
+
+
+def test_command_line_takes_data_source_not_synthetic() -> None:
+    from core.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--manifest", "m.csv", "--out", "o", "--data-source", "patients"])
+    assert args.data_source == "patients"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--manifest", "m.csv", "--out", "o", "--synthetic"])
+    assert "training_data" not in TrainConfig.__dataclass_fields__
+
+
+# ---------------------------------------------------------------- calibration of exports
+
+
+def test_png_export_with_calibration_gives_the_dicom_patches(manifest: Path, tmp_path: Path) -> None:
+    """A PNG export in the model's own window, with its spacing stated, yields the DICOM's grid and grey values."""
+    patient = read_manifest(manifest, TINY)[0]
+    ct = load_slice(patient.image_path.read_bytes())
+    grey = np.round(window_to_unit(ct.pixels, TINY.window_level_hu, TINY.window_width_hu) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "export.png"), grey)
+    shutil.copyfile(patient.mask_path, tmp_path / "mask.png")
+    header = "patient_key,image_path,mask_path,early_recurrence,data_source"
+    bare = tmp_path / "bare.csv"
+    bare.write_text(f"{header}\nX,export.png,mask.png,1,patients\n")
+    with pytest.raises(ManifestError, match=r"row 2 \(X\): The model cannot run on this PNG export"):
+        read_manifest(bare, TINY)
+    stated = tmp_path / "manifest.csv"
+    stated.write_text(
+        f"{header},pixel_spacing_mm,export_window_level,export_window_width\n"
+        f"X,export.png,mask.png,1,patients,{ct.spacing_mm[0]!r},{TINY.window_level_hu},{TINY.window_width_hu}\n"
+    )
+    [png_patient] = read_manifest(stated, TINY)
+    [from_png] = build_patient_patches([png_patient], [1], TINY, show_progress=False)
+    [from_dicom] = build_patient_patches([patient], [1], TINY, show_progress=False)
+    assert from_png.patches.shape == from_dicom.patches.shape
+    # uint8 export then uint8 patches: at most a grey step or two apart after resampling
+    assert np.abs(from_png.patches.astype(int) - from_dicom.patches.astype(int)).max() <= 2
+
+
+# ---------------------------------------------------------------- permuted-label control
+
+
+def test_permuted_labels_are_a_control_without_a_model(manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "permuted-control"
+    summary = cross_validate(manifest, out, replace(TINY_TRAIN, permute_labels=True), TINY)
     assert summary["cohort"]["permuted_labels"] and summary["cohort"]["early_recurrence"] == 4
     truth = {row["patient_key"]: int(row["early_recurrence"]) for row in csv.DictReader(manifest.open())}
     used = {p["patient_key"]: p["label"] for p in summary["table4"]["patients"]}
     assert used != truth and sum(used.values()) == sum(truth.values())
+    assert not list(out.rglob("model.pt")), "a control must never write a deployable model"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training_data"] == provenance.PERMUTED_CONTROL and "permuted-label control" in metrics["control"]
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Permuted-label control") and "control" in report.splitlines()[2]
+
+
+def test_control_into_a_folder_not_named_control_is_refused(manifest: Path, tmp_path: Path) -> None:
+    with pytest.raises(ControlRunError, match=r"use --out .*cv-control\."):
+        cross_validate(manifest, tmp_path / "cv", replace(TINY_TRAIN, permute_labels=True), TINY)
+    assert not (tmp_path / "cv").exists()
+
+
+# ---------------------------------------------------------------- mixed precision and divergence
+
+
+def test_grad_scaler_only_for_float16() -> None:
+    assert grad_scaler_enabled(torch.float16)
+    assert not grad_scaler_enabled(torch.bfloat16) and not grad_scaler_enabled(None)
+    assert make_grad_scaler(torch.device("cpu"), torch.float16).is_enabled()
+    assert not make_grad_scaler(torch.device("cpu"), torch.bfloat16).is_enabled()
+
+
+def test_scaled_step_equals_plain_step_and_skips_overflow() -> None:
+    """The fp16 path's update, run on the CPU: scaling must not change a step, and an inf gradient skips it."""
+
+    def step(scaled: bool, poison: bool = False) -> tuple[torch.Tensor, torch.amp.GradScaler]:
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=scaled)
+        loss = layer(torch.ones(2, 3)).pow(2).mean() * (math.inf if poison else 1.0)
+        backward_and_step(loss, optimizer, scaler)
+        return layer.weight.detach().clone(), scaler
+
+    plain, _ = step(False)
+    scaled, scaler = step(True)
+    torch.testing.assert_close(scaled, plain)
+    skipped, scaler = step(True, poison=True)
+    torch.manual_seed(0)
+    torch.testing.assert_close(skipped, torch.nn.Linear(3, 1).weight.detach())  # weights untouched
+    assert scaler.get_scale() < 2.0**12  # and the scale backed off
+
+
+def test_absurd_learning_rate_stops_with_a_sentence(manifest: Path, tmp_path: Path) -> None:
+    # lr 1e30: after one Adam step the weights are ~1e30 and the next forward pass overflows float32
+    tc = replace(TINY_TRAIN, lr=1e30, final_model=False)
+    with pytest.raises(TrainingDivergedError, match=r"fold 1/3, epoch 1, batch \d+: the loss became nan; lower"):
+        cross_validate(manifest, tmp_path, tc, TINY)
+
+
+def test_nan_probabilities_are_never_scored() -> None:
+    data = [PatientPatches("P1", 1, "N0", None, np.zeros((3, 32, 32), np.uint8))]
+
+    def broken_network(x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 2), math.nan)
+
+    with pytest.raises(TrainingDivergedError, match=r"NaN probabilities .* patient P1"):
+        patch_probabilities(broken_network, data, TINY, torch.device("cpu"), "fold 1/3")
+
+
+# ---------------------------------------------------------------- scale-out
 
 
 def test_torchrun_two_cpu_processes_match_single_process_folds(
@@ -138,7 +426,8 @@ def test_torchrun_two_cpu_processes_match_single_process_folds(
         "7",
         "--device",
         "cpu",
-        "--synthetic",
+        "--data-source",
+        "synthetic",  # agrees with the phantom manifest's column
     ]
     preprocess = tmp_path / "preprocess.json"
     preprocess.write_text(json.dumps(TINY.to_dict()))
@@ -169,4 +458,9 @@ def test_torchrun_two_cpu_processes_match_single_process_folds(
     assert _folds(out / "folds.csv") == _folds(single_out / "folds.csv")
     model = load_checkpoint(out / "model.pt")
     assert model.card["training"]["epochs"] == 1
-    assert json.loads((out / "metrics.json").read_text())["throughput"]["processes"] == 2
+    assert model.card["training_data"] == provenance.SYNTHETIC_PHANTOMS
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["throughput"]["processes"] == 2
+    assert [p["n_patches"] for p in metrics["table4"]["patients"]] == [
+        p["n_patches"] for p in json.loads((single_out / "metrics.json").read_text())["table4"]["patients"]
+    ]
