@@ -68,14 +68,17 @@ def show_case(saved: SavedCase) -> None:
         )
     )
     coverage = outline_coverage(saved.pmap, saved.mask, ct.pixel_area_mm2)
-    show_overlay(display, saved.pmap, saved.mask, coverage, key=f"case_{summary.case_id}")
-    show_risks(
-        latest.dl_risk,
-        "Shown from the database; the model was not re-run.",
-        latest.weights_warning,
-        latest.clinical_risk,
-        summary.n_category,
-    )
+    overlay_col, risks_col = st.columns([1, 1], gap="large")
+    with overlay_col:
+        show_overlay(display, saved.pmap, saved.mask, coverage, key=f"case_{summary.case_id}")
+    with risks_col:
+        show_risks(
+            latest.dl_risk,
+            "Shown from the database; the model was not re-run.",
+            latest.weights_warning,
+            latest.clinical_risk,
+            summary.n_category,
+        )
     analysis_details(summary.analyses)
 
 

@@ -107,14 +107,15 @@ def show_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, covera
     if zoom:
         r0, c0, r1, c1 = roi_crop_box(mask)
         overlay = overlay[r0:r1, c0:c1]
-    image_col, bar_col = st.columns([12, 2])
+    image_col, bar_col = st.columns([12, 1])
     image_col.image(
         overlay,
         width="stretch",
         caption="Per-patch probability of early recurrence (OpenCV COLORMAP_JET; mean of overlapping patches)",
     )
-    bar_col.image(colour_bar(256, 24), width=24)
-    bar_col.caption("1.0 (red) at top, 0.0 (blue) at bottom")
+    bar_col.caption("1.0")
+    bar_col.image(colour_bar(200, 18), width=18)
+    bar_col.caption("0.0")
     if coverage.uncovered_px:
         area = (
             f"{coverage.uncovered_mm2:,.0f} mm²"
@@ -128,10 +129,16 @@ def show_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, covera
         )
 
 
+def _metric(label: str, value: str) -> None:
+    """A metric whose label wraps instead of being cut off in a narrow column."""
+    st.markdown(f"**{label}**")
+    st.metric(label, value, label_visibility="collapsed")
+
+
 def show_dl_risk(dl: CaseRisk, performance: str, weights_warning: str | None) -> None:
     """The deep-learning number, labelled for what it is: an uncalibrated mean patch probability."""
-    st.subheader("Deep learning (ResNet50 patches)")
-    st.metric("Mean patch probability (uncalibrated)", f"{dl.probability:.0%}")
+    st.markdown("##### Deep learning (ResNet50 patches)")
+    _metric("Mean patch probability (uncalibrated)", f"{dl.probability:.0%}")
     st.caption(
         f"The {dl.rule} of this model over {dl.n_patches:,} patches ({dl.share_above:.0%} of them ≥ "
         f"{dl.threshold:g}). It ranks cases; it is not a calibrated risk. {performance}"
@@ -143,12 +150,12 @@ def show_dl_risk(dl: CaseRisk, performance: str, weights_warning: str | None) ->
 def show_clinical_risk(clinical: ClinicalRisk | None, n_category: str) -> None:
     """The N-category model's fitted probability with its 95% CI, or why there is none."""
     if clinical is None:
-        st.subheader("Clinical model (N category unknown)")
-        st.metric("Fitted probability of early recurrence", "not available")
+        st.markdown("##### Clinical model (N category unknown)")
+        _metric("Fitted probability of early recurrence", "not available")
         st.caption(UNKNOWN_N_REASON)
         return
-    st.subheader(f"Clinical model (UICC {n_category})")
-    st.metric("Fitted probability of early recurrence", f"{clinical.probability:.0%}")
+    st.markdown(f"##### Clinical model (UICC {n_category})")
+    _metric("Fitted probability of early recurrence", f"{clinical.probability:.0%}")
     st.caption(
         f"95% CI {clinical.ci_low:.0%}–{clinical.ci_high:.0%}: logistic regression on N category alone, "
         "fitted to the paper's Table 1 (41 patients)."

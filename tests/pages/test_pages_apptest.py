@@ -119,7 +119,7 @@ def test_saving_twice_makes_one_case_and_a_change_updates_it(app_env: None, sqli
 def test_unknown_n_category_says_so_in_the_heading(app_env: None) -> None:
     at = _analyze(_with_sample(_page("analyze.py")).run())
     assert _metric(at, CLINICAL_LABEL) == "not available"
-    assert any(h.value == "Clinical model (N category unknown)" for h in at.subheader)
+    assert any(m.value == "##### Clinical model (N category unknown)" for m in at.markdown)
     assert _metric(at, DL_LABEL).endswith("%")
     assert any("not a calibrated risk" in c.value for c in at.caption)
     assert any("Untrained (random) weights" in c.value for c in at.caption)
