@@ -17,7 +17,7 @@ from core import clinical, db
 from core.errors import ModelOutputError, NotCalibratedError
 from core.heatmap import probability_map
 from core.imaging import CtSlice, analysis_blocker, model_grey
-from core.inference import CaseRisk, ProgressFn, aggregate, predict_patches
+from core.inference import INFERENCE_BATCH, CaseRisk, ProgressFn, aggregate, predict_patches, quantise_grey
 from core.patches import PatchGrid, extract_patches
 from models.checkpoint import LoadedModel
 
@@ -101,7 +101,7 @@ def analyze_case(
     mask: np.ndarray,
     model: LoadedModel,
     *,
-    batch_size: int = 32,
+    batch_size: int = INFERENCE_BATCH,
     progress: ProgressFn | None = None,
 ) -> CaseAnalysis:
     """Cut the patch grid, run the network, aggregate, and build the probability map.
@@ -121,7 +121,9 @@ def analyze_case(
         raise NotCalibratedError(blocker)
     started = time.perf_counter()
     grid, patches = extract_patches(model_grey(ct, cfg), mask, ct.spacing_mm, cfg)
-    probabilities = predict_patches(model.network, patches, cfg, batch_size=batch_size, progress=progress)
+    probabilities = predict_patches(
+        model.network, quantise_grey(patches), cfg, batch_size=batch_size, progress=progress
+    )
     if not np.all(np.isfinite(probabilities)):
         raise ModelOutputError(
             "The model returned invalid probabilities (not a number) for this case, so no risk is shown; "
@@ -141,7 +143,13 @@ def analyze_case(
 def case_record(
     ct: CtSlice, mask: np.ndarray, key: str, inputs: ClinicalInputs, display_window: tuple[float, float]
 ) -> db.NewCase:
-    """The database record of a case: the slice's pixels and spacing, never its DICOM header."""
+    """The database record of a case: the slice's pixels and spacing, never its DICOM header.
+
+    A calibrated PNG/JPEG export is stored in HU; its display window is the window it was
+    exported with, so that it reopens looking as it was exported.
+    """
+    if ct.export_window is not None:
+        display_window = ct.export_window
     return db.NewCase(
         case_key=key,
         source_kind=ct.source_kind,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from core.analysis import CaseAnalysis, analyze_case, clinical_risk_for
 from core.clinical import N_CHOICES, UNKNOWN_N, ClinicalRisk
 from core.errors import RoiError, UserFacingError
-from core.imaging import calibrate, load_slice
+from core.imaging import CtSlice, calibrate, load_slice
 from core.modelcard import patient_level_auc
 from core.provenance import RESEARCH_NOTICE
 from models.checkpoint import LoadedModel, configured_model_path, load_checkpoint
@@ -66,9 +67,9 @@ def read_outline_png(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def result_json(
-    analysis: CaseAnalysis, clinical: ClinicalRisk | None, n_category: str, model: LoadedModel
+    ct: CtSlice, analysis: CaseAnalysis, clinical: ClinicalRisk | None, n_category: str, model: LoadedModel
 ) -> dict[str, Any]:
-    """The analysis as plain JSON types; probabilities are fractions in [0, 1]."""
+    """The analysis as plain JSON types; probabilities are fractions in [0, 1], lengths in mm."""
     dl = analysis.dl_risk
     cv = patient_level_auc(model.card)
     return {
@@ -79,12 +80,20 @@ def result_json(
             "share_of_patches_at_or_above_threshold": dl.share_above,
             "patch_threshold": dl.threshold,
             "calibrated": False,
-            "cv_patient_level_auc": None if cv is None else {"auc": cv.auc, "ci_95": cv.ci, "n": cv.n},
+            "cv_patient_level_auc": None
+            if cv is None
+            else {"auc": cv.auc, "ci_95": cv.ci, "n": cv.n, "events": cv.events},
         },
         "clinical": {
             "n_category": n_category,
             "probability": None if clinical is None else clinical.probability,
             "ci_95": None if clinical is None else [clinical.ci_low, clinical.ci_high],
+        },
+        "image": {
+            "source": ct.source_kind,
+            "spacing_mm": list(ct.spacing_mm) if ct.spacing_mm else None,
+            "spacing_source": ct.spacing_source,  # "header" or "user"
+            "export_window": list(ct.export_window) if ct.export_window else None,
         },
         "outline": {
             "area_px": analysis.coverage.outline_px,
@@ -107,12 +116,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     image = Path(args.image)
     if not image.is_file():
         raise UserFacingError(f"No file at {image}; check the path.")
-    ct = calibrate(load_slice(image.read_bytes(), image.name), args.spacing_mm, parse_window(args.export_window))
+    raw = load_slice(image.read_bytes(), image.name)
+    ct = calibrate(raw, args.spacing_mm, parse_window(args.export_window))
+    ignored = [
+        flag
+        for flag, given, used in (
+            ("--spacing-mm", args.spacing_mm is not None, ct.spacing_source == "user"),
+            ("--export-window", args.export_window is not None, ct.export_window is not None),
+        )
+        if given and not used
+    ]
+    if ignored:  # the header already says: it wins, and the user should know
+        print(f"note: {' and '.join(ignored)} ignored; the DICOM header gives them.", file=sys.stderr)
     mask = read_outline_png(Path(args.outline), ct.shape)
     model = load_checkpoint(Path(args.model) if args.model else configured_model_path())
     analysis = analyze_case(ct, mask, model)
     clinical = clinical_risk_for(args.n_category)
-    payload = result_json(analysis, clinical, args.n_category, model)
+    payload = result_json(ct, analysis, clinical, args.n_category, model)
     if args.json:
         print(json.dumps(payload))
         return 0

@@ -182,13 +182,14 @@ def save_case(
     Args:
         new_case, new_analysis: the records of what is on screen.
         update: the clinical inputs on screen and the risk they give.
-        saved_case_id: the case this same analysis was saved as earlier in the session, if any.
+        saved_case_id: the case this same analysis was saved as earlier in the session, if any;
+            it is updated (its key too, when the patient ID was corrected), never duplicated.
 
     The caller commits. A case deleted meanwhile is saved afresh.
     """
     if saved_case_id is not None:
         try:
-            changed = db.update_clinical_inputs(session, saved_case_id, update)
+            changed = db.update_saved_case(session, saved_case_id, new_case.case_key, update)
         except LookupError:
             pass
         else:

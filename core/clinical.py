@@ -128,8 +128,8 @@ def n1_indicator(n_categories: list[str]) -> np.ndarray:
 
 
 UNKNOWN_N_REASON = (
-    "not available: the N category is unknown, and the clinical model uses nothing else "
-    "(lymph-node status is only certain after surgery; enter the radiological N category if there is one)"
+    "The N category is unknown, and the clinical model uses nothing else "
+    "(lymph-node status is only certain after surgery; enter the radiological N category if there is one)."
 )
 
 

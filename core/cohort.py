@@ -103,13 +103,18 @@ def read_manifest(path: Path, cfg: PreprocessConfig | None = None) -> list[Cohor
     cfg = cfg if cfg is not None else PreprocessConfig()
     if not path.is_file():
         raise UserFacingError(f"No manifest at {path}; check the path.")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = list(reader.fieldnames or [])
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise ManifestError([f"missing column(s) {', '.join(missing)}"])
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = list(reader.fieldnames or [])
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            if missing:
+                raise ManifestError([f"missing column(s) {', '.join(missing)}"])
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error):
+        raise UserFacingError(
+            f"The manifest {path.name} is not a readable UTF-8 CSV file; save it as CSV (UTF-8) and try again."
+        ) from None
     if not rows:
         raise ManifestError(["the manifest has no patient rows"])
     problems: list[str] = []

@@ -336,8 +336,11 @@ class ClinicalUpdate:
     clinical_ci_high: float | None
 
 
-def update_clinical_inputs(session: Session, case_id: int, update: ClinicalUpdate) -> list[str]:
-    """Replace a saved case's clinical inputs (and its latest analysis's clinical risk); caller commits.
+def update_saved_case(session: Session, case_id: int, case_key: str, update: ClinicalUpdate) -> list[str]:
+    """Replace a saved case's key and clinical inputs (and its latest analysis's clinical risk); caller commits.
+
+    The key changes when the surgeon corrects the patient ID after saving: the same
+    analysis then belongs to another (pseudonymised) patient, not to a second case.
 
     Returns:
         The names of the fields that changed (empty when nothing did); the audit trail
@@ -349,14 +352,16 @@ def update_clinical_inputs(session: Session, case_id: int, update: ClinicalUpdat
     case = session.get(Case, case_id)
     if case is None:
         raise LookupError(f"no case {case_id}")
-    changed = [
+    fields = [
         name
         for name in ("n_category", "t_category", "tumour_size_mm", "solitary")
         if getattr(case, name) != getattr(update, name)
     ]
+    changed = (["case_key"] if case.case_key != case_key else []) + fields
     if not changed:
         return []
-    for name in changed:
+    case.case_key = case_key
+    for name in fields:
         setattr(case, name, getattr(update, name))
     if case.analyses:
         latest = case.analyses[-1]

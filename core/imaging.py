@@ -335,8 +335,8 @@ def _check_modality(ds: pydicom.Dataset) -> None:
     """Refuse anything but a CT image that has pixel data."""
     try:
         modality = "\\".join(_text_parts(ds, "Modality")).upper()
-    except _HeaderProblem:
-        modality = ""
+    except _HeaderProblem as problem:
+        modality, how = "", "tag missing" if problem.kind == "absent" else "tag empty"
     if modality == "SEG":
         raise WrongModalityError("This file is a DICOM segmentation, not an image; upload the CT slice itself.")
     if modality and modality != "CT":
@@ -344,7 +344,7 @@ def _check_modality(ds: pydicom.Dataset) -> None:
         article = "an" if modality[0] in "AEFHILMNORSX" else "a"
         raise WrongModalityError(f"This file is {article} {_shown(modality)} image; a CT is needed.")
     if not modality:
-        raise WrongModalityError("This DICOM file does not say it is a CT (Modality tag missing); upload a CT slice.")
+        raise WrongModalityError(f"This DICOM file does not say it is a CT (Modality {how}); upload a CT slice.")
     if "PixelData" not in ds:
         raise UnreadableImageError("This DICOM file holds no image (no pixel data); upload a CT slice.")
 
@@ -416,7 +416,7 @@ def _check_header(ds: pydicom.Dataset) -> _CtHeader:
 
 
 def _check_pixel_data_length(ds: pydicom.Dataset, header: _CtHeader) -> None:
-    """Refuse native (uncompressed) pixel data shorter than Rows × Columns × BitsAllocated / 8 bytes.
+    """Refuse native (uncompressed) pixel data that is not Rows × Columns × BitsAllocated / 8 bytes (+1 padding).
 
     Encapsulated (compressed) pixel data is left to the decoder, whose failure has its own sentence.
     """
@@ -439,6 +439,13 @@ def _check_pixel_data_length(ds: pydicom.Dataset, header: _CtHeader) -> None:
         raise UnreadableImageError(
             f"This CT file's pixel data is incomplete ({len(value)} of the {needed} bytes its Rows, Columns and "
             f"BitsAllocated call for), so the file was cut short or damaged; {_AGAIN}."
+        )
+    # more than one padding byte beyond the image: Rows/Columns disagree with the data, and
+    # decoding would silently shift every row
+    if len(value) > needed + 1:
+        raise UnreadableImageError(
+            f"This CT file's pixel data is longer than its Rows, Columns and BitsAllocated say ({len(value)} "
+            f"bytes, not {needed}), so its image size is wrong; {_AGAIN}."
         )
 
 
@@ -485,6 +492,8 @@ def _pixel_spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str
         return None, "it has no PixelSpacing"
     values = list(spacing) if isinstance(spacing, list | tuple | pydicom.multival.MultiValue) else [spacing]
     try:
+        if len(values) != 2:
+            raise ValueError("PixelSpacing holds (row, column)")
         row_mm, col_mm = float(values[0]), float(values[1])
     except (TypeError, ValueError, IndexError):
         return None, f"its PixelSpacing ({_shown(spacing)}) is not two numbers"

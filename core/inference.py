@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from core.preprocess import PreprocessConfig
 
 Precision = Literal["auto", "fp32", "bf16"]
+INFERENCE_BATCH = 32  # patches per forward pass, the dashboard's and cross-validation's alike
 ProgressFn = Callable[[int, int], None]
 
 # The one case-level rule of the code base: the dashboard, `core analyze`, cross-validation
@@ -67,6 +68,16 @@ def aggregate(probabilities: np.ndarray, threshold: float = PATCH_THRESHOLD) -> 
     )
 
 
+def quantise_grey(patches: np.ndarray) -> np.ndarray:
+    """(N, P, P) grey in [0, 1] → uint8 0–255, the form every scored patch takes.
+
+    The dashboard and cross-validation score the same uint8 patches, so a validation
+    patient gets exactly the number the page would show. Nothing is lost: in the default
+    250-HU window one HU is 1/250 of the grey range, coarser than uint8's 1/255 steps.
+    """
+    return np.round(np.clip(patches, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def bf16_supported() -> bool:
     """Whether this CPU has native bfloat16 arithmetic (AVX-512 BF16 / AMX)."""
     return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
@@ -108,7 +119,7 @@ def predict_patches(
     patches: np.ndarray,
     cfg: PreprocessConfig,
     *,
-    batch_size: int = 32,
+    batch_size: int = INFERENCE_BATCH,
     device: torch.device | str = "cpu",
     precision: Precision = "auto",
     progress: ProgressFn | None = None,

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from core.provenance import SYNTHETIC_PHANTOMS, training_data_of
+
 
 @dataclass(frozen=True)
 class PatientAuc:
@@ -22,14 +24,14 @@ class PatientAuc:
     n: int | None
     events: int | None
 
-    def describe(self) -> str:
+    def describe(self, noun: str = "patients") -> str:
         """E.g. "AUC 0.93 (95% CI 0.85–1.00; 41 patients, 20 with early recurrence)"."""
         parts = []
         if self.ci is not None:
             parts.append(f"95% CI {self.ci[0]:.2f}–{self.ci[1]:.2f}")
         if self.n is not None:
             parts.append(
-                f"{self.n} patients" + (f", {self.events} with early recurrence" if self.events is not None else "")
+                f"{self.n} {noun}" + (f", {self.events} with early recurrence" if self.events is not None else "")
             )
         return f"AUC {self.auc:.2f}" + (f" ({'; '.join(parts)})" if parts else "")
 
@@ -79,12 +81,23 @@ def same_patients_comparison(card: dict[str, Any]) -> tuple[PatientAuc, PatientA
     return (dl, clinical) if dl is not None and clinical is not None else None
 
 
+def cohort_noun(card: dict[str, Any]) -> str:
+    """What the cross-validated subjects were: "patients", or "phantom patients" for synthetic data."""
+    return "phantom patients" if training_data_of(card) == SYNTHETIC_PHANTOMS else "patients"
+
+
 def performance_sentence(card: dict[str, Any]) -> str:
     """How the model separated patients in cross-validation, in one sentence for beside its risk."""
     auc = patient_level_auc(card)
     if auc is None:
         return "This model has no cross-validated patient-level performance on its card."
+    who = cohort_noun(card)
+    if auc.ci is None:  # a first-release card: another scoring rule, no interval
+        return (
+            f"An earlier version of this tool reported a cross-validated AUC of {auc.auc:.2f} for it, with another "
+            "scoring rule and no confidence interval; retrain it to get a current figure."
+        )
     return (
-        f"In cross-validation it separated patients with early recurrence from the others with "
-        f"{auc.describe()}, one out-of-fold prediction per patient."
+        f"In cross-validation it separated {who} with early recurrence from the others with "
+        f"{auc.describe(who)}, one out-of-fold prediction per patient."
     )

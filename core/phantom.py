@@ -34,7 +34,8 @@ import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from core.roi import CanvasView, mask_from_outlines, polygon_to_fabric
+from core.clinical import T_CATEGORIES
+from core.roi import FABRIC_VERSION, CanvasView, mask_from_outlines, polygon_to_fabric
 
 IMAGE_PX = 512
 INTERCEPT = -1024.0
@@ -54,7 +55,6 @@ MANIFEST_COLUMNS = (
 PHANTOM_DATA_SOURCE = "synthetic"
 # Per label (0 = no early recurrence, 1 = early recurrence): patients and N1 count, Table 1.
 TABLE1_GROUPS = {0: {"patients": 21, "n1": 2}, 1: {"patients": 20, "n1": 11}}
-T_CATEGORIES = ("T1a", "T1b", "T2", "T3", "T4")
 T_WEIGHTS = {0: (2, 2, 14, 2, 1), 1: (4, 1, 10, 3, 2)}
 
 
@@ -252,7 +252,7 @@ class SampleCase:
 
     def fabric_json(self, view: CanvasView) -> dict:
         """The outline as a Fabric drawing for a canvas laid out as ``view``."""
-        return {"version": "7.0.0", "objects": [polygon_to_fabric(view.to_canvas(self.outline_xy))]}
+        return {"version": FABRIC_VERSION, "objects": [polygon_to_fabric(view.to_canvas(self.outline_xy))]}
 
 
 SAMPLE_TUMOUR_MM = 55.0

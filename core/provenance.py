@@ -28,6 +28,22 @@ _WARNINGS = {
 }
 
 
+# Cards from version 2 on state training_data because the data said so. The first release
+# wrote "real patients" whenever training was not flagged synthetic, so on its cards that
+# claim means nothing and is read as UNKNOWN.
+CARD_VERSION = 2
+
+
+def training_data_of(card: dict) -> str:
+    """What a checkpoint card says its weights were trained on, distrusting first-release defaults."""
+    stated = str(card.get("training_data", UNKNOWN))
+    if stated not in TRAINING_DATA_KINDS:
+        return UNKNOWN
+    if stated == REAL_PATIENTS and int(card.get("card_version", 1) or 1) < CARD_VERSION:
+        return UNKNOWN
+    return stated
+
+
 def from_patients(training_data: str | None) -> bool:
     """True only when the card says the weights were trained on real patients."""
     return training_data == REAL_PATIENTS

@@ -57,15 +57,18 @@ from core.errors import (
     ResumeMismatchError,
     RoiError,
     TrainingDivergedError,
+    UserFacingError,
 )
 from core.imaging import model_grey
 from core.inference import (
     CASE_THRESHOLD,
+    INFERENCE_BATCH,
     PATCH_THRESHOLD,
     PATIENT_RULE,
     CaseRisk,
     aggregate,
     predict_patches,
+    quantise_grey,
     resolve_autocast,
     to_network_input,
 )
@@ -221,6 +224,42 @@ def training_data_kind(data_source: str, permute_labels: bool) -> str:
     return PERMUTED_CONTROL if permute_labels else DATA_SOURCES[data_source]
 
 
+def check_train_config(tc: TrainConfig) -> None:
+    """Refuse settings no run can use, before any work starts.
+
+    Raises:
+        UserFacingError: one sentence naming the setting and the values it may take.
+    """
+    problems = [
+        (tc.folds >= 2, f"--folds must be at least 2 (got {tc.folds})"),
+        (tc.epochs >= 1, f"--epochs must be at least 1 (got {tc.epochs})"),
+        # BatchNorm cannot train on a batch of one patch
+        (tc.batch_size >= 2, f"--batch-size must be at least 2 (got {tc.batch_size})"),
+        (math.isfinite(tc.lr) and tc.lr > 0, f"--lr must be a positive number (got {tc.lr:g})"),
+        (
+            tc.max_patches_per_patient is None or tc.max_patches_per_patient >= 1,
+            f"--max-patches-per-patient must be at least 1 (got {tc.max_patches_per_patient})",
+        ),
+    ]
+    for ok, sentence in problems:
+        if not ok:
+            raise UserFacingError(f"{sentence}; nothing was trained.")
+
+
+def check_fold_count(labels: Sequence[int], folds: int) -> None:
+    """Every validation fold needs a patient of each outcome, or its AUC is undefined.
+
+    Raises:
+        UserFacingError: fewer patients of one outcome than folds.
+    """
+    with_event, without = sum(1 for v in labels if v), sum(1 for v in labels if not v)
+    if min(with_event, without) < folds:
+        raise UserFacingError(
+            f"{folds} folds need at least {folds} patients with and {folds} without early recurrence; the manifest "
+            f"has {with_event} with and {without} without. Use fewer folds (--folds) or more patients."
+        )
+
+
 def check_control_folder(out: Path) -> None:
     """Refuse a permuted-label control in a folder whose name does not say "control".
 
@@ -365,15 +404,13 @@ def build_patient_patches(
         except RoiError as error:
             problems.append(f"{patient.key}: {error}")
             continue
-        # uint8 keeps a quarter of the memory and loses nothing: in the default 250-HU window
-        # one HU is already 1/250 of the grey range, coarser than uint8's 1/255 steps.
         out.append(
             PatientPatches(
                 patient.key,
                 int(label),
                 patient.n_category,
                 patient.tumour_size_mm,
-                np.round(patches * 255.0).astype(np.uint8),
+                quantise_grey(patches),
             )
         )
     if problems:
@@ -552,7 +589,7 @@ def patch_probabilities(
         TrainingDivergedError: a probability is NaN (weights that blew up without a non-finite
             training loss, e.g. BatchNorm running statistics that overflowed).
     """
-    probs = [predict_patches(network, p.patches, cfg, batch_size=128, device=device) for p in data]
+    probs = [predict_patches(network, p.patches, cfg, batch_size=INFERENCE_BATCH, device=device) for p in data]
     broken = [p.key for p, pr in zip(data, probs, strict=True) if not np.all(np.isfinite(pr))]
     if broken:
         raise TrainingDivergedError(
@@ -669,6 +706,7 @@ def cross_validate(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessCo
         ControlRunError, DataSourceError, ManifestError, ResumeMismatchError,
         TrainingDivergedError: each with one sentence saying what to do.
     """
+    check_train_config(tc)
     device = resolve_device(tc.device)
     init_distributed(device)
     rank, size = world()
@@ -680,6 +718,7 @@ def cross_validate(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessCo
     training_data = training_data_kind(data_source, tc.permute_labels)
     run = _Run(out, tc, cfg, device, training_data, tc.model_name or default_model_name(training_data))
     labels = [p.label for p in patients]
+    check_fold_count(labels, tc.folds)
     if tc.permute_labels:
         labels = [int(v) for v in np.random.default_rng([tc.seed, 99]).permutation(labels)]
     folds = assign_folds([p.key for p in patients], labels, tc.folds, tc.seed)

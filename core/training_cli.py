@@ -8,7 +8,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from core.preprocess import PreprocessConfig
+from core.errors import UserFacingError
+from core.preprocess import PreprocessConfig, UnknownPreprocessingError
 from core.provenance import DATA_SOURCES
 
 # The CPU demo recipe: fits `make demo-model` in about 15 minutes on 2 cores (see README).
@@ -63,6 +64,26 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_preprocess(path: Path) -> PreprocessConfig:
+    """A PreprocessConfig from a JSON file of its fields, refused whole with one sentence when unusable."""
+    try:
+        fields = json.loads(path.read_text())
+    except OSError:
+        raise UserFacingError(f"No readable preprocessing file at {path}; check the --preprocess path.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserFacingError(f"The preprocessing file {path.name} is not valid JSON.") from None
+    if not isinstance(fields, dict):
+        raise UserFacingError(f"The preprocessing file {path.name} must hold one JSON object of settings.")
+    try:
+        return PreprocessConfig.from_dict(fields)
+    except UnknownPreprocessingError as error:
+        raise UserFacingError(
+            f"The preprocessing file {path.name} has settings this version does not know ({', '.join(error.fields)})."
+        ) from None
+    except (TypeError, ValueError) as error:
+        raise UserFacingError(f"The preprocessing file {path.name} has an invalid setting ({error}).") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from core.training import TrainConfig, cross_validate, world
 
@@ -78,12 +99,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         final_model=not args.no_final_model,
         data_source=args.data_source,
     )
-    cfg = (
-        PreprocessConfig.from_dict(json.loads(Path(args.preprocess).read_text()))
-        if args.preprocess
-        else PreprocessConfig()
-    )
+    cfg = read_preprocess(Path(args.preprocess)) if args.preprocess else PreprocessConfig()
     if args.input_px is not None:
+        if args.input_px < 8:
+            raise UserFacingError(f"--input-px must be at least 8 (got {args.input_px}); the paper uses 224.")
         cfg = replace(cfg, input_px=args.input_px)
     summary = cross_validate(Path(args.manifest), Path(args.out), tc, cfg)
     if world()[0] == 0:

@@ -48,6 +48,7 @@ from pages.common import (
     content_hash,
     current_model,
     engine,
+    input_key,
     model_banner,
     pseudonym_secret,
     require_shell,
@@ -63,7 +64,13 @@ DRAWING_MODES = {
     "Circle": "circle",
 }
 MANUAL = "Manual"
-FIELD_NAMES = {"n_category": "N category", "t_category": "T category", "tumour_size_mm": "size", "solitary": "number"}
+FIELD_NAMES = {
+    "case_key": "patient ID (case key)",
+    "n_category": "N category",
+    "t_category": "T category",
+    "tumour_size_mm": "size",
+    "solitary": "number",
+}
 UNKNOWN = "unknown"
 log = logging.getLogger(__name__)
 
@@ -157,24 +164,34 @@ def outline_mask(display: np.ndarray, ct: CtSlice, source_hash: str) -> np.ndarr
         return None
 
 
-def clinical_inputs_form() -> tuple[str, ClinicalInputs]:
+def clinical_inputs_form(source_hash: str) -> tuple[str, ClinicalInputs]:
     """Live clinical inputs (no form: what is on screen is what Save stores). Returns (patient ID, inputs)."""
     patient_id = st.text_input(
         "Hospital patient ID (optional)",
         type="password",
-        key="patient_id",
+        key=input_key("patient_id", source_hash),
         help="Stored only as a keyed hash; leave empty for a random case key.",
     )
     c1, c2 = st.columns(2)
     n_category = c1.radio(
-        "UICC N category", list(N_CHOICES), index=N_CHOICES.index(UNKNOWN_N), horizontal=True, key="n"
+        "UICC N category",
+        list(N_CHOICES),
+        index=N_CHOICES.index(UNKNOWN_N),
+        horizontal=True,
+        key=input_key("n", source_hash),
     )
-    t_category = c2.selectbox("UICC T category", [UNKNOWN, *T_CATEGORIES], key="t")
+    t_category = c2.selectbox("UICC T category", [UNKNOWN, *T_CATEGORIES], key=input_key("t", source_hash))
     c3, c4 = st.columns(2)
     size_mm = c3.number_input(
-        "Tumour size (mm)", 0.0, 300.0, value=None, step=1.0, key="size", help="Largest diameter; empty = not entered."
+        "Tumour size (mm)",
+        1.0,
+        300.0,
+        value=None,
+        step=1.0,
+        key=input_key("size", source_hash),
+        help="Largest diameter; empty = not entered.",
     )
-    number = c4.selectbox("Tumour number", [UNKNOWN, "solitary", "multiple"], key="number")
+    number = c4.selectbox("Tumour number", [UNKNOWN, "solitary", "multiple"], key=input_key("number", source_hash))
     return patient_id, ClinicalInputs(
         n_category=n_category,
         t_category=None if t_category == UNKNOWN else t_category,
@@ -212,16 +229,18 @@ def save(
     """Save what is on screen once; a second press updates the same case or says it is saved."""
     patient_digest = hashlib.sha256(patient_id.encode()).hexdigest()
     previous = st.session_state.get("saved")
-    same = bool(previous) and previous["signature"] == signature and previous["patient"] == patient_digest
+    same_analysis = bool(previous) and previous["signature"] == signature
     try:
-        key = previous["case_key"] if same else case_key(patient_id or ct.patient_id, pseudonym_secret())
+        # the same patient ID keeps the key it was saved under (a random R- key included)
+        same_patient = same_analysis and previous["patient"] == patient_digest
+        key = previous["case_key"] if same_patient else case_key(patient_id or ct.patient_id, pseudonym_secret())
         with Session(engine()) as session:
             outcome = save_case(
                 session,
                 case_record(ct, mask, key, inputs, window),
                 analysis_record(analysis, model, clinical_risk_for(inputs.n_category)),
                 clinical_update(inputs),
-                previous["case_id"] if same else None,
+                previous["case_id"] if same_analysis else None,
             )
             session.commit()
     except UserFacingError as error:
@@ -304,7 +323,7 @@ with right:
     note = export_window_note(ct, cfg)
     if note:
         st.caption(note)
-    patient_id, inputs = clinical_inputs_form()
+    patient_id, inputs = clinical_inputs_form(source["hash"])
     ready = model is not None and mask is not None and blocker is None and n_patches > 0
     run = st.button("Analyze", type="primary", disabled=not ready, key="analyze")
     if mask is None:
@@ -337,5 +356,6 @@ with right:
     if st.button("Save case", type="primary", key="save"):
         save(ct, mask, model, analysis, signature, patient_id, inputs, window)
     saved = st.session_state.get("saved")
-    if saved and saved["signature"] == signature and saved["inputs"] != inputs:
+    changed_id = saved and saved["patient"] != hashlib.sha256(patient_id.encode()).hexdigest()
+    if saved and saved["signature"] == signature and (saved["inputs"] != inputs or changed_id):
         st.caption(f"Changed since it was saved as case {saved['case_key']}: press Save case to update it.")

@@ -94,6 +94,11 @@ def model_banner(model_name: str, provenance_line: str, weights_warning: str | N
         st.info(text)
 
 
+def input_key(name: str, source_hash: str) -> str:
+    """Widget key of a clinical input, per image: a new image starts with empty inputs, never the last patient's."""
+    return f"{name}_{source_hash[:12]}"
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

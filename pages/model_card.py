@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.modelcard import patient_level_auc, same_patients_comparison
+from core.modelcard import cohort_noun, patient_level_auc, same_patients_comparison
 from core.report import card_metric_rows
 from pages.common import RESEARCH_NOTICE, current_model, require_shell
 
@@ -29,7 +29,8 @@ if pooled is None:
     st.info("This model's card holds no cross-validation results.")
 else:
     st.subheader("Patient level, out of fold (one prediction per patient)")
-    st.markdown(f"ResNet50: **{pooled.describe()}**.")
+    noun = cohort_noun(card)
+    st.markdown(f"ResNet50: **{pooled.describe(noun)}**.")
     st.caption(
         "Each patient is scored once, by the fold model that did not see them, with the dashboard's own rule. "
         "With a few dozen patients the 95% CI is wide: read the interval, not the point."
@@ -38,8 +39,8 @@ else:
     if comparison:
         dl, clinical = comparison
         st.markdown(
-            f"On the same {dl.n} patients with a known N category: ResNet50 {dl.describe()} against "
-            f"N-category logistic regression {clinical.describe()}."
+            f"On the same {dl.n} {noun} with a known N category: ResNet50 {dl.describe(noun)} against "
+            f"N-category logistic regression {clinical.describe(noun)}."
         )
 if metrics:
     st.subheader("Per fold: validation folds, mean ± SD over folds")

@@ -55,6 +55,7 @@ def test_json_carries_both_risks_and_the_model(case_files: tuple[Path, Path, Pat
     low, high = payload["clinical"]["ci_95"]
     assert low < 11 / 13 < high
     assert payload["model"]["sha256"] == model.sha256 and payload["model"]["warning"]
+    assert payload["image"]["spacing_source"] == "header" and payload["image"]["export_window"] is None
 
 
 @pytest.mark.parametrize(
@@ -63,7 +64,7 @@ def test_json_carries_both_risks_and_the_model(case_files: tuple[Path, Path, Pat
         (["--outline", "small"], "px but the slice is"),
         (["--outline", "missing"], "No outline file"),
         (["--export-window", "sixty"], "--export-window takes LEVEL,WIDTH"),
-        (["--spacing-mm", "0.7"], None),  # the header's spacing wins: fine, exit 0
+        (["--spacing-mm", "0.7"], None),  # the header's spacing wins: exit 0, with a note
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(
@@ -77,6 +78,7 @@ def test_bad_input_exits_2_with_one_sentence(
     result = _analyze(str(image), *args, model=test_checkpoint)
     if phrase is None:
         assert result.returncode == 0, result.stderr
+        assert "--spacing-mm ignored; the DICOM header gives them" in result.stderr
         return
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()

@@ -157,7 +157,7 @@ def test_case_list_loads_analyses_without_a_query_per_row(engine) -> None:
 
 
 def test_migration_0002_maps_first_release_provenance_to_training_data(engine) -> None:
-    """Analyses saved by the first release keep their meaning: synthetic stays synthetic, the rest unknown."""
+    """Analyses saved by the first release: synthetic stays synthetic; its unproven "patients" claim is unknown."""
     from alembic import command
     from alembic.config import Config
 
@@ -196,4 +196,4 @@ def test_migration_0002_maps_first_release_provenance_to_training_data(engine) -
         [case] = db.list_cases(session)
         kinds = [a.training_data for a in case.analyses]
         assert case.spacing_source == "header"
-    assert kinds == ["synthetic phantoms", "untrained", "real patients", "unknown"]
+    assert kinds == ["synthetic phantoms", "untrained", "unknown", "unknown"]

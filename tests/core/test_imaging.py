@@ -205,6 +205,8 @@ HEADER_CASES = [
     ("intercept with a newline", "RescaleIntercept", "DS", b"-10\n24", UnreadableImageError),
     ("pixel data half", "PixelData", "OW", b"\0" * (128 * 128), UnreadableImageError),
     ("pixel data empty", "PixelData", "OW", b"", UnreadableImageError),
+    # Columns one short of the data: decoding would shift every row, so the size is refused
+    ("columns disagree with data", "Columns", "US", _us(127), UnreadableImageError),
 ]
 
 
@@ -214,7 +216,9 @@ HEADER_CASES = [
 def test_malformed_ct_header_gives_one_sentence_naming_the_field(
     keyword: str, vr: str | None, value: bytes | None, error: type[UserFacingError]
 ) -> None:
-    names = "pixel data is incomplete" if keyword == "PixelData" else keyword
+    names = {"PixelData": "pixel data is incomplete"}.get(keyword, keyword)
+    if value == _us(127):
+        names = "pixel data is longer than its Rows, Columns"
     data = ct_with(keyword, vr, value)
     try:
         load_slice(data, "slice.dcm")
@@ -269,6 +273,7 @@ SPACING_CASES = [
     ("negative", b"-0.7\\-0.7 ", "its PixelSpacing (-0.7\\-0.7) is not positive"),
     ("not a number", b"abc\\1 ", "its PixelSpacing (abc\\1) is not two numbers"),
     ("one value", b"0.7 ", "its PixelSpacing (0.7) is not two numbers"),
+    ("three values", b"0.7\\0.7\\0.7 ", "its PixelSpacing (0.7\\0.7\\0.7) is not two numbers"),
 ]
 
 

@@ -164,6 +164,60 @@ def test_validation_scores_every_patch_of_the_grid(run: tuple[Path, dict], manif
     assert summary["cohort"]["patches"] == sum(n for n, _ in counts.values())
 
 
+def test_validation_score_is_what_the_dashboard_shows(run: tuple[Path, dict], manifest: Path) -> None:
+    """A validation patient's out-of-fold score equals the Analyze page's number with that fold's model."""
+    from core.analysis import analyze_case
+
+    out, summary = run
+    by_key = {p.key: p for p in read_manifest(manifest, TINY)}
+    for row in summary["table4"]["patients"][:4]:
+        patient = by_key[row["patient_key"]]
+        fold_model = load_checkpoint(out / f"fold{row['fold']}" / "model.pt")
+        page = analyze_case(load_calibrated_image(patient), load_mask(patient.mask_path), fold_model)
+        assert page.dl_risk.probability == pytest.approx(row["dl_probability"], abs=1e-9)
+        assert page.dl_risk.n_patches == row["n_patches"]
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["--folds", "1"], "--folds must be at least 2"),
+        (["--batch-size", "0"], "--batch-size must be at least 2"),
+        (["--max-patches-per-patient", "0"], "--max-patches-per-patient must be at least 1"),
+        (["--input-px", "0"], "--input-px must be at least 8"),
+        (["--folds", "20"], "20 folds need at least 20 patients with and 20 without"),
+        (["--preprocess", "missing.json"], "No readable preprocessing file"),
+        (["--preprocess", "future.json"], "settings this version does not know (bias_field_correction)"),
+    ],
+)
+def test_unusable_train_arguments_exit_2_before_any_work(
+    manifest: Path, tmp_path: Path, args: list[str], phrase: str
+) -> None:
+    (tmp_path / "future.json").write_text(json.dumps({**TINY.to_dict(), "bias_field_correction": True}))
+    args = [str(tmp_path / a) if a.endswith(".json") else a for a in args]
+    result = subprocess.run(
+        [sys.executable, "-m", "core", "train", "--manifest", str(manifest), "--out", str(tmp_path / "out"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert phrase in line
+    assert not (tmp_path / "out" / "fold1").exists()
+
+
+def test_a_manifest_that_is_not_utf8_is_one_sentence(tmp_path: Path) -> None:
+    from core.errors import UserFacingError
+
+    path = tmp_path / "manifest.csv"
+    path.write_bytes("patient_key,image_path,mask_path,early_recurrence\nM\xfcller,a,b,1\n".encode("latin-1"))
+    with pytest.raises(UserFacingError, match="not a readable UTF-8 CSV"):
+        read_manifest(path, TINY)
+
+
 def test_training_subsample_is_per_patient_and_leaves_the_full_set() -> None:
     data = [PatientPatches(f"P{i}", i % 2, "N0", None, np.full((20 + i, 4, 4), i, np.uint8)) for i in range(3)]
     fit = training_subsample(data, 5, seed=1)

@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import db
 from core.phantom import sample_case
-from pages.common import CANVAS_WIDTH_PX, SHELL_FLAG, content_hash, sample_session_state
+from pages.common import CANVAS_WIDTH_PX, SHELL_FLAG, content_hash, input_key, sample_session_state
 
 ROOT = Path(__file__).resolve().parents[2]
 DL_LABEL = "Mean patch probability (uncalibrated)"
@@ -57,6 +57,11 @@ def _with_upload(at: AppTest, name: str, data: bytes, outline_from_sample: bool 
     return at
 
 
+def _input(at: AppTest, name: str) -> str:
+    """The widget key of a clinical input for the image on screen (inputs are per image)."""
+    return input_key(name, at.session_state["case_source"]["hash"])
+
+
 def _metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
@@ -88,10 +93,10 @@ def test_inputs_entered_after_analyze_are_what_is_saved(app_env: None, sqlite_ur
     assert _metric(at, CLINICAL_LABEL) == "not available"
     result = at.session_state["result"]["analysis"]
     # entered after Analyze: the clinical risk follows at once, the network is not re-run
-    at.radio(key="n").set_value("N1").run()
-    at.selectbox(key="t").set_value("T2").run()
-    at.number_input(key="size").set_value(55.0).run()
-    at.selectbox(key="number").set_value("multiple").run()
+    at.radio(key=_input(at, "n")).set_value("N1").run()
+    at.selectbox(key=_input(at, "t")).set_value("T2").run()
+    at.number_input(key=_input(at, "size")).set_value(55.0).run()
+    at.selectbox(key=_input(at, "number")).set_value("multiple").run()
     assert _metric(at, CLINICAL_LABEL) == "85%"  # N1: 11/13 in Table 1
     assert at.session_state["result"]["analysis"] is result
     at.button(key="save").click().run()
@@ -108,7 +113,7 @@ def test_saving_twice_makes_one_case_and_a_change_updates_it(app_env: None, sqli
     at.button(key="save").click().run()
     assert any("Already saved as case" in i.value for i in at.info)
     assert len(_cases(sqlite_url)) == 1
-    at.radio(key="n").set_value("N0").run()
+    at.radio(key=_input(at, "n")).set_value("N0").run()
     assert any("press Save case to update it" in c.value for c in at.caption)
     at.button(key="save").click().run()
     assert any("N category changed" in s.value for s in at.success)
@@ -130,10 +135,14 @@ def _png(grey: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
+def _sample_export_grey() -> np.ndarray:
+    """The sample case as a viewer would export it at L60/W160: (512, 512) uint8."""
+    hu = pydicom.dcmread(io.BytesIO(sample_case().dicom_bytes)).pixel_array.astype(np.float32) - 1024
+    return np.clip((hu - (60 - 80)) / 160 * 255, 0, 255).round().astype(np.uint8)
+
+
 def test_png_export_needs_spacing_and_window_before_the_model_runs(app_env: None) -> None:
-    sample = sample_case()
-    hu = pydicom.dcmread(io.BytesIO(sample.dicom_bytes)).pixel_array.astype(np.float32) - 1024
-    grey = np.clip((hu - (60 - 80)) / 160 * 255, 0, 255).round().astype(np.uint8)  # exported at L60/W160
+    grey = _sample_export_grey()
     at = _with_upload(_page("analyze.py"), "export.png", _png(grey)).run()
     assert not at.exception
     assert at.button(key="analyze").disabled
@@ -267,3 +276,53 @@ def test_sample_canvas_scale_matches_the_display_width() -> None:
     state = sample_session_state()
     [polygon] = state["roi_json"]["objects"]
     assert max(p["x"] for p in polygon["points"]) <= CANVAS_WIDTH_PX
+
+
+def test_a_new_image_starts_with_empty_inputs_never_the_last_patients(app_env: None, sqlite_url: str) -> None:
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    at.text_input(key=_input(at, "patient_id")).set_value("PATIENT-A").run()
+    at.radio(key=_input(at, "n")).set_value("N1").run()
+    at.button(key="save").click().run()
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    _with_upload(at, "other.dcm", buffer.getvalue()).run()
+    assert at.text_input(key=_input(at, "patient_id")).value == ""
+    assert at.radio(key=_input(at, "n")).value == "unknown"
+
+
+def test_correcting_the_patient_id_after_saving_updates_that_case(app_env: None, sqlite_url: str) -> None:
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    at.button(key="save").click().run()
+    [first] = _cases(sqlite_url)
+    assert first.case_key.startswith("P-")  # no ID typed: keyed from the DICOM's own PatientID
+    at.text_input(key=_input(at, "patient_id")).set_value("MRN-777").run()
+    assert any("press Save case to update it" in c.value for c in at.caption)
+    at.button(key="save").click().run()
+    assert any("patient ID (case key) changed" in s.value for s in at.success)
+    [case] = _cases(sqlite_url)
+    assert case.id == first.id and case.case_key != first.case_key and "777" not in case.case_key
+
+
+def test_a_saved_export_reopens_as_it_was_exported(app_env: None, sqlite_url: str) -> None:
+    """A PNG is stored in HU after calibration; the Cases page must show it in the export's own window."""
+    from core.cases import load_saved_case
+    from core.imaging import CtSlice, display_image
+
+    grey = _sample_export_grey()
+    at = _with_upload(_page("analyze.py"), "export.png", _png(grey)).run()
+    tag = content_hash(_png(grey))[:12]
+    at.number_input(key=f"sp_{tag}").set_value(0.7).run()
+    at.number_input(key=f"el_{tag}").set_value(60.0).run()
+    at.number_input(key=f"ew_{tag}").set_value(160.0).run()
+    _analyze(at).button(key="save").click().run()
+    [case] = _cases(sqlite_url)
+    assert (case.display_level, case.display_width) == (60.0, 160.0)
+    assert (case.export_window_level, case.export_window_width, case.spacing_source) == (60.0, 160.0, "user")
+    engine = db.make_engine(sqlite_url)
+    with Session(engine) as session:
+        saved = load_saved_case(session, case.id)
+    engine.dispose()
+    reopened = CtSlice(pixels=saved.pixels, is_hu=saved.is_hu, spacing_mm=saved.spacing_mm, source_kind="png")
+    shown = display_image(reopened, case.display_level, case.display_width)
+    assert np.abs(shown.astype(int) - grey.astype(int)).max() <= 1  # rounding only

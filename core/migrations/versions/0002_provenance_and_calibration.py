@@ -4,10 +4,11 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-29
 
-Analyses saved before this revision stored only the model's provenance sentence. The first
-release wrote exactly three kinds of sentence (core/training.py `_card` and the test/demo
-cards), so they are mapped back here; anything else becomes "unknown", which the app treats
-as "not known to be trained on patients".
+Analyses saved before this revision stored only the model's provenance sentence. Those the
+first release wrote for synthetic phantoms and untrained weights are mapped back here. Its
+"trained on N patients of the local cohort" proves nothing: it was written whenever a run was
+not flagged synthetic (phantoms included), so it becomes "unknown", as does anything else;
+the app treats "unknown" as "not known to be trained on patients".
 """
 
 from alembic import op
@@ -31,11 +32,6 @@ def upgrade() -> None:
     )
     op.execute(
         analyses.update().where(analyses.c.model_provenance.like('untrained%')).values(training_data='untrained')
-    )
-    op.execute(
-        analyses.update()
-        .where(analyses.c.model_provenance.like('trained on % patients of the local cohort'))
-        .values(training_data='real patients')
     )
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.add_column(sa.Column('spacing_source', sa.String(length=8), nullable=True))
