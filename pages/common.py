@@ -87,11 +87,10 @@ def pseudonym_secret() -> bytes:
 
 def model_banner(model_name: str, provenance_line: str, weights_warning: str | None) -> None:
     """The model's origin beside every risk; a warning when the weights are not from patients."""
-    text = f"Model: **{model_name}** — {provenance_line}"
-    if weights_warning:
-        st.warning(f"{text}. {weights_warning}", icon=":material/warning:")
+    if weights_warning:  # the warning says where the weights came from; the provenance line would repeat it
+        st.warning(f"Model: **{model_name}**. {weights_warning}", icon=":material/warning:")
     else:
-        st.info(text)
+        st.info(f"Model: **{model_name}** — {provenance_line}")
 
 
 def input_key(name: str, source_hash: str) -> str:

@@ -17,7 +17,7 @@ if model is None:
 
 card = model.card
 if model.weights_warning:
-    st.warning(f"{model.provenance}. {model.weights_warning}", icon=":material/warning:")
+    st.warning(model.weights_warning, icon=":material/warning:")
 st.markdown(f"**{model.name}** · file `{model.path.name}` · sha256 `{model.sha256}`")
 st.markdown(f"**Trained on:** {model.training_data}")
 st.markdown(f"**Preprocessing:** {model.preprocess.describe()}")
@@ -45,7 +45,7 @@ else:
 if metrics:
     st.subheader("Per fold: validation folds, mean ± SD over folds")
     st.dataframe(card_metric_rows(metrics), hide_index=True)
-    st.caption(f"{metrics.get('patient_rule', '')}. {metrics.get('note', '')}. Rates in %.")
+    st.caption(f"Rule: {metrics.get('patient_rule', '—')}. Note: {metrics.get('note', '—')}. Rates in %.")
     cohort = card.get("cohort", {})
     if cohort:
         st.caption(

@@ -229,7 +229,8 @@ def test_cases_page_database_down_is_one_sentence(app_env: None, monkeypatch: py
 def test_model_card_leads_with_patient_level(app_env: None) -> None:
     at = _page("model_card.py").run()
     assert not at.exception
-    assert any("untrained test model" in w.value for w in at.warning)
+    assert any("Untrained (random) weights" in w.value for w in at.warning)
+    assert any("untrained test model" in m.value for m in at.markdown)
     assert any("no cross-validation results" in i.value for i in at.info)
 
 
