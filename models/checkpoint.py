@@ -23,7 +23,7 @@ import torch
 
 from core.errors import CheckpointError, ModelNotInstalledError
 from core.preprocess import FORMAT_VERSION, PreprocessConfig, UnknownPreprocessingError
-from core.provenance import TRAINING_DATA_KINDS, UNKNOWN, weights_warning
+from core.provenance import CARD_VERSION, TRAINING_DATA_KINDS, training_data_of, weights_warning
 from models.resnet import build_resnet50
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "model.pt"
@@ -48,7 +48,7 @@ class LoadedModel:
     @property
     def training_data(self) -> str:
         """What the weights were trained on, as the card says (see :mod:`core.provenance`)."""
-        return str(self.card.get("training_data", UNKNOWN))
+        return training_data_of(self.card)
 
     @property
     def weights_warning(self) -> str | None:
@@ -89,6 +89,7 @@ def make_card(name: str, provenance: str, training_data: str, **extra: Any) -> d
         "name": name,
         "provenance": provenance,
         "training_data": training_data,
+        "card_version": CARD_VERSION,
         "intended_use": "Research use only. Not a medical device; not for clinical decisions.",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "library_versions": library_versions(),
