@@ -17,16 +17,35 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Print what a slice file holds: modality, size (px), pixel spacing (mm) or why it is unusable, HU range.
+    """Describe a slice file, a folder or a ZIP: every series, its geometry, compression and decode status.
 
-    Returns 0; an unreadable or unsuitable file raises :class:`UserFacingError` (one line, exit status 2).
+    A single CT file: modality, size (px), pixel spacing (mm) or why it is unusable, HU range.
+    A folder or ZIP: per series the modality, description, slices, rows × columns, spacing,
+    thickness, kernel, contrast, compression, HU range and decode status (every slice is
+    decoded unless ``--headers-only``), then the other files.
+
+    Returns 0; an unreadable or unsuitable single file, or an upload that is refused, raises
+    :class:`UserFacingError` (one line, exit status 2). A single DICOM SEG or NIfTI file is
+    refused with a sentence saying it can be imported as an outline.
     """
+    from core.archive import check_file_count, check_total_bytes, is_zip
+
+    path = Path(args.path)
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.is_file())
+        check_file_count(len(found), "The folder holds")
+        check_total_bytes(sum(p.stat().st_size for p in found), "The folder holds")
+        files = [(str(p.relative_to(path)), p.read_bytes()) for p in found]
+        return _inspect_upload(files, "folder", args)
+    if not path.is_file():
+        raise UserFacingError(f"No file or folder at {path}; check the path.")
+    data = path.read_bytes()
+    if is_zip(data):
+        return _inspect_upload([(path.name, data)], "zip", args)
+    _refuse_outline_file(data, path.name)
     from core.imaging import load_slice
 
-    path = Path(args.file)
-    if not path.is_file():
-        raise UserFacingError(f"No file at {path}; check the path.")
-    facts = load_slice(path.read_bytes(), path.name).summary()
+    facts = load_slice(data, path.name).summary()
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
@@ -44,6 +63,94 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"HU min / max    {facts['hu_min']:.0f} / {facts['hu_max']:.0f} HU")
     else:
         print(f"grey min / max  {facts['grey_min']:.0f} / {facts['grey_max']:.0f} (already windowed, no HU)")
+    if facts.get("compression"):
+        print(f"compression     {facts['compression']}")
+    if facts.get("lossy"):
+        print(f"lossy           {facts['lossy']}: HU are approximate")
+    if facts.get("file_window"):
+        level, width = facts["file_window"]
+        print(f"file window     L{level:g} / W{width:g} HU")
+    return 0
+
+
+def _refuse_outline_file(data: bytes, name: str) -> None:
+    """A single DICOM SEG / RT / SR or NIfTI file: one sentence saying what it is (exit status 2)."""
+    from core.series import dicom_object_kind, is_nifti, read_header
+
+    if is_nifti(data, name):
+        raise UserFacingError(
+            "This file is a NIfTI volume, not a CT image; it can be imported as an outline on its CT series."
+        )
+    header = read_header(data)
+    what = dicom_object_kind(header) if header is not None else None
+    if what is None:
+        return
+    if what.startswith("a DICOM segmentation"):
+        labels = [str(item.get("SegmentLabel", "") or "").strip() for item in header.get("SegmentSequence", [])]
+        named = ", ".join(repr(label) for label in labels if label)
+        count = f" with {len(labels)} segment{'s' if len(labels) != 1 else ''}{f' ({named})' if named else ''}"
+        raise UserFacingError(
+            f"This file is a DICOM segmentation (SEG){count}, not a CT image; it can be imported as an outline "
+            "on its CT series."
+        )
+    raise UserFacingError(f"This file is {what}, not an image; a CT is needed.")
+
+
+def _inspect_upload(files: list[tuple[str, bytes]], source: str, args: argparse.Namespace) -> int:
+    from core.series import decode_report, scan_upload
+
+    scan = scan_upload(files)
+    series = []
+    for summary in scan.series:
+        facts = summary.as_dict()
+        if summary.usable and not args.headers_only:
+            facts["decode"] = decode_report(scan, summary.key)
+        else:
+            facts["decode"] = None
+        series.append(facts)
+    report = {
+        "source": source,
+        "files": len(scan.files),
+        "series": series,
+        "other_files": [other.as_dict() for other in scan.others],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{source}: {len(scan.files)} files, {len(series)} series")
+    for number, facts in enumerate(series, start=1):
+        print(f"\nseries {number}  {facts['description'] or '(no description)'}  [{facts['key']}]")
+        print(f"  modality        {facts['modality']}")
+        print(f"  slices          {facts['slices']} (ordered by {facts['sorted_by']})")
+        print(f"  rows × columns  {facts['rows']} × {facts['columns']}")
+        spacing = facts["pixel_spacing_mm"]
+        print(f"  pixel spacing   {f'{spacing[0]:.4g} × {spacing[1]:.4g} mm' if spacing else 'unknown'}")
+        thickness, step = facts["slice_thickness_mm"], facts["slice_spacing_mm"]
+        print(
+            f"  thickness       {f'{thickness:g} mm' if thickness else 'unknown'}"
+            f"{f' (slices every {step:g} mm)' if step else ''}"
+        )
+        print(f"  kernel          {facts['kernel'] or 'unknown'}")
+        print(f"  contrast        {'yes' if facts['contrast_given'] else 'no'} ({facts['contrast_evidence']})")
+        lossy = f" — {facts['lossy']}: HU are approximate" if facts["lossy"] else ""
+        print(f"  compression     {facts['compression']}{lossy}")
+        decode = facts["decode"]
+        if decode and decode["hu_min"] is not None:
+            print(f"  HU min / max    {decode['hu_min']:.0f} / {decode['hu_max']:.0f} HU")
+        if facts["unusable"]:
+            status = facts["unusable"]
+        elif decode is None:
+            status = "not decoded (--headers-only)"
+        elif decode["failed"]:
+            status = f"{decode['failed']} of {facts['slices']} slices failed: {decode['status']}"
+        else:
+            status = f"ok ({decode['decoded']} slices decoded)"
+        print(f"  decode          {status}")
+        for note in facts["notes"]:
+            print(f"  note            {note}")
+    for other in report["other_files"]:
+        tail = " — can be imported as an outline" if other["importable_as_outline"] else " — ignored"
+        print(f"\nfile {other['name']}: {other['what']}{tail}")
     return 0
 
 
@@ -59,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="iCCA early-recurrence research tool")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("inspect", help="describe a CT slice file (DICOM, PNG, JPEG)")
-    p.add_argument("file")
+    p = sub.add_parser("inspect", help="describe a CT slice file (DICOM, PNG, JPEG), a folder or a ZIP of series")
+    p.add_argument("path", help="a file, a folder or a .zip")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--headers-only", action="store_true", help="folder / ZIP: read headers, decode no pixels")
     p.set_defaults(handler=cmd_inspect)
 
     p = sub.add_parser("bench", help="measure inference speed against the fp32 baseline")

@@ -64,3 +64,11 @@ class ResumeMismatchError(UserFacingError):
 
 class TrainingDivergedError(UserFacingError):
     """The training loss became NaN or infinite; the run stopped."""
+
+
+class UploadRefusedError(UserFacingError):
+    """An upload (folder, files or ZIP) is too large, holds too many files, or is unsafe to open."""
+
+
+class OutlineImportError(UserFacingError):
+    """An outline file (DICOM SEG, NIfTI, PNG mask) cannot be used on this image."""

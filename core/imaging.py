@@ -27,11 +27,14 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from core.dicom_codecs import compression_of, lossy_reason, register_decoders, undecodable_message
+from core.dicomref import SourceReference, source_reference_of
 from core.errors import UnreadableImageError, UserFacingError, WrongModalityError
+from core.limits import MAX_SIDE_PX, MIN_SIDE_PX
 from core.preprocess import PreprocessConfig
 
-MAX_SIDE_PX = 4096
-MIN_SIDE_PX = 32
+register_decoders()  # JPEG Extended (12-bit) and JPEG Lossless through imagecodecs (see core.dicom_codecs)
+
 
 # Display presets (level, width) in HU. Liver first: plain-CT iCCA sits ~20 HU below liver.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -64,6 +67,14 @@ class CtSlice:
         spacing_problem: why a DICOM's own spacing is unusable, for the page to say; ``None`` otherwise.
         export_window: (level, width) in HU a PNG/JPEG export was made with, as the user stated it
             (its grey values were mapped back to HU with it); ``None`` otherwise.
+        file_window: (level, width) in HU from the DICOM's own WindowCenter / WindowWidth (first
+            value when several), ``None`` when absent or unusable. For display only: the model's
+            window always comes from its checkpoint.
+        compression: how the DICOM's pixel data was stored ("JPEG 2000 lossless", "uncompressed
+            (explicit VR little endian)", …); "" for raster exports.
+        lossy: why the HU are approximate (lossy compression now or earlier), ``None`` when not.
+        source_ref: UIDs and geometry of the DICOM slice (no patient identifiers), for exporting
+            an outline as DICOM SEG; ``None`` for raster exports or a header without UIDs.
     """
 
     pixels: np.ndarray
@@ -75,6 +86,10 @@ class CtSlice:
     spacing_source: SpacingSource | None = None
     spacing_problem: str | None = None
     export_window: tuple[float, float] | None = None
+    file_window: tuple[float, float] | None = None
+    compression: str = ""
+    lossy: str | None = None
+    source_ref: SourceReference | None = None
 
     @property
     def is_raster(self) -> bool:
@@ -106,6 +121,9 @@ class CtSlice:
             "hu_max": float(values.max()) if self.is_hu else None,
             "grey_min": None if self.is_hu else float(values.min()),
             "grey_max": None if self.is_hu else float(values.max()),
+            "compression": self.compression or None,
+            "lossy": self.lossy,
+            "file_window": list(self.file_window) if self.file_window else None,
         }
 
 
@@ -175,6 +193,10 @@ def _dicom_slice(ds: pydicom.Dataset) -> CtSlice:
         patient_id=_patient_id(ds),
         spacing_source="header" if spacing else None,
         spacing_problem=problem,
+        file_window=file_window(ds),
+        compression=compression_of(ds).name,
+        lossy=lossy_reason(ds),
+        source_ref=source_reference_of(ds),
     )
 
 
@@ -464,9 +486,17 @@ def _hounsfield_units(ds: pydicom.Dataset, header: _CtHeader) -> np.ndarray:
         UnreadableImageError: pixel data that cannot be decoded, of another shape than the header
             says, or HU that overflow float32.
     """
+    compression = compression_of(ds)
+    if not compression.decodable:
+        raise UnreadableImageError(undecodable_message(compression))
     try:
         stored = ds.pixel_array
     except Exception as exc:
+        if UID(compression.uid).is_encapsulated:
+            raise UnreadableImageError(
+                f"The CT pixel data, compressed with {compression.name}, cannot be decoded (damaged or "
+                "truncated); export the slice again from the PACS, uncompressed if possible."
+            ) from exc
         raise UnreadableImageError(
             "The CT pixel data cannot be decoded (damaged, truncated or an unsupported compression); "
             "export the slice uncompressed."
@@ -533,6 +563,54 @@ def _check_size(shape: tuple[int, ...]) -> None:
         raise UnreadableImageError(
             f"The image is {cols}×{rows} pixels, larger than {MAX_SIDE_PX} px a side; upload one CT slice."
         )
+
+
+def file_window(ds: pydicom.Dataset) -> tuple[float, float] | None:
+    """(level, width) in HU from WindowCenter / WindowWidth, first value of each; ``None`` if unusable.
+
+    The values are in the units after the modality LUT, i.e. HU for a CT (PS3.3 C.11.2.1.2).
+    A width below 1 HU or a value beyond any plausible HU is ignored, never a reason to refuse.
+    """
+    try:
+        level_text = _text_parts(ds, "WindowCenter")[0]
+        width_text = _text_parts(ds, "WindowWidth")[0]
+    except _HeaderProblem:
+        return None
+    if not (_DS_TEXT.fullmatch(level_text) and _DS_TEXT.fullmatch(width_text)):
+        return None
+    level, width = float(level_text), float(width_text)
+    if not (math.isfinite(level) and math.isfinite(width) and 1.0 <= width <= 10000.0 and abs(level) <= 10000.0):
+        return None
+    return level, width
+
+
+def window_presets(ct: CtSlice) -> dict[str, tuple[float, float]]:
+    """Display presets for this slice: :data:`WINDOW_PRESETS` plus the file's own window, if any.
+
+    The file's window comes last, labelled "From the file (L… / W…)". Display only: the
+    model's input window always comes from the checkpoint's preprocessing.
+    """
+    presets = dict(WINDOW_PRESETS)
+    if ct.file_window is not None:
+        level, width = ct.file_window
+        presets[f"From the file (L{level:g} / W{width:g})"] = (level, width)
+    return presets
+
+
+def lossy_note(ct: CtSlice) -> str | None:
+    """A caution when the slice's HU are approximate because of lossy compression; ``None`` otherwise.
+
+    Decision: lossy CT (JPEG Baseline 8-bit, JPEG Extended 12-bit, lossy JPEG 2000 / JPEG-LS) is
+    read and may be outlined and analysed, because a surgeon's PACS may hold nothing better, but
+    the page must say so: the model was trained on lossless plain CT, and lossy coding blurs the
+    fine texture its patches look at (an 8-bit baseline JPEG also keeps only 256 grey steps).
+    """
+    if ct.lossy is None:
+        return None
+    return (
+        f"This slice was stored with {ct.lossy}: its Hounsfield units are approximate, so the model's estimate "
+        "may differ from one on the original scan; use a lossless or uncompressed export when you can."
+    )
 
 
 def window_to_unit(hu: np.ndarray, level: float, width: float) -> np.ndarray:

@@ -365,3 +365,45 @@ def test_png_export_runs_only_once_spacing_and_window_are_stated(
 
 def test_a_good_dicom_needs_nothing_entered() -> None:
     assert analysis_blocker(load_slice(_bytes("CT_small.dcm")), PreprocessConfig()) is None
+
+
+# ---------------------------------------------------------------- the file's own window, compression
+
+
+def test_the_files_window_becomes_an_extra_preset() -> None:
+    from core.imaging import WINDOW_PRESETS, window_presets
+
+    ct = load_slice(sample_case().dicom_bytes)  # the phantom writes WindowCenter 60 / WindowWidth 160
+    assert ct.file_window == (60.0, 160.0)
+    presets = window_presets(ct)
+    assert list(presets)[: len(WINDOW_PRESETS)] == list(WINDOW_PRESETS)
+    assert presets["From the file (L60 / W160)"] == (60.0, 160.0)
+    plain = load_slice(_bytes("CT_small.dcm"))  # no window in its header
+    assert plain.file_window is None and window_presets(plain) == WINDOW_PRESETS
+
+
+@pytest.mark.parametrize(
+    ("centre", "width", "expected"),
+    [
+        (b"40\\300", b"400\\1500", (40.0, 400.0)),
+        (b"-600 ", b"1500", (-600.0, 1500.0)),
+        (b"40", b"0 ", None),
+        (b"abc ", b"400 ", None),
+        (b"", b"400 ", None),
+    ],
+    ids=["multi-valued: first", "lung", "zero width", "not a number", "empty"],
+)
+def test_file_window_parsing_never_refuses(centre: bytes, width: bytes, expected: tuple[float, float] | None) -> None:
+    data = ct_with("WindowCenter", "DS", centre)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds["WindowWidth"] = pydicom.DataElement(tag_for_keyword("WindowWidth"), "DS", width)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    ct = load_slice(buffer.getvalue())
+    assert ct.file_window == expected
+
+
+def test_summary_names_the_compression() -> None:
+    facts = load_slice(_bytes("CT_small.dcm")).summary()
+    assert facts["compression"] == "uncompressed (explicit VR little endian)" and facts["lossy"] is None
+    assert facts["file_window"] is None
