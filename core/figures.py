@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.clinical import N_CATEGORIES, PAPER_TABLE1_COUNTS, paper_model
-from core.patches import plan_grid
+from core.lattice import plan_lattice
 from core.preprocess import PreprocessConfig
 
 START = "<!-- figures:start (python -m core figures --write README.md) -->"
@@ -35,7 +35,7 @@ def disk_mask(diameter_mm: float, spacing_mm: float) -> np.ndarray:
 def documented_tumour_patches(cfg: PreprocessConfig | None = None) -> int:
     """Patches of the README's example: a 50 mm round tumour on a 0.7 mm/px slice."""
     spacing = (DOCUMENTED_SPACING_MM, DOCUMENTED_SPACING_MM)
-    return len(plan_grid(disk_mask(DOCUMENTED_TUMOUR_MM, DOCUMENTED_SPACING_MM), spacing, cfg or PreprocessConfig()))
+    return len(plan_lattice(disk_mask(DOCUMENTED_TUMOUR_MM, DOCUMENTED_SPACING_MM), spacing, cfg or PreprocessConfig()))
 
 
 def sample_case_facts(cfg: PreprocessConfig | None = None) -> tuple[float, int, float]:
@@ -47,7 +47,7 @@ def sample_case_facts(cfg: PreprocessConfig | None = None) -> tuple[float, int, 
     sample = sample_case()
     ct = load_slice(sample.dicom_bytes)
     mask = mask_from_outlines([sample.outline_xy], ct.shape)
-    patches = len(plan_grid(mask, ct.spacing_mm, cfg or PreprocessConfig()))
+    patches = len(plan_lattice(mask, ct.spacing_mm, cfg or PreprocessConfig()))
     return SAMPLE_TUMOUR_MM, patches, float(mask.sum() * ct.pixel_area_mm2)
 
 

@@ -71,6 +71,21 @@ def jet_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, opacity
     return np.round(blended).astype(np.uint8)
 
 
+def draw_outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """The (rows, cols, 3) uint8 image with the outline's contour drawn one pixel wide (a copy).
+
+    The contour is the mask's boundary pixels (inside the outline, next to a pixel outside),
+    so it sits exactly on the outlined region and never covers the heatmap outside it.
+    """
+    inside = mask.astype(bool)
+    eroded = cv2.erode(
+        inside.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0
+    )
+    out = rgb.copy()
+    out[inside & (eroded == 0)] = colour
+    return out
+
+
 def roi_crop_box(mask: np.ndarray, margin: float = 0.35, min_side: int = 48) -> tuple[int, int, int, int]:
     """(row0, col0, row1, col1) of a square-ish view around the ROI, ``margin`` × its size on each side.
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.cpu import native_bf16
 from core.preprocess import PreprocessConfig
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -26,8 +27,7 @@ AGGREGATION_RULE = "mean of the per-patch probabilities"
 PATCH_THRESHOLD = 0.5  # a patch "votes" early recurrence at or above this probability
 CASE_THRESHOLD = 0.5  # a case is predicted early recurrence when its risk is at or above this
 PATIENT_RULE = (
-    f"patient risk = {AGGREGATION_RULE} over all its patches; "
-    f"early recurrence predicted when ≥ {CASE_THRESHOLD:g}"
+    f"patient risk = {AGGREGATION_RULE} over all its patches; early recurrence predicted when ≥ {CASE_THRESHOLD:g}"
 )
 
 
@@ -79,8 +79,12 @@ def quantise_grey(patches: np.ndarray) -> np.ndarray:
 
 
 def bf16_supported() -> bool:
-    """Whether this CPU has native bfloat16 arithmetic (AVX-512 BF16 / AMX)."""
-    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    """Whether this CPU has native bfloat16 arithmetic (AVX-512 BF16 / AMX), after any ISA cap.
+
+    torch's own probe reads CPUID and ignores ``ONEDNN_MAX_CPU_ISA``; under a cap (an AVX2-only
+    CPU emulated on a bigger one) bf16 would be emulated and about 5× slower than fp32.
+    """
+    return native_bf16()
 
 
 def resolve_autocast(device: torch.device, precision: Precision) -> torch.dtype | None:

@@ -97,7 +97,4 @@ def performance_sentence(card: dict[str, Any]) -> str:
             f"An earlier version of this tool reported a cross-validated AUC of {auc.auc:.2f} for it, with another "
             "scoring rule and no confidence interval; retrain it to get a current figure."
         )
-    return (
-        f"In cross-validation it separated {who} with early recurrence from the others with "
-        f"{auc.describe(who)}, one out-of-fold prediction per patient."
-    )
+    return f"Cross-validated, one out-of-fold prediction per patient: {auc.describe(who)}."

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from core.errors import RoiError
-from core.patches import plan_grid
+from core.lattice import plan_lattice
 from core.preprocess import PreprocessConfig
 from core.roi import CanvasView, polygon_to_fabric
 
@@ -27,12 +27,10 @@ from core.roi import CanvasView, polygon_to_fabric
 #: no tumour above 60 mm was mispredicted. The authors conclude the model "can perform
 #: excellently, particularly with larger iCCA".
 SMALL_TUMOUR_MM = 42.0
-#: Fewest patches before the page warns, for the default preprocessing (16 mm patches every
-#: 4 mm, half inside the outline): a round 42 mm tumour yields 81 such patches (pinned by a
-#: test; :func:`min_patches_for` recomputes the figure for another checkpoint's grid). Fewer
-#: patches means a tumour smaller than the median mispredicted one, and a case risk averaged
-#: over fewer, more edge-dominated patches.
-MIN_PATCHES = 80
+# The page warns below the patch count of a round SMALL_TUMOUR_MM tumour under the loaded
+# model's grid (min_patches_for: 81 for 16 mm patches every 4 mm, half inside the outline).
+# Fewer patches means a tumour smaller than the median mispredicted one, and a case risk
+# averaged over fewer, more edge-dominated patches.
 
 # 8-connectivity: pixels touching at a corner belong to one region (as a drawn outline's
 # diagonal staircase does).
@@ -87,7 +85,7 @@ def measure_outline(
     patches = warning = None
     if cfg is not None and (spacing_mm is not None or cfg.target_spacing_mm is None):
         try:
-            patches = len(plan_grid(mask, spacing_mm, cfg))
+            patches = len(plan_lattice(mask, spacing_mm, cfg))
         except RoiError:
             patches = 0
         warning = small_tumour_warning(patches, cfg, diameter_mm)
@@ -147,7 +145,7 @@ def keep_largest_region(mask: np.ndarray) -> np.ndarray:
 def small_tumour_warning(patches: int, cfg: PreprocessConfig, diameter_mm: float | None = None) -> str | None:
     """One sentence when the outline gives fewer patches than a round 42 mm tumour would.
 
-    See :data:`SMALL_TUMOUR_MM` and :data:`MIN_PATCHES` for why.
+    See :data:`SMALL_TUMOUR_MM` and :func:`min_patches_for` for why.
     """
     needed = min_patches_for(cfg)
     if patches >= needed:
@@ -174,7 +172,7 @@ def min_patches_for(cfg: PreprocessConfig) -> int:
     yy, xx = np.mgrid[0:side, 0:side] + 0.5
     disc = (yy - side / 2) ** 2 + (xx - side / 2) ** 2 <= radius_px**2
     try:
-        return len(plan_grid(disc, (spacing, spacing), cfg))
+        return len(plan_lattice(disc, (spacing, spacing), cfg))
     except RoiError:
         return 1
 

@@ -3,15 +3,21 @@
 Recipe (paper defaults): ResNet50 from scratch, 2 classes, 50 epochs, batch 128,
 learning rate 0.00025. The paper does not name its optimizer; we use Adam
 (β = 0.9, 0.999, no weight decay), the usual choice at that learning rate. Patches
-come from the same code the dashboard uses (:func:`core.patches.extract_patches`,
+come from the same code the dashboard uses (:func:`core.lattice.cut_lattice`,
 images calibrated as :func:`core.cohort.load_calibrated_image` says) and are augmented
 with the 8 flips/rotations of the square (tumour texture has no orientation). Mixed
-precision: bfloat16 autocast on CPUs with BF16 and on CUDA; float16 (CUDA without
+precision: bfloat16 autocast on CPUs with native BF16 and on CUDA; float16 (CUDA without
 bf16) trains with a gradient scaler. A non-finite loss stops the run.
 
+The deployable model (``TrainConfig.deployable``) is either one network trained on all
+patients after CV ("final", the paper's way) or the K fold networks themselves, deployed
+as an ensemble whose case risk is their mean ("ensemble", as nnU-Net deploys its folds):
+it spares the final training and gives every case a spread across folds.
+
 Honesty: folds are split **by patient**, stratified by label; no patient is in two
-folds. A validation patient is scored exactly as the dashboard scores a case: every
-patch of its grid, :func:`core.inference.aggregate`, :data:`core.inference.CASE_THRESHOLD`.
+folds. A validation patient is scored exactly as the dashboard scores a case with that
+fold's model and the default (fp32) engine: every patch of its grid,
+:func:`core.inference.aggregate`, :data:`core.inference.CASE_THRESHOLD`.
 ``max_patches_per_patient`` subsamples the *training* patches only. The headline is the
 pooled out-of-fold patient-level AUC with DeLong's 95% CI; fold means ± SD come second.
 What the model was trained on comes from the data (the manifest's ``data_source`` or
@@ -68,15 +74,15 @@ from core.inference import (
     CaseRisk,
     aggregate,
     predict_patches,
-    quantise_grey,
     resolve_autocast,
     to_network_input,
 )
+from core.lattice import cut_lattice
 from core.metrics import CI_METHOD, binary_metrics, delong_auc, mean_sd
-from core.patches import extract_patches
 from core.preprocess import PreprocessConfig
 from core.provenance import DATA_SOURCES, PERMUTED_CONTROL, REAL_PATIENTS, SYNTHETIC_PHANTOMS
-from models.checkpoint import make_card, save_checkpoint
+from core.uncertainty import SPREAD_RULE
+from models.checkpoint import ENSEMBLE_RULE, load_checkpoint, make_card, save_checkpoint
 from models.resnet import build_resnet50
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +93,7 @@ TRAINING_CODE_FILES = (
     "core/cohort.py",
     "core/imaging.py",
     "core/patches.py",
+    "core/lattice.py",
     "core/preprocess.py",
     "core/inference.py",
     "core/clinical.py",
@@ -98,6 +105,7 @@ CONTROL_NOTE = (
     "AUC here should sit near 0.5; no deployable model was written"
 )
 PATCH_NOTE = "patch-level figures are secondary: the patches of one patient are not independent"
+DEPLOYABLE_KINDS = ("final", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,7 @@ class TrainConfig:
     augment: bool = True
     data_source: str | None = None
     model_name: str | None = None
+    deployable: str = "final"  # "final": one network trained on all patients; "ensemble": the K fold networks
 
 
 @dataclass
@@ -240,6 +249,10 @@ def check_train_config(tc: TrainConfig) -> None:
             tc.max_patches_per_patient is None or tc.max_patches_per_patient >= 1,
             f"--max-patches-per-patient must be at least 1 (got {tc.max_patches_per_patient})",
         ),
+        (
+            tc.deployable in DEPLOYABLE_KINDS,
+            f"--deploy must be {' or '.join(DEPLOYABLE_KINDS)} (got {tc.deployable!r})",
+        ),
     ]
     for ok, sentence in problems:
         if not ok:
@@ -290,11 +303,11 @@ def data_fingerprint(patients: Sequence[CohortPatient]) -> tuple[str, dict[str, 
 def settings_fingerprint(tc: TrainConfig, cfg: PreprocessConfig, training_data: str) -> str:
     """sha256 of everything set by hand that changes the result.
 
-    Leaves out the device and the model name (they change no number) and the stated
-    ``data_source`` (a repeated ``--data-source`` that agrees with the manifest changes
+    Leaves out the device, the model name and the kind of deployable model (they change no
+    cross-validation number) and the stated ``data_source`` (a repeated ``--data-source`` that agrees with the manifest changes
     nothing); the resolved ``training_data`` kind goes in instead.
     """
-    keys = {k: v for k, v in asdict(tc).items() if k not in {"device", "model_name", "data_source"}}
+    keys = {k: v for k, v in asdict(tc).items() if k not in {"device", "model_name", "data_source", "deployable"}}
     blob = json.dumps([keys, cfg.to_dict(), training_data], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -400,19 +413,11 @@ def build_patient_patches(
     for patient, label in tqdm(list(zip(patients, labels, strict=True)), desc="patches", disable=not show_progress):
         ct = load_calibrated_image(patient)
         try:
-            _, patches = extract_patches(model_grey(ct, cfg), load_mask(patient.mask_path), ct.spacing_mm, cfg)
+            _, patches = cut_lattice(model_grey(ct, cfg), load_mask(patient.mask_path), ct.spacing_mm, cfg)
         except RoiError as error:
             problems.append(f"{patient.key}: {error}")
             continue
-        out.append(
-            PatientPatches(
-                patient.key,
-                int(label),
-                patient.n_category,
-                patient.tumour_size_mm,
-                quantise_grey(patches),
-            )
-        )
+        out.append(PatientPatches(patient.key, int(label), patient.n_category, patient.tumour_size_mm, patches))
     if problems:
         raise ManifestError(problems)
     return out
@@ -585,11 +590,18 @@ def patch_probabilities(
 ) -> list[np.ndarray]:
     """(N_i,) float64 probabilities of early recurrence for each patient's patches.
 
+    Scored as :func:`core.analysis.analyze_case` scores a case with the default engine: fp32,
+    channels-last, batches of :data:`~core.inference.INFERENCE_BATCH`, so a validation
+    patient's number is the dashboard's number for that fold's model.
+
     Raises:
         TrainingDivergedError: a probability is NaN (weights that blew up without a non-finite
             training loss, e.g. BatchNorm running statistics that overflowed).
     """
-    probs = [predict_patches(network, p.patches, cfg, batch_size=INFERENCE_BATCH, device=device) for p in data]
+    probs = [
+        predict_patches(network, p.patches, cfg, batch_size=INFERENCE_BATCH, device=device, precision="fp32")
+        for p in data
+    ]
     broken = [p.key for p, pr in zip(data, probs, strict=True) if not np.all(np.isfinite(pr))]
     if broken:
         raise TrainingDivergedError(
@@ -694,11 +706,13 @@ class _Run:
 
 
 def cross_validate(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessConfig) -> dict[str, Any]:
-    """Validate the manifest, run k-fold CV by patient, train the deployable model, write the report.
+    """Validate the manifest, run k-fold CV by patient, write the deployable model and the report.
 
     Files under ``out``: ``run.json`` (fingerprint), ``folds.csv``, ``fold{k}/model.pt`` and
-    ``result.json`` per fold, ``model.pt`` (trained on all patients after CV), ``metrics.json``,
-    ``report.md``, ``roc.html`` / ``roc.png``. Re-running with the same arguments resumes.
+    ``result.json`` per fold, ``model.pt`` (``tc.deployable`` "final": one network trained on all
+    patients after CV; "ensemble": the K fold networks in one checkpoint, no further training),
+    ``metrics.json``, ``report.md``, ``roc.html`` / ``roc.png``. Re-running with the same
+    arguments resumes (also into the other kind of deployable model: the folds are reused).
     A permuted-label control (``tc.permute_labels``) must go to a folder named "…control…"
     and writes no ``model.pt`` at all.
 
@@ -733,7 +747,7 @@ def cross_validate(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessCo
     results = [_run_fold(k, data, fit_data, folds, run) for k in range(tc.folds)]
     deployable = tc.final_model and not tc.permute_labels  # a control's weights are never a model
     final_throughput = None
-    if deployable:
+    if deployable and tc.deployable == "final":
         network, final_throughput = train_network(
             fit_data,
             cfg,
@@ -747,12 +761,20 @@ def cross_validate(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessCo
     if rank == 0:
         from core.report import write_report
 
-        if deployable:
+        if deployable and tc.deployable == "ensemble":
+            summary["model_sha256"] = save_fold_ensemble(out, tc.folds, cfg, _card(summary, run))
+        elif deployable:
             summary["model_sha256"] = save_checkpoint(out / "model.pt", network, cfg, _card(summary, run))
         (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=_json_default))
         write_report(out, summary)
     barrier()
     return summary
+
+
+def save_fold_ensemble(out: Path, folds: int, cfg: PreprocessConfig, card: dict[str, Any]) -> str:
+    """Write the K fold networks (``fold{k}/model.pt``) as one ensemble checkpoint ``out/model.pt``; returns its sha256."""
+    networks = [load_checkpoint(out / f"fold{k + 1}" / "model.pt").network for k in range(folds)]
+    return save_checkpoint(out / "model.pt", networks, cfg, card, member_names=[f"fold {k + 1}" for k in range(folds)])
 
 
 def _run_fold(
@@ -883,12 +905,31 @@ def _card(summary: dict[str, Any], run: _Run) -> dict[str, Any]:
         provenance = f"trained on {summary['cohort']['patients']} patients of the local cohort"
     else:  # never reached: controls write no model
         raise ValueError(f"no deployable model is made from {run.training_data!r}")
+    if run.tc.deployable == "ensemble":
+        extra: dict[str, Any] = {
+            "deployable": (
+                f"the {run.tc.folds} fold networks of this cross-validation, deployed together (each trained on "
+                f"{run.tc.folds - 1}/{run.tc.folds} of the patients; no separate final training); the case risk is "
+                "their mean"
+            ),
+            "ensemble": {
+                "members": run.tc.folds,
+                "rule": ENSEMBLE_RULE,
+                "spread": SPREAD_RULE,
+                "note": (
+                    "the out-of-fold figures score each patient with the one fold network that did not see it; "
+                    "the ensemble has seen every patient, and averages those fold networks"
+                ),
+            },
+        }
+    else:
+        extra = {"deployable": "one ResNet50 trained on all patients after cross-validation (same recipe)"}
     return make_card(
         run.model_name,
         provenance,
         run.training_data,
         cohort=summary["cohort"],
-        deployable="one ResNet50 trained on all patients after cross-validation (same recipe)",
+        **extra,
         cv_metrics={
             "out_of_fold_patient_level": summary["out_of_fold_patient_level"],
             "patient_level": summary["summary"]["patient_level"],

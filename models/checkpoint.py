@@ -1,12 +1,16 @@
 """Checkpoint save / load: weights, preprocessing and model card, in plain types only.
 
-A checkpoint is a ``torch.save`` dict::
+A checkpoint is a ``torch.save`` dict. Format 2 holds one network or an ensemble (the K
+fold networks of a cross-validation, deployed together as nnU-Net deploys its folds)::
 
-    {"format_version": 1, "architecture": "resnet50", "num_classes": 2,
-     "state_dict": {...tensors...}, "preprocess": {...}, "card": {...}}
+    {"format_version": 2, "architecture": "resnet50", "num_classes": 2,
+     "members": [{"name": "fold 1", "state_dict": {...tensors...}}, ...],
+     "ensemble_rule": "mean of the members' patch probabilities",
+     "preprocess": {...}, "card": {...}}
 
-It is always loaded with ``torch.load(weights_only=True)``, which refuses anything
-but tensors and plain containers, so a model file cannot execute code.
+Format 1 (one ``"state_dict"``) still loads, as a one-member model. A checkpoint is always
+loaded with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
+containers, so a model file cannot execute code.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-from dataclasses import dataclass
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +28,16 @@ from typing import Any
 import torch
 
 from core.errors import CheckpointError, ModelNotInstalledError
-from core.preprocess import FORMAT_VERSION, PreprocessConfig, UnknownPreprocessingError
+from core.preprocess import PreprocessConfig, UnknownPreprocessingError
 from core.provenance import CARD_VERSION, TRAINING_DATA_KINDS, training_data_of, weights_warning
 from models.resnet import build_resnet50
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "model.pt"
 MODEL_PATH_ENV = "ICCA_MODEL_PATH"
+CHECKPOINT_FORMAT = 2  # 2: "members" (one network or an ensemble); 1: one "state_dict"
+READABLE_FORMATS = (1, 2)
+ENSEMBLE_RULE = "mean of the members' patch probabilities"
+SINGLE_MEMBER_NAME = "single network"
 
 
 def configured_model_path() -> Path:
@@ -35,15 +45,57 @@ def configured_model_path() -> Path:
     return Path(os.environ.get(MODEL_PATH_ENV) or DEFAULT_MODEL_PATH)
 
 
+def _instance_id() -> str:
+    return f"instance-{uuid.uuid4().hex}"
+
+
 @dataclass
 class LoadedModel:
-    """A network ready for inference with everything needed to use and describe it."""
+    """A network (or an ensemble of them) ready for inference, with everything needed to use and describe it.
 
-    network: torch.nn.Module
+    Attributes:
+        network: the first member; for a one-network model, the network.
+        preprocess, card, sha256, path: as the checkpoint holds them.
+        members: every member network (empty: just ``network``); see :attr:`ensemble`.
+        member_names: one name per member, e.g. "fold 1".
+        engine: the :class:`core.engine.Engine` that runs the members, once prepared
+            (:func:`core.engine.prepare_engine`); ``None`` runs plain fp32.
+        cache_id: identity in the patch cache: the file's sha256 for a loaded checkpoint; a
+            model built in memory gets a fresh id, so two of them never share cached answers.
+    """
+
+    network: Any  # torch.nn.Module, or any callable (B, 3, S, S) → (B, C) logits in tests
     preprocess: PreprocessConfig
     card: dict[str, Any]
     sha256: str
     path: Path
+    members: tuple[Any, ...] = ()
+    member_names: tuple[str, ...] = ()
+    engine: Any = None
+    cache_id: str = field(default_factory=_instance_id)
+
+    @property
+    def ensemble(self) -> tuple[Any, ...]:
+        """The member networks, in order; ``(network,)`` for a one-network model."""
+        return self.members or (self.network,)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """One name per member of :attr:`ensemble`."""
+        if self.member_names and len(self.member_names) == len(self.ensemble):
+            return self.member_names
+        if len(self.ensemble) == 1:
+            return (SINGLE_MEMBER_NAME,)
+        return tuple(f"member {i + 1}" for i in range(len(self.ensemble)))
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.ensemble) > 1
+
+    @property
+    def engine_name(self) -> str:
+        """The engine that runs the model, for the sidebar ("OpenVINO bf16", …)."""
+        return getattr(self.engine, "name", "torch channels-last fp32")
 
     @property
     def training_data(self) -> str:
@@ -98,14 +150,37 @@ def make_card(name: str, provenance: str, training_data: str, **extra: Any) -> d
     return card
 
 
-def save_checkpoint(path: Path, network: torch.nn.Module, preprocess: PreprocessConfig, card: dict[str, Any]) -> str:
-    """Write a checkpoint atomically; returns its SHA-256."""
+def save_checkpoint(
+    path: Path,
+    network: torch.nn.Module | Sequence[torch.nn.Module],
+    preprocess: PreprocessConfig,
+    card: dict[str, Any],
+    *,
+    member_names: Sequence[str] | None = None,
+) -> str:
+    """Write a checkpoint atomically (format 2); returns its SHA-256.
+
+    Args:
+        network: one network, or the members of an ensemble (e.g. the K fold networks).
+        member_names: one name per member ("fold 1", …); default "single network" / "member k".
+    """
+    networks = [network] if isinstance(network, torch.nn.Module) else list(network)
+    if not networks:
+        raise ValueError("a checkpoint needs at least one network")
+    if member_names is None:
+        member_names = [SINGLE_MEMBER_NAME] if len(networks) == 1 else [f"member {i + 1}" for i in range(len(networks))]
+    if len(member_names) != len(networks):
+        raise ValueError("one name per member is needed")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "format_version": FORMAT_VERSION,
+        "format_version": CHECKPOINT_FORMAT,
         "architecture": "resnet50",
         "num_classes": len(preprocess.labels),
-        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "members": [
+            {"name": str(name), "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+            for name, net in zip(member_names, networks, strict=True)
+        ],
+        "ensemble_rule": ENSEMBLE_RULE,
         "preprocess": preprocess.to_dict(),
         "card": card,
     }
@@ -139,16 +214,30 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"The model file {path.name} has an unknown format; rebuild it with this version of the tool."
         )
-    if payload["format_version"] > FORMAT_VERSION:
+    if payload["format_version"] > CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"The model file {path.name} was written by a newer version of this tool (format "
-            f"{payload['format_version']}, this version reads {FORMAT_VERSION}); update the tool to use it."
+            f"{payload['format_version']}, this version reads up to {CHECKPOINT_FORMAT}); update the tool to use it."
         )
-    if payload["format_version"] < FORMAT_VERSION or not {"state_dict", "preprocess", "card"} <= payload.keys():
+    weights = "state_dict" if payload["format_version"] == 1 else "members"
+    if payload["format_version"] not in READABLE_FORMATS or not {weights, "preprocess", "card"} <= payload.keys():
         raise CheckpointError(
             f"The model file {path.name} has an outdated or incomplete format; rebuild it with this version of the tool."
         )
     return payload
+
+
+def checkpoint_members(payload: dict[str, Any], name: str) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(member name, state dict) of every network in a format-1 or format-2 payload."""
+    if payload["format_version"] == 1:
+        return [(SINGLE_MEMBER_NAME, payload["state_dict"])]
+    members = payload["members"]
+    if not isinstance(members, list) or not members:
+        raise CheckpointError(f"The model file {name} holds no network; rebuild it.")
+    try:
+        return [(str(m["name"]), m["state_dict"]) for m in members]
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"The model file {name} has an incomplete list of networks; rebuild it.") from exc
 
 
 def preprocess_from_checkpoint(payload: dict[str, Any], name: str) -> PreprocessConfig:
@@ -165,14 +254,30 @@ def preprocess_from_checkpoint(payload: dict[str, Any], name: str) -> Preprocess
 
 
 def load_checkpoint(path: Path | None = None) -> LoadedModel:
-    """Load the network, preprocessing and card; the network is in eval mode on the CPU."""
+    """Load the network(s), preprocessing and card; networks are in eval mode, channels-last, on the CPU.
+
+    Format 1 (one network) and format 2 (one network or an ensemble) both load.
+    """
     path = Path(path) if path is not None else configured_model_path()
     payload = read_checkpoint(path)
     preprocess = preprocess_from_checkpoint(payload, path.name)
-    network = build_resnet50(num_classes=int(payload.get("num_classes", 2)))
-    try:
-        network.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"The model file {path.name} does not hold ResNet50 weights.") from exc
-    network.eval().to(memory_format=torch.channels_last)
-    return LoadedModel(network, preprocess, dict(payload["card"]), file_sha256(path), path)
+    networks, names = [], []
+    for name, state_dict in checkpoint_members(payload, path.name):
+        network = build_resnet50(num_classes=int(payload.get("num_classes", 2)))
+        try:
+            network.load_state_dict(state_dict)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"The model file {path.name} does not hold ResNet50 weights.") from exc
+        networks.append(network.eval().to(memory_format=torch.channels_last))
+        names.append(name)
+    sha256 = file_sha256(path)
+    return LoadedModel(
+        networks[0],
+        preprocess,
+        dict(payload["card"]),
+        sha256,
+        path,
+        members=tuple(networks) if len(networks) > 1 else (),
+        member_names=tuple(names),
+        cache_id=sha256,
+    )

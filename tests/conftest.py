@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from models.checkpoint import make_card, save_checkpoint
 from models.resnet import build_resnet50
 
 TEST_MODEL_NAME = "untrained test model"
+TEST_ENSEMBLE_NAME = "untrained test ensemble"
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +24,18 @@ def test_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "model.pt"
     card = make_card(TEST_MODEL_NAME, "untrained test model (random weights, seed 0)", "untrained")
     save_checkpoint(path, build_resnet50(seed=0), PreprocessConfig(), card)
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_ensemble_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two real ResNet50s with random weights (seeds 0 and 1) as a fold ensemble, 64-px input (fast)."""
+    path = tmp_path_factory.mktemp("ensemble") / "model.pt"
+    card = make_card(TEST_ENSEMBLE_NAME, "untrained test ensemble (random weights, seeds 0 and 1)", "untrained")
+    cfg = replace(PreprocessConfig(), input_px=64)
+    save_checkpoint(
+        path, [build_resnet50(seed=0), build_resnet50(seed=1)], cfg, card, member_names=["fold 1", "fold 2"]
+    )
     return path
 
 

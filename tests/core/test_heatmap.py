@@ -54,3 +54,14 @@ def test_crop_box_surrounds_the_roi_with_margin_and_stays_inside() -> None:
     r0, c0, r1, c1 = roi_crop_box(mask, margin=0.5, min_side=10)
     assert (r0, c0, r1, c1) == (60, 120, 140, 200)  # 80 px square around the centre (100, 160)
     assert roi_crop_box(np.ones((50, 50), bool)) == (0, 0, 50, 50)
+
+
+def test_outline_is_drawn_on_the_boundary_only() -> None:
+    from core.heatmap import draw_outline
+
+    mask = np.zeros((10, 10), bool)
+    mask[2:8, 3:7] = True
+    drawn = draw_outline(np.zeros((10, 10, 3), np.uint8), mask)
+    boundary = drawn[..., 0] == 255
+    assert boundary.sum() == 2 * 6 + 2 * 4 - 4  # the rectangle's rim
+    assert not boundary[~mask].any() and not boundary[3:7, 4:6].any()

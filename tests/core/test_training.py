@@ -28,8 +28,8 @@ from core.errors import (
 )
 from core.imaging import load_slice, window_to_unit
 from core.inference import PATIENT_RULE
+from core.lattice import plan_lattice
 from core.modelcard import patient_level_auc, same_patients_comparison
-from core.patches import plan_grid
 from core.phantom import write_cohort
 from core.preprocess import PreprocessConfig
 from core.report import card_metric_rows
@@ -157,7 +157,7 @@ def test_validation_scores_every_patch_of_the_grid(run: tuple[Path, dict], manif
         ct = load_calibrated_image(patient)
         counts[row["patient_key"]] = (
             row["n_patches"],
-            len(plan_grid(load_mask(patient.mask_path), ct.spacing_mm, TINY)),
+            len(plan_lattice(load_mask(patient.mask_path), ct.spacing_mm, TINY)),
         )
     assert all(n == grid for n, grid in counts.values()), counts
     assert max(n for n, _ in counts.values()) > TINY_TRAIN.max_patches_per_patient
@@ -518,3 +518,37 @@ def test_torchrun_two_cpu_processes_match_single_process_folds(
     assert [p["n_patches"] for p in metrics["table4"]["patients"]] == [
         p["n_patches"] for p in json.loads((single_out / "metrics.json").read_text())["table4"]["patients"]
     ]
+
+
+def test_the_fold_ensemble_is_the_deployable_model_without_a_final_training(
+    run: tuple[Path, dict], manifest: Path, tmp_path: Path
+) -> None:
+    """--deploy ensemble: the K fold networks in one checkpoint; CV results and folds are the same run's."""
+    from core.analysis import analyze_case
+
+    out, summary = run
+    shutil.copytree(out, tmp_path / "run")  # resume the finished folds into the other kind of deployable model
+    (tmp_path / "run" / "model.pt").unlink()
+    shutil.rmtree(tmp_path / "run" / "final")
+    again = cross_validate(manifest, tmp_path / "run", replace(TINY_TRAIN, deployable="ensemble"), TINY)
+    assert json.dumps(again["folds"]) == json.dumps(summary["folds"])  # nothing retrained
+    assert again["throughput"]["final_train_patches_per_s"] is None
+    assert not (tmp_path / "run" / "final").exists()
+    model = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert model.is_ensemble and model.names == ("fold 1", "fold 2", "fold 3")
+    assert "fold networks" in model.card["deployable"] and model.card["ensemble"]["members"] == 3
+    assert next(iter(model.card["cv_metrics"])) == "out_of_fold_patient_level"
+    # the ensemble's case number is the mean of its folds' numbers (the mean rule), fold k being fold k's model
+    patient = read_manifest(manifest, TINY)[0]
+    ct, mask = load_calibrated_image(patient), load_mask(patient.mask_path)
+    result = analyze_case(ct, mask, model, cache=None)
+    folds = [analyze_case(ct, mask, load_checkpoint(out / f"fold{k}" / "model.pt"), cache=None) for k in (1, 2, 3)]
+    assert result.spread.risks == pytest.approx([f.dl_risk.probability for f in folds], abs=1e-9)
+    assert result.dl_risk.probability == pytest.approx(np.mean([f.dl_risk.probability for f in folds]), abs=1e-9)
+
+
+def test_deploy_must_be_final_or_ensemble(manifest: Path, tmp_path: Path) -> None:
+    from core.errors import UserFacingError
+
+    with pytest.raises(UserFacingError, match="--deploy must be final or ensemble"):
+        cross_validate(manifest, tmp_path, replace(TINY_TRAIN, deployable="both"), TINY)

@@ -8,7 +8,8 @@ import torch
 
 from core.errors import CheckpointError, ModelNotInstalledError
 from core.preprocess import PreprocessConfig
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from models.resnet import build_resnet50
 from tests.conftest import TEST_MODEL_NAME
 
 
@@ -68,8 +69,45 @@ def test_preprocessing_this_version_does_not_know_is_refused(tmp_path: Path, tes
 
 
 def test_a_newer_format_is_refused_with_the_reason(tmp_path: Path, test_checkpoint: Path) -> None:
-    path = _rewrite(test_checkpoint, tmp_path / "v2.pt", lambda payload: payload.update(format_version=2))
+    newer = CHECKPOINT_FORMAT + 1
+    path = _rewrite(test_checkpoint, tmp_path / "newer.pt", lambda payload: payload.update(format_version=newer))
     with pytest.raises(CheckpointError, match="written by a newer version"):
+        load_checkpoint(path)
+
+
+def test_a_format_1_checkpoint_still_loads_as_one_network(tmp_path: Path, test_checkpoint: Path) -> None:
+    """Format 1 (one "state_dict"), as the first release wrote it."""
+
+    def to_format_1(payload: dict) -> None:
+        [member] = payload.pop("members")
+        payload.pop("ensemble_rule")
+        payload.update(format_version=1, state_dict=member["state_dict"])
+
+    path = _rewrite(test_checkpoint, tmp_path / "v1.pt", to_format_1)
+    old, new = load_checkpoint(path), load_checkpoint(test_checkpoint)
+    assert not old.is_ensemble and old.names == ("single network",) and old.cache_id == old.sha256
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(old.network(x), new.network(x))
+
+
+def test_an_ensemble_round_trips_with_its_member_names(tmp_path: Path) -> None:
+    nets = [build_resnet50(seed=k).eval() for k in (1, 2)]
+    card = {"name": "ensemble", "training_data": "untrained"}
+    save_checkpoint(tmp_path / "e.pt", nets, PreprocessConfig(), card, member_names=["fold 1", "fold 2"])
+    loaded = load_checkpoint(tmp_path / "e.pt")
+    assert loaded.is_ensemble and loaded.names == ("fold 1", "fold 2") and loaded.network is loaded.ensemble[0]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        for original, member in zip(nets, loaded.ensemble, strict=True):
+            torch.testing.assert_close(original(x), member(x))  # same weights (member is channels-last)
+    with pytest.raises(ValueError, match="one name per member"):
+        save_checkpoint(tmp_path / "bad.pt", nets, PreprocessConfig(), card, member_names=["fold 1"])
+
+
+def test_a_checkpoint_without_networks_is_refused(tmp_path: Path, test_checkpoint: Path) -> None:
+    path = _rewrite(test_checkpoint, tmp_path / "empty.pt", lambda payload: payload.update(members=[]))
+    with pytest.raises(CheckpointError, match="holds no network"):
         load_checkpoint(path)
 
 

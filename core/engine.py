@@ -1,0 +1,1130 @@
+"""The inference engine: the fastest exact-enough way to run the patch network on this machine.
+
+Machines differ (AVX-512 with BF16, AVX2 only, CUDA), and so does the fastest way to run a
+ResNet50: bfloat16 arithmetic is ×3–6 on a CPU that has it and ×0.2 on one that emulates it.
+So the engine is chosen by measuring, once per machine, never by guessing:
+
+1. :func:`core.cpu.detect_cpu_features` reads what the CPU can do (AVX2, AVX-512, BF16/AMX,
+   VNNI), less what ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` forbid (how an AVX2-only
+   CPU is emulated on a bigger one); :data:`BACKENDS` says which backends can run on it.
+2. :func:`measure_machine` times every one of them (in a child process, on an untrained
+   ResNet50 of the model's input size: speed depends on the shape, not the weights) and
+   writes the ranking to a small JSON file, ``$ICCA_ENGINE_CACHE`` or
+   ``data/engine-choice.json``, under a key of the machine (CPU model, the features above,
+   threads), the library versions and the network (architecture, classes, input size).
+3. :func:`prepare_engine` walks the ranking fastest first and takes the first backend whose
+   every ensemble member passes the check: max |Δp| ≤ :data:`MAX_ABS_PROB_DIFF` against fp32
+   eager on a fixed case (:func:`verification_patches`). Exactness depends on the weights
+   (an untrained ResNet50 is exact in any precision; the trained demo model moves by 0.07 in
+   all-bf16), so each model is checked, once per machine and backend; the result is kept in
+   the same file under the checkpoint's sha256.
+
+Where the choice is made: ``make demo-model`` and ``python -m core.engine`` rank the backends
+(a minute, once per machine); the dashboard calls :func:`prepare_engine_in_background` at
+model load: it answers at once with the default engine (torch fp32 channels-last: exact,
+nothing to check) and swaps in the chosen one when it is built and checked (measuring first,
+in a child process, on a machine never measured). No request waits for a measurement.
+
+Backends (each a real library, nothing hand-written): torch eager channels-last fp32 and
+bf16 autocast, ``torch.compile`` (inductor with frozen weights; compiled once per process
+per network, at model load, on a fixed batch shape so a ragged last batch never recompiles),
+ONNX Runtime fp32 and static int8 (VNNI CPUs without bf16), OpenVINO fp32, bf16 and bf16 with
+an fp32 stem (native BF16 only). On CUDA: torch fp32 and bf16/fp16 autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import io
+import json
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.cpu import CpuFeatures, detect_cpu_features
+from core.inference import INFERENCE_BATCH, predict_patches
+from core.preprocess import PreprocessConfig
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) float32 → (B, C) logits
+MAX_ABS_PROB_DIFF = 0.02  # a backend whose probabilities move more than this from fp32 is never used
+ENGINE_CACHE_ENV = "ICCA_ENGINE_CACHE"
+DEFAULT_ENGINE_CACHE = Path(__file__).resolve().parents[1] / "data" / "engine-choice.json"
+CACHE_FORMAT = 1
+VERIFY_PATCHES = 32  # patches of the fixed case each backend and each model is checked on
+DEFAULT_BACKEND = "torch-cl-fp32"
+REFERENCE_BACKEND = "torch-eager-fp32"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+# ---------------------------------------------------------------- backends
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run a network.
+
+    Attributes:
+        key: stable identifier stored in the choice file.
+        name: what the sidebar shows, e.g. "OpenVINO bf16".
+        unusable: the reason this backend cannot run on a device / CPU, or ``None`` when it can.
+        build: (network in eval mode, preprocessing, device) → predictor; may take seconds
+            (export, compilation), never per request.
+    """
+
+    key: str
+    name: str
+    unusable: Callable[[torch.device, CpuFeatures], str | None]
+    build: Callable[[torch.nn.Module, PreprocessConfig, torch.device], Predictor]
+
+
+def _cpu_only(device: torch.device, _: CpuFeatures) -> str | None:
+    return None if device.type == "cpu" else "runs on the CPU only"
+
+
+def _needs_module(name: str) -> Callable[[torch.device, CpuFeatures], str | None]:
+    """A runtime from PyPI: installed, on the CPU, and not under an ISA cap it would ignore.
+
+    ONNX Runtime and OpenVINO pick their kernels from CPUID and ignore ``ONEDNN_MAX_CPU_ISA``
+    (OpenVINO half-honours it and then fails); on a capped (emulated) CPU their speed would
+    be the real CPU's, not the emulated one's, so they are left out there.
+    """
+
+    def check(device: torch.device, features: CpuFeatures) -> str | None:
+        if device.type != "cpu":
+            return "runs on the CPU only"
+        if features.isa_cap is not None:
+            return f"{name} ignores the ISA cap ({features.isa_cap}): its speed would not be the emulated CPU's"
+        try:
+            __import__(name)
+        except ImportError:
+            return f"{name} is not installed"
+        return None
+
+    return check
+
+
+def _needs(
+    *conditions: Callable[[torch.device, CpuFeatures], str | None],
+) -> Callable[[torch.device, CpuFeatures], str | None]:
+    def check(device: torch.device, features: CpuFeatures) -> str | None:
+        for condition in conditions:
+            reason = condition(device, features)
+            if reason is not None:
+                return reason
+        return None
+
+    return check
+
+
+def _native_bf16(device: torch.device, features: CpuFeatures) -> str | None:
+    if device.type == "cpu" and not features.bf16:
+        return "this CPU has no native bfloat16 (it would be emulated, about 5× slower than fp32)"
+    return None
+
+
+def _vnni_without_bf16(device: torch.device, features: CpuFeatures) -> str | None:
+    """int8 is tried where it is the only low-precision route: VNNI, but no native bf16.
+
+    Where bf16 exists it is the accurate route: on the demo model static int8 moved
+    probabilities by up to 0.11, bf16 with an fp32 stem by 0.007 (the tolerance is 0.02).
+    """
+    if not features.vnni:
+        return "this CPU has no VNNI int8 instructions"
+    if features.bf16:
+        return "this CPU has native bf16, the more accurate low-precision route (int8 moved the demo model by 0.11)"
+    return None
+
+
+def _cuda_only(device: torch.device, _: CpuFeatures) -> str | None:
+    return None if device.type == "cuda" else "needs a CUDA device"
+
+
+def _nchw_copy(network: torch.nn.Module) -> torch.nn.Module:
+    """A contiguous-format copy for exporters (a channels-last module exports with extra transposes)."""
+    return copy.deepcopy(network).eval().to(memory_format=torch.contiguous_format)
+
+
+def _build_torch_eager(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+    net = _nchw_copy(network).to(device)
+    return lambda x: net(x.contiguous())
+
+
+def _build_torch_cl(
+    dtype: torch.dtype | None,
+) -> Callable[[torch.nn.Module, PreprocessConfig, torch.device], Predictor]:
+    def build(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+        net = network.eval().to(device).to(memory_format=torch.channels_last)
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                return net(x.contiguous(memory_format=torch.channels_last)).float()
+
+        return predict
+
+    return build
+
+
+def _cuda_low_precision() -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _build_cuda_autocast(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+    return _build_torch_cl(_cuda_low_precision())(network, cfg, device)
+
+
+def _build_compiled(
+    dtype: torch.dtype | None,
+) -> Callable[[torch.nn.Module, PreprocessConfig, torch.device], Predictor]:
+    def build(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+        import torch._inductor.config as inductor_config
+
+        net = copy.deepcopy(network).eval().to(memory_format=torch.channels_last)
+        compiled = torch.compile(net, dynamic=False)
+        chunk = runtime_chunk(cfg.input_px, 1)  # 8 patches at 224 px: activations stay ~100 MB
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            # one static shape: a ragged last chunk is padded, never a recompilation on a request
+            n = x.shape[0]
+            if n % chunk:
+                x = torch.cat([x, x.new_zeros((chunk - n % chunk, *x.shape[1:]))])
+            outs = []
+            for start in range(0, x.shape[0], chunk):
+                with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                    outs.append(
+                        compiled(x[start : start + chunk].contiguous(memory_format=torch.channels_last)).float()
+                    )
+            return torch.cat(outs)[:n]
+
+        # weights become constants of the compiled graph; the copy's own parameters are then dropped
+        with inductor_config.patch(freezing=True, freezing_discard_parameters=True), torch.inference_mode():
+            predict(torch.zeros(chunk, 3, cfg.input_px, cfg.input_px))  # compile now, at load
+        return predict
+
+    return build
+
+
+def export_onnx(network: torch.nn.Module, input_px: int) -> bytes:
+    """The network as ONNX (opset 17, dynamic batch), fp32."""
+    return _export_onnx_from(network, torch.zeros(1, 3, input_px, input_px))
+
+
+def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice: fast and exact here
+        torch.onnx.export(
+            _nchw_copy(network),
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return buffer.getvalue()
+
+
+def runtime_chunk(input_px: int, bytes_per_value: int) -> int:
+    """Patches per call into a runtime: 4 bf16 or 2 fp32 patches at 224 px, more for smaller inputs (≤ 32).
+
+    A runtime keeps activation buffers sized for the largest batch it has seen, for each
+    network: 32 patches at 224 px hold about 170 MB (bf16) per ensemble member, 4 about 45 MB,
+    at 2–5 % of the speed (measured on this project's AVX-512 BF16 EPYC: OpenVINO bf16 110
+    against 112 patches/s, ONNX Runtime fp32 53 against 57). With five members that is the
+    difference between a 2 GiB server and a 2.7 GiB one. The chunk keeps that memory the same
+    whatever the input size and precision.
+    """
+    return int(min(INFERENCE_BATCH, max(1, round(8 / bytes_per_value * (224 / input_px) ** 2))))
+
+
+def _numpy_predictor(run: Callable[[np.ndarray], np.ndarray], lock: bool, chunk: int) -> Predictor:
+    """A torch-facing predictor over a runtime that takes NCHW float32 arrays, in chunks of ``chunk`` patches.
+
+    Per-patch results do not depend on the chunking: each patch is computed on its own.
+    """
+    guard = threading.Lock() if lock else contextlib.nullcontext()
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)  # NCHW
+        with guard:
+            outs = [np.array(run(array[i : i + chunk]), dtype=np.float32) for i in range(0, len(array), chunk)]
+        return torch.from_numpy(np.concatenate(outs) if outs else np.empty((0, 0), np.float32))
+
+    return predict
+
+
+def _ort_session(model: bytes | str) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _build_ort_fp32(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+    session = _ort_session(export_onnx(network, cfg.input_px))
+    # run() is thread-safe
+    return _numpy_predictor(lambda a: session.run(None, {"x": a})[0], lock=False, chunk=runtime_chunk(cfg.input_px, 4))
+
+
+def _build_ort_int8(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+    """Static int8 (QDQ, per-channel weights), calibrated on 8 of the check case's patches.
+
+    Eight, because the calibrator keeps every intermediate tensor of every calibration patch
+    (about 100 MB per patch at 224 px); the check against fp32 that follows decides anyway.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from core.inference import to_network_input
+
+    calibration = to_network_input(verification_patches(cfg)[::4], cfg).contiguous().numpy()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x": calibration[i : i + 8]} for i in range(0, len(calibration), 8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, prepared, int8 = (Path(tmp) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
+        fp32.write_bytes(export_onnx(network, cfg.input_px))
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(int8),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        session = _ort_session(str(int8))
+    return _numpy_predictor(lambda a: session.run(None, {"x": a})[0], lock=False, chunk=runtime_chunk(cfg.input_px, 1))
+
+
+def _openvino_model(network: torch.nn.Module, input_px: int) -> Any:
+    """The network as an OpenVINO model, through ONNX (lighter than OpenVINO's own torch tracing)."""
+    import openvino as ov
+
+    return ov.convert_model(io.BytesIO(export_onnx(network, input_px)))
+
+
+def _build_openvino(precision: str) -> Callable[[torch.nn.Module, PreprocessConfig, torch.device], Predictor]:
+    def build(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+        import openvino as ov
+
+        model = _openvino_model(network, cfg.input_px)
+        compiled = ov.Core().compile_model(
+            model,
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": precision,
+                "PERFORMANCE_HINT": "LATENCY",  # one stream using every core: one case at a time
+                "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+            },
+        )
+        request = compiled.create_infer_request()
+        # an infer request serves one caller at a time: two sessions analysing at once take turns
+        chunk = runtime_chunk(cfg.input_px, 2 if precision == "bf16" else 4)
+        return _numpy_predictor(lambda a: request.infer({0: a})[0], lock=True, chunk=chunk)
+
+    return build
+
+
+def split_resnet(network: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(stem + layer1, layer2 … fc) of a torchvision ResNet: the halves the mixed backend runs in fp32 and bf16."""
+    head = torch.nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool, network.layer1)
+    tail = torch.nn.Sequential(
+        network.layer2, network.layer3, network.layer4, network.avgpool, torch.nn.Flatten(1), network.fc
+    )
+    return head.eval(), tail.eval()
+
+
+def _build_openvino_mixed(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+    """fp32 for the stem and layer1, bf16 from layer2 on (two compiled models, the activation shared).
+
+    Why: a trained network's bf16 error comes mostly from its first layers, where the faint
+    texture that carries the signal (a few HU in a 250-HU window) meets bf16's 8-bit mantissa;
+    measured on the demo model, all-bf16 moves probabilities by up to 0.07, fp32 stem + layer1
+    by 0.012. Those layers are a fifth of the arithmetic.
+    """
+    import openvino as ov
+
+    head, tail = split_resnet(_nchw_copy(network))
+    core = ov.Core()
+    settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    with torch.no_grad():
+        middle = head(torch.zeros(1, 3, cfg.input_px, cfg.input_px))
+    first = core.compile_model(
+        ov.convert_model(io.BytesIO(export_onnx(head, cfg.input_px))),
+        "CPU",
+        {**settings, "INFERENCE_PRECISION_HINT": "f32"},
+    )
+    second = core.compile_model(
+        ov.convert_model(io.BytesIO(_export_onnx_from(tail, middle))),
+        "CPU",
+        {**settings, "INFERENCE_PRECISION_HINT": "bf16"},
+    )
+    head_request, tail_request = first.create_infer_request(), second.create_infer_request()
+
+    def run(array: np.ndarray) -> np.ndarray:
+        head_request.infer({0: array})
+        tail_request.set_input_tensor(head_request.get_output_tensor(0))  # no copy between the halves
+        tail_request.infer()
+        return tail_request.get_output_tensor(0).data.copy()
+
+    return _numpy_predictor(run, lock=True, chunk=runtime_chunk(cfg.input_px, 2))
+
+
+# Measured in this order, likely fastest first, so that a slow backend is abandoned after one timed run.
+BACKENDS: tuple[Backend, ...] = (
+    Backend("openvino-bf16", "OpenVINO bf16", _needs(_needs_module("openvino"), _native_bf16), _build_openvino("bf16")),
+    Backend(
+        "openvino-mixed",
+        "OpenVINO bf16, fp32 stem + layer1",
+        _needs(_needs_module("openvino"), _native_bf16),
+        _build_openvino_mixed,
+    ),
+    Backend("onnxruntime-fp32", "ONNX Runtime fp32", _needs_module("onnxruntime"), _build_ort_fp32),
+    Backend("openvino-fp32", "OpenVINO fp32", _needs_module("openvino"), _build_openvino("f32")),
+    Backend(
+        "torch-compile-bf16", "torch.compile bf16", _needs(_cpu_only, _native_bf16), _build_compiled(torch.bfloat16)
+    ),
+    Backend("torch-compile-fp32", "torch.compile fp32", _cpu_only, _build_compiled(None)),
+    Backend(
+        "onnxruntime-int8",
+        "ONNX Runtime int8",
+        _needs(_needs_module("onnxruntime"), _vnni_without_bf16),
+        _build_ort_int8,
+    ),
+    Backend(
+        "torch-cl-bf16", "torch channels-last bf16", _needs(_cpu_only, _native_bf16), _build_torch_cl(torch.bfloat16)
+    ),
+    Backend(DEFAULT_BACKEND, "torch channels-last fp32", _cpu_only, _build_torch_cl(None)),
+    Backend(REFERENCE_BACKEND, "torch eager fp32", _cpu_only, _build_torch_eager),
+    Backend("torch-cuda-autocast", "torch CUDA bf16/fp16 autocast", _cuda_only, _build_cuda_autocast),
+    Backend("torch-cuda-fp32", "torch CUDA fp32", _cuda_only, _build_torch_cl(None)),
+)
+SLOW_TO_BUILD = ("torch-compile-bf16", "torch-compile-fp32", "onnxruntime-int8")  # 10–30 s each: --quick skips them
+BACKENDS_BY_KEY = {b.key: b for b in BACKENDS}
+
+
+def usable_backends(
+    device: torch.device, features: CpuFeatures, backends: Sequence[Backend] = BACKENDS
+) -> tuple[list[Backend], dict[str, str]]:
+    """(backends that can run here, key → why each other one cannot)."""
+    usable, skipped = [], {}
+    for backend in backends:
+        reason = backend.unusable(device, features)
+        if reason is None:
+            usable.append(backend)
+        else:
+            skipped[backend.key] = reason
+    return usable, skipped
+
+
+# ---------------------------------------------------------------- the fixed check case
+
+
+@functools.lru_cache(maxsize=8)
+def _verification_patches_cached(cfg_json: str, n: int) -> np.ndarray:
+    from core.imaging import window_to_unit
+    from core.lattice import cut_lattice
+    from core.phantom import make_patient
+
+    cfg = PreprocessConfig.from_dict(json.loads(cfg_json))
+    patient = make_patient("ENGINE-CHECK", 1, "N1", np.random.default_rng(20221), size_mm=55.0)
+    grey = window_to_unit(patient.hu, cfg.window_level_hu, cfg.window_width_hu)
+    spacing = (patient.spacing_mm, patient.spacing_mm)
+    _, patches = cut_lattice(grey, patient.mask, spacing, cfg)
+    pick = np.linspace(0, len(patches) - 1, min(n, len(patches))).round().astype(int)
+    out = patches[pick]
+    out.setflags(write=False)
+    return out
+
+
+def verification_patches(cfg: PreprocessConfig, n: int = VERIFY_PATCHES) -> np.ndarray:
+    """(n, P, P) uint8 patches of a fixed phantom (seeded, 55 mm tumour) cut with ``cfg``: the check case."""
+    return _verification_patches_cached(json.dumps(cfg.to_dict(), sort_keys=True), n).copy()
+
+
+def reference_probabilities(
+    network: Callable[[torch.Tensor], torch.Tensor], patches: np.ndarray, cfg: PreprocessConfig
+) -> np.ndarray:
+    """(N,) fp32 eager probabilities: what every backend is checked against.
+
+    In batches of 8: fp32 needs no particular batch for its answer, and eager activations for
+    32 patches at 224 px would take some 400 MB at the moment a model's members are converted.
+    """
+    return predict_patches(lambda x: network(x.contiguous()), patches, cfg, batch_size=8, precision="fp32")
+
+
+# ---------------------------------------------------------------- engines
+
+
+@dataclass
+class Engine:
+    """The predictors of a model's networks (one per ensemble member) on one backend.
+
+    Attributes:
+        backend: key of :data:`BACKENDS` (or a test's own).
+        name: what the sidebar shows ("OpenVINO bf16").
+        device: where inputs must be.
+        predictors: one per ensemble member, (B, 3, S, S) float32 → (B, C) logits.
+        how: how it was chosen, in words ("measured on this machine", "cached choice", "default").
+        max_abs_diff: worst |Δp| against fp32 eager on the check case over all members, or
+            ``None`` where nothing was checked (the default fp32 engine needs no check).
+        patches_per_s: the measured speed of the backend on this machine, when measured.
+    """
+
+    backend: str
+    name: str
+    device: torch.device
+    predictors: tuple[Predictor, ...]
+    how: str
+    max_abs_diff: float | None = None
+    patches_per_s: float | None = None
+
+    def describe(self) -> str:
+        """One line for the model card / sidebar."""
+        parts = [self.name, self.how]
+        if self.patches_per_s:
+            parts.append(f"{self.patches_per_s:.0f} patches/s")
+        if self.max_abs_diff is not None:
+            parts.append(f"max |Δp| {self.max_abs_diff:.3f} vs fp32")
+        return " · ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "name": self.name,
+            "device": str(self.device),
+            "how": self.how,
+            "max_abs_diff": self.max_abs_diff,
+            "patches_per_s": self.patches_per_s,
+            "members": len(self.predictors),
+        }
+
+
+def default_engine(
+    networks: Sequence[Callable[[torch.Tensor], torch.Tensor]], device: torch.device | None = None
+) -> Engine:
+    """Plain fp32 on the networks as they are (channels-last on the CPU): exact, instant, never verified.
+
+    Works with any callable (tests' fake predictors included), since nothing is converted.
+    """
+    device = device or torch.device("cpu")
+
+    def wrap(net: Callable[[torch.Tensor], torch.Tensor]) -> Predictor:
+        if isinstance(net, torch.nn.Module) and device.type == "cpu":
+            return lambda x: net(x.contiguous(memory_format=torch.channels_last))
+        return net
+
+    name = "torch channels-last fp32" if device.type == "cpu" else "torch CUDA fp32"
+    return Engine(
+        DEFAULT_BACKEND if device.type == "cpu" else "torch-cuda-fp32",
+        name,
+        device,
+        tuple(wrap(n) for n in networks),
+        "default (no measurement needed)",
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One backend as measured: speed, agreement with fp32 on the measuring model, or why it did not run.
+
+    Attributes:
+        patches_per_s: best of the timed batches (the least disturbed by other processes).
+        max_abs_diff: max |Δp| against fp32 eager on the check case, for the model measured.
+        accepted: within the tolerance for that model (others are checked again per model).
+    """
+
+    key: str
+    name: str
+    patches_per_s: float | None = None
+    max_abs_diff: float | None = None
+    build_s: float | None = None
+    accepted: bool = False
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def timed_rate(
+    predictor: Predictor,
+    patches: np.ndarray,
+    cfg: PreprocessConfig,
+    device: torch.device,
+    repeats: int,
+    give_up_below: float = 0.0,
+) -> float:
+    """Patches/s of :func:`~core.inference.predict_patches` on ``patches``: the fastest of ``repeats`` runs.
+
+    The fastest, not the mean: other processes on the machine only ever slow a run down. A
+    backend slower than ``give_up_below`` patches/s on its first run is not run again.
+    """
+    best = float("inf")
+    for attempt in range(max(1, repeats)):
+        if attempt and len(patches) / best < give_up_below:
+            break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        predict_patches(predictor, patches, cfg, device=device, precision="fp32")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return len(patches) / best
+
+
+def measure_backend(
+    backend: Backend,
+    network: torch.nn.Module,
+    cfg: PreprocessConfig,
+    device: torch.device,
+    *,
+    reference: np.ndarray,
+    patches: np.ndarray,
+    repeats: int = 3,
+    tolerance: float = MAX_ABS_PROB_DIFF,
+    give_up_below: float = 0.0,
+) -> tuple[Candidate, Predictor | None]:
+    """Build one backend, check it against ``reference`` on ``patches``, then time it.
+
+    The check run also warms the backend up. A backend off by more than ``tolerance`` is still
+    timed (another model's weights may pass), but not accepted. Returns the candidate and its
+    predictor (``None`` when it could not run).
+    """
+    started = time.perf_counter()
+    try:
+        predictor = backend.build(network, cfg, device)
+        build_s = time.perf_counter() - started
+        probs = predict_patches(predictor, patches, cfg, device=device, precision="fp32")
+        rate = timed_rate(predictor, patches, cfg, device, repeats, give_up_below)
+    except Exception as error:  # a backend that cannot run here is skipped, never fatal
+        return Candidate(backend.key, backend.name, reason=f"failed: {type(error).__name__}: {error}"[:300]), None
+    diff = float(np.max(np.abs(probs - reference))) if len(probs) else 0.0
+    if not np.isfinite(diff) or diff > tolerance:
+        reason = f"max |Δp| {diff:.4f} > {tolerance:g} against fp32"
+        return Candidate(backend.key, backend.name, rate, diff, build_s, accepted=False, reason=reason), predictor
+    return Candidate(backend.key, backend.name, rate, diff, build_s, accepted=True), predictor
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Every usable backend as measured on this machine, fastest first once ranked.
+
+    The speed ranking depends on the machine and the network's shape only; whether a backend
+    is exact enough depends on the weights too, so :func:`prepare_engine` walks the ranking
+    and takes the first backend that passes the check for the model at hand.
+    """
+
+    signature: dict[str, Any]
+    candidates: tuple[Candidate, ...]
+    skipped: dict[str, str] = field(default_factory=dict)
+    measured_at: str = ""
+
+    def ranking(self) -> list[Candidate]:
+        """Candidates that ran, fastest first."""
+        ran = [c for c in self.candidates if c.patches_per_s is not None]
+        return sorted(ran, key=lambda c: -(c.patches_per_s or 0.0))
+
+    @property
+    def best(self) -> Candidate:
+        """The fastest candidate accepted for the model measured (fp32 eager always is)."""
+        return next(c for c in self.ranking() if c.accepted)
+
+    def speed_of(self, key: str) -> float | None:
+        return next((c.patches_per_s for c in self.candidates if c.key == key), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "signature": self.signature,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "skipped": self.skipped,
+            "measured_at": self.measured_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Choice:
+        return cls(
+            dict(data["signature"]),
+            tuple(Candidate(**c) for c in data["candidates"]),
+            dict(data.get("skipped", {})),
+            str(data.get("measured_at", "")),
+        )
+
+
+def machine_signature(
+    cfg: PreprocessConfig, num_classes: int, device: torch.device, features: CpuFeatures | None = None
+) -> dict[str, Any]:
+    """What a measured ranking depends on: the machine, the library versions, the network's shape."""
+    features = features or detect_cpu_features()
+    versions = {"torch": str(torch.__version__)}
+    for module in ("onnxruntime", "openvino"):
+        with contextlib.suppress(ImportError):
+            versions[module] = str(__import__(module).__version__)
+    signature: dict[str, Any] = {
+        "device": device.type,
+        "cpu": {k: v for k, v in features.to_dict().items() if k != "isa_class"},
+        "versions": versions,
+        "network": {"architecture": "resnet50", "num_classes": num_classes, "input_px": cfg.input_px},
+        "batch": INFERENCE_BATCH,
+    }
+    if device.type == "cuda":
+        signature["gpu"] = torch.cuda.get_device_name(device)
+    return signature
+
+
+def signature_key(signature: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def choose_backend(
+    network: torch.nn.Module,
+    cfg: PreprocessConfig,
+    *,
+    device: torch.device | None = None,
+    backends: Sequence[Backend] = BACKENDS,
+    features: CpuFeatures | None = None,
+    repeats: int = 3,
+    tolerance: float = MAX_ABS_PROB_DIFF,
+    log: Callable[[str], None] | None = None,
+) -> Choice:
+    """Measure every usable backend on ``network``: speed, and agreement with fp32 eager.
+
+    Takes tens of seconds at 224 px (a minute with ``torch.compile``): call it once per machine.
+    """
+    device = device or default_device()
+    features = features or detect_cpu_features()
+    usable, skipped = usable_backends(device, features, backends)
+    patches = verification_patches(cfg)
+    reference = reference_probabilities(network.to(device) if device.type == "cuda" else network, patches, cfg)
+    candidates: list[Candidate] = []
+    for backend in usable:
+        fastest = max((c.patches_per_s or 0.0 for c in candidates), default=0.0)
+        candidate, _ = measure_backend(
+            backend,
+            network,
+            cfg,
+            device,
+            reference=reference,
+            patches=patches,
+            repeats=repeats,
+            tolerance=tolerance,
+            give_up_below=fastest / 2,  # clearly slower: one timed run says enough
+        )
+        candidates.append(candidate)
+        if log is not None:
+            log(_candidate_line(candidate))
+    if not any(c.accepted for c in candidates):
+        raise RuntimeError("no inference backend ran on this machine, not even fp32 eager")
+    return Choice(
+        machine_signature(cfg, _num_classes(network, cfg), device, features),
+        tuple(candidates),
+        skipped,
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def measure_machine(
+    cfg: PreprocessConfig,
+    num_classes: int = 2,
+    *,
+    keys: Sequence[str] | None = None,
+    path: Path | None = None,
+    timeout_s: float = 900.0,
+    log: Callable[[str], None] | None = None,
+) -> Choice | None:
+    """Measure this machine's backends in a child process and store the ranking; returns it (``None`` on failure).
+
+    A child process, because measuring builds every backend once: the memory it takes (a
+    gigabyte at 224 px) goes back to the system with the child, and a dashboard measuring in
+    the background holds no lock while the child works. The ranking depends only on the
+    network's shape, so the child measures an untrained ResNet50 of the model's input size.
+    """
+    import subprocess
+    import sys
+
+    path = path or engine_cache_path()
+    command = [sys.executable, "-m", "core.engine", "measure", "--preprocess", json.dumps(cfg.to_dict())]
+    command += ["--num-classes", str(num_classes)]
+    if keys is not None:
+        command += ["--only", ",".join(keys)]
+    env = {**os.environ, ENGINE_CACHE_ENV: str(path)}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+    if log is not None:
+        for line in done.stdout.splitlines():
+            log(line)
+        if done.returncode != 0:
+            log(f"  measurement failed: {done.stderr.strip().splitlines()[-1:] or ['no message']}")
+    return cached_choice(machine_signature(cfg, num_classes, default_device()), path)
+
+
+def _candidate_line(candidate: Candidate) -> str:
+    speed = f"{candidate.patches_per_s:7.1f} patches/s" if candidate.patches_per_s else "  did not run    "
+    diff = f"max |Δp| {candidate.max_abs_diff:.4f}" if candidate.max_abs_diff is not None else ""
+    return f"  {candidate.name:34s} {speed}  {diff}  {candidate.reason or ''}".rstrip()
+
+
+def _num_classes(network: torch.nn.Module, cfg: PreprocessConfig) -> int:
+    fc = getattr(network, "fc", None)
+    return int(fc.out_features) if isinstance(fc, torch.nn.Linear) else len(cfg.labels)
+
+
+# ---------------------------------------------------------------- the choice file
+
+
+def engine_cache_path() -> Path:
+    """``$ICCA_ENGINE_CACHE`` or ``data/engine-choice.json`` beside the code."""
+    return Path(os.environ.get(ENGINE_CACHE_ENV) or DEFAULT_ENGINE_CACHE)
+
+
+_FILE_LOCK = threading.Lock()
+
+
+def _empty_cache() -> dict[str, Any]:
+    return {"format": CACHE_FORMAT, "choices": {}, "verified": {}}
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return _empty_cache()
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+        return _empty_cache()
+    data.setdefault("choices", {})
+    data.setdefault("verified", {})
+    return data
+
+
+def _update_cache(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Read, edit and atomically rewrite the choice file (a cache: a failure to write is ignored)."""
+    with _FILE_LOCK:
+        data = _read_cache(path)
+        edit(data)
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+
+
+def cached_choice(signature: dict[str, Any], path: Path | None = None) -> Choice | None:
+    """The ranking measured earlier for this signature, or ``None``."""
+    entry = _read_cache(path or engine_cache_path())["choices"].get(signature_key(signature))
+    if not entry:
+        return None
+    try:
+        return Choice.from_dict(entry)
+    except (KeyError, TypeError):
+        return None
+
+
+def store_choice(choice: Choice, path: Path | None = None) -> None:
+    key = signature_key(choice.signature)
+    _update_cache(path or engine_cache_path(), lambda data: data["choices"].__setitem__(key, choice.to_dict()))
+
+
+def forget_choice(signature: dict[str, Any], path: Path | None = None) -> None:
+    key = signature_key(signature)
+    _update_cache(path or engine_cache_path(), lambda data: data["choices"].pop(key, None))
+
+
+def _verified_key(signature: dict[str, Any], model_id: str, member: int, backend: str) -> str:
+    return f"{signature_key(signature)}|{model_id}#{member}|{backend}"
+
+
+# ---------------------------------------------------------------- engines for a model
+
+
+class EngineVerificationError(RuntimeError):
+    """A backend's probabilities differ from fp32 by more than the tolerance for this model."""
+
+
+def build_engine(
+    networks: Sequence[torch.nn.Module],
+    cfg: PreprocessConfig,
+    backend: Backend,
+    *,
+    device: torch.device | None = None,
+    how: str = "",
+    model_id: str | None = None,
+    signature: dict[str, Any] | None = None,
+    path: Path | None = None,
+    patches_per_s: float | None = None,
+    tolerance: float = MAX_ABS_PROB_DIFF,
+) -> Engine:
+    """Build ``backend`` for every member and check each against its fp32 reference on the check case.
+
+    Each member's result (pass or fail) is remembered in the choice file under ``model_id``
+    (the checkpoint's sha256), so a model is checked once per machine and backend; a
+    remembered failure is refused before anything is built.
+
+    Raises:
+        EngineVerificationError: a member is off by more than ``tolerance``.
+    """
+    device = device or default_device()
+    path = path or engine_cache_path()
+    remember = model_id is not None and signature is not None
+    known = _read_cache(path)["verified"] if remember else {}
+    keys = [_verified_key(signature, model_id, i, backend.key) if remember else None for i in range(len(networks))]
+    for index, key in enumerate(keys):
+        if key in known and not float(known[key]) <= tolerance:
+            raise EngineVerificationError(
+                f"{backend.name} was off by {float(known[key]):.4f} (> {tolerance:g}) on member {index + 1}."
+            )
+    predictors, worst = [], 0.0
+    for index, (network, key) in enumerate(zip(networks, keys, strict=True)):
+        predictor = backend.build(network, cfg, device)
+        if key is not None and key in known:
+            diff = float(known[key])
+        elif backend.key == REFERENCE_BACKEND:
+            diff = 0.0
+        else:
+            patches = verification_patches(cfg)
+            reference = reference_probabilities(network, patches, cfg)
+            probs = predict_patches(predictor, patches, cfg, device=device, precision="fp32")
+            diff = float(np.max(np.abs(probs - reference)))
+            diff = diff if np.isfinite(diff) else float("inf")
+            if key is not None:
+                _update_cache(path, lambda data, k=key, d=diff: data["verified"].__setitem__(k, d))
+        if not diff <= tolerance:
+            raise EngineVerificationError(
+                f"{backend.name} is off by {diff:.4f} (> {tolerance:g}) on member {index + 1}; it is not used."
+            )
+        worst = max(worst, diff)
+        predictors.append(predictor)
+    return Engine(backend.key, backend.name, device, tuple(predictors), how, worst, patches_per_s)
+
+
+def prepare_engine(
+    model: Any,
+    *,
+    measure: bool = True,
+    device: torch.device | None = None,
+    path: Path | None = None,
+    backends: Sequence[Backend] = BACKENDS,
+    tolerance: float = MAX_ABS_PROB_DIFF,
+    isolate: bool | None = None,
+    store: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Engine:
+    """Give ``model`` (a :class:`models.checkpoint.LoadedModel`) the fastest engine that is exact enough for it.
+
+    Uses this machine's cached ranking of backends, measuring it first when there is none
+    and ``measure`` is true (tens of seconds, once; in a child process when ``isolate``, the
+    default for the built-in backends); walks it fastest first and takes the first backend
+    whose every member passes the check (|Δp| ≤ ``tolerance`` against fp32 on the check
+    case). Without a ranking, or when nothing faster passes, the default fp32 engine stays.
+    ``store=False`` keeps a ranking measured now out of the choice file (a partial one).
+    Sets and returns ``model.engine``.
+    """
+    device = device or default_device()
+    path = path or engine_cache_path()
+    networks = list(model.ensemble)
+    cfg = model.preprocess
+    if any(isinstance(n, ReleasedNetwork) for n in networks) and model.engine is not None:
+        return model.engine  # already converted, and the torch weights are gone
+    if not all(isinstance(n, torch.nn.Module) for n in networks):
+        model.engine = default_engine(networks, device)  # fake predictors: nothing to convert
+        return model.engine
+    num_classes = _num_classes(networks[0], cfg)
+    signature = machine_signature(cfg, num_classes, device)
+    choice = cached_choice(signature, path)
+    how = "chosen by measurement on this machine (cached)"
+    if choice is None and measure:
+        isolate = all(b in BACKENDS for b in backends) if isolate is None else isolate
+        if isolate and store:
+            choice = measure_machine(cfg, num_classes, keys=[b.key for b in backends], path=path, log=log)
+        else:
+            choice = choose_backend(networks[0], cfg, device=device, backends=backends, tolerance=tolerance, log=log)
+            if store:
+                store_choice(choice, path)
+        how = "chosen by measurement on this machine"
+    engine = default_engine(networks, device)
+    if choice is None:
+        engine.how = "default: this machine has not been measured yet"
+        model.engine = engine
+        return engine
+    by_key = {b.key: b for b in backends}
+    model_id = getattr(model, "cache_id", None)
+    for candidate in choice.ranking():
+        backend = by_key.get(candidate.key)
+        if backend is None or backend.unusable(device, detect_cpu_features()) is not None:
+            continue
+        if candidate.key == engine.backend:
+            engine.how, engine.patches_per_s = how, candidate.patches_per_s
+            break
+        try:
+            engine = build_engine(
+                networks,
+                cfg,
+                backend,
+                device=device,
+                how=how,
+                model_id=model_id,
+                signature=signature,
+                path=path,
+                patches_per_s=candidate.patches_per_s,
+                tolerance=tolerance,
+            )
+            break
+        except EngineVerificationError as error:
+            if log is not None:
+                log(f"  {backend.name}: not used for this model ({error})")
+        except Exception as error:  # a backend that fails to build here is passed over
+            if log is not None:
+                log(f"  {backend.name}: failed to build ({type(error).__name__}: {error})")
+    model.engine = engine
+    return engine
+
+
+class ReleasedNetwork:
+    """Stands in for a member network whose torch weights were released (the engine holds its own copy)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this model's torch weights were released after its engine was built; reload the model")
+
+
+TORCH_BACKENDS = (REFERENCE_BACKEND, DEFAULT_BACKEND, "torch-cl-bf16", "torch-cuda-fp32", "torch-cuda-autocast")
+
+
+def release_networks(model: Any) -> bool:
+    """Drop ``model``'s references to its torch networks when its engine does not run them; returns whether it did.
+
+    A converted engine (OpenVINO, ONNX Runtime, a compiled graph) holds its own copy of the
+    weights, so the torch copy (100 MB per ResNet50 member) is dead weight in a server. Any
+    analysis still running on an earlier engine keeps the networks it uses alive until it ends.
+    """
+    engine = getattr(model, "engine", None)
+    if engine is None or engine.backend in TORCH_BACKENDS:
+        return False
+    count = len(model.ensemble)
+    model.network = ReleasedNetwork()
+    model.members = tuple(ReleasedNetwork() for _ in range(count)) if count > 1 else ()
+    return_freed_memory()
+    return True
+
+
+def return_freed_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc keeps small freed blocks otherwise).
+
+    A ResNet50's weights are 161 tensors, most under glibc's 128 kB mmap threshold: freed,
+    they stay in the process's heap and its resident size unless trimmed.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def prepare_engine_in_background(
+    model: Any,
+    *,
+    measure: bool = True,
+    path: Path | None = None,
+    release: bool = True,
+    backends: Sequence[Backend] = BACKENDS,
+) -> threading.Thread:
+    """Give ``model`` the default engine now and its chosen engine when built (a daemon thread).
+
+    What the dashboard calls at model load: no request waits for a measurement (done in a
+    child process) or a compilation; the swap is one attribute assignment, and an analysis
+    reads the engine once. With ``release``, the torch weights are dropped once a converted
+    engine runs (:func:`release_networks`).
+    """
+    model.engine = default_engine(list(model.ensemble), default_device())
+    model.engine.how = "default while the measured choice is being prepared"
+
+    def work() -> None:
+        with contextlib.suppress(Exception):  # the default stays: slower, never wrong
+            prepare_engine(model, measure=measure, path=path, backends=backends)
+            if release:
+                release_networks(model)
+
+    thread = threading.Thread(target=work, name="engine-preparation", daemon=True)
+    thread.start()
+    return thread
+
+
+def engine_of(model: Any) -> Engine:
+    """The model's engine, or the default one when none was prepared (what CV scores with)."""
+    engine = getattr(model, "engine", None)
+    return engine if engine is not None else default_engine(list(model.ensemble), torch.device("cpu"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m core.engine [--model PATH] [--remeasure]``: measure and cache this machine's choice.
+
+    ``python -m core.engine measure --preprocess JSON`` is the child process of
+    :func:`measure_machine`: it measures an untrained ResNet50 and stores the ranking.
+    """
+    import argparse
+
+    from models.checkpoint import configured_model_path, load_checkpoint
+
+    if argv is None:
+        import sys
+
+        argv = sys.argv[1:]
+    if argv and argv[0] == "measure":
+        child = argparse.ArgumentParser(prog="python -m core.engine measure")
+        child.add_argument("--preprocess", required=True, help="PreprocessConfig fields as JSON")
+        child.add_argument("--num-classes", type=int, default=2)
+        child.add_argument("--only", default=None, help="comma-separated backend keys")
+        options = child.parse_args(argv[1:])
+        from models.resnet import build_resnet50
+
+        cfg = PreprocessConfig.from_dict(json.loads(options.preprocess))
+        keys = options.only.split(",") if options.only else None
+        chosen = [b for b in BACKENDS if keys is None or b.key in keys]
+        network = build_resnet50(num_classes=options.num_classes, seed=0).eval()
+        store_choice(choose_backend(network, cfg, backends=chosen, log=print))
+        return 0
+
+    parser = argparse.ArgumentParser(prog="python -m core.engine", description=main.__doc__)
+    parser.add_argument("--model", default=None, help="checkpoint (default: the configured model)")
+    parser.add_argument("--remeasure", action="store_true", help="measure even when a choice is cached")
+    args = parser.parse_args(argv)
+    model = load_checkpoint(Path(args.model) if args.model else configured_model_path())
+    features = detect_cpu_features()
+    print(f"CPU: {features.model} ({features.isa_class}; {', '.join(sorted(features.flags)) or 'no AVX2'})")
+    if args.remeasure:
+        forget_choice(
+            machine_signature(model.preprocess, _num_classes(model.network, model.preprocess), default_device())
+        )
+    engine = prepare_engine(model, log=print)
+    print(f"engine: {engine.describe()}  (cache: {engine_cache_path()})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

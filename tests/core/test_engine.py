@@ -1,0 +1,218 @@
+"""The inference engine: CPU features, verified choice among backends, the choice file, real backends.
+
+Fake backends are exact or off by a known amount, as MONAI tests its inferers with trivial
+predictors; nothing here is timed (which backend is "faster" is made so by construction).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core import engine as engines
+from core.cpu import detect_cpu_features
+from core.engine import (
+    Backend,
+    EngineVerificationError,
+    ReleasedNetwork,
+    build_engine,
+    cached_choice,
+    choose_backend,
+    default_engine,
+    machine_signature,
+    prepare_engine,
+    prepare_engine_in_background,
+    release_networks,
+    verification_patches,
+)
+from core.inference import predict_patches
+from core.preprocess import PreprocessConfig
+from models.checkpoint import LoadedModel
+
+CFG = PreprocessConfig(target_spacing_mm=0.5, patch_px=16, stride_px=8, input_px=32)
+ZEN4 = "model name\t: AMD EPYC 9004\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni avx_vnni fma\n"
+ZEN3 = "model name\t: AMD EPYC 7003\nflags\t\t: fpu sse avx2 fma\n"
+
+
+class MeanBrightness(torch.nn.Module):
+    """Logits whose softmax gives P(positive) = mean of the de-normalised input, exactly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = (x[:, 0] * CFG.std + CFG.mean).mean(dim=(1, 2)).clamp(1e-6, 1 - 1e-6)
+        return torch.stack([torch.log1p(-p), torch.log(p)], dim=1)
+
+
+def _model(cache_id: str = "model-a", members: int = 1) -> LoadedModel:
+    nets = tuple(MeanBrightness() for _ in range(members))
+    return LoadedModel(nets[0], CFG, {}, "0" * 64, Path("m.pt"), members=nets if members > 1 else (), cache_id=cache_id)
+
+
+def _fake_backends(builds: list[str]) -> list[Backend]:
+    """ "off": fastest but moves probabilities by up to ~0.07; "exact": slower, exact; "broken": cannot build."""
+
+    def usable(device: torch.device, features: object) -> None:
+        return None
+
+    def off(net: torch.nn.Module, cfg: PreprocessConfig, device: torch.device):
+        builds.append("off")
+        shift = torch.tensor([0.0, 0.3])
+        return lambda x: net(x) + shift
+
+    def exact(net: torch.nn.Module, cfg: PreprocessConfig, device: torch.device):
+        builds.append("exact")
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.02)  # slower than "off" by construction, so the ranking puts "off" first
+            return net(x)
+
+        return predict
+
+    def broken(net: torch.nn.Module, cfg: PreprocessConfig, device: torch.device):
+        raise RuntimeError("no such runtime here")
+
+    return [Backend("off", "fast but off", usable, off), Backend("exact", "exact", usable, exact),
+            Backend("broken", "broken", usable, broken)]  # fmt: skip
+
+
+def test_cpu_features_from_cpuinfo_and_isa_caps() -> None:
+    zen4 = detect_cpu_features(ZEN4, env={})
+    assert (zen4.avx2, zen4.avx512, zen4.bf16, zen4.vnni, zen4.isa_class) == (True, True, True, True, "avx512-bf16")
+    zen3 = detect_cpu_features(ZEN3, env={})
+    assert (zen3.avx2, zen3.avx512, zen3.bf16, zen3.vnni, zen3.isa_class) == (True, False, False, False, "avx2")
+    capped = detect_cpu_features(ZEN4, env={"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"})
+    assert capped.flags == frozenset({"avx2"}) and capped.isa_cap == "avx2" and capped.isa_class == "avx2"
+    assert detect_cpu_features(ZEN4, env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}).bf16 is False
+    assert detect_cpu_features(ZEN4, env={"ATEN_CPU_CAPABILITY": "default"}).avx2 is False
+
+
+def test_capped_cpu_leaves_out_bf16_and_runtimes_that_ignore_the_cap() -> None:
+    capped = detect_cpu_features(ZEN4, env={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    usable, skipped = engines.usable_backends(torch.device("cpu"), capped)
+    keys = {b.key for b in usable}
+    assert {"torch-cl-bf16", "openvino-bf16", "openvino-mixed", "torch-compile-bf16"} <= set(skipped)
+    assert "onnxruntime-fp32" in skipped and "openvino-fp32" in skipped  # they would run AVX-512 anyway
+    assert {"torch-eager-fp32", "torch-cl-fp32", "torch-compile-fp32"} <= keys
+    # int8 only where there is VNNI but no native bf16
+    assert "onnxruntime-int8" in engines.usable_backends(torch.device("cpu"), detect_cpu_features(ZEN4, env={}))[1]
+
+
+def test_verification_rejects_a_backend_off_by_more_than_the_tolerance(tmp_path: Path) -> None:
+    builds: list[str] = []
+    off = _fake_backends(builds)[0]
+    with pytest.raises(EngineVerificationError, match=r"off by 0\.0\d+ \(> 0\.02\)"):
+        build_engine([MeanBrightness()], CFG, off, device=torch.device("cpu"), path=tmp_path / "c.json")
+    # the same shift passes a looser tolerance: the check, not the backend, decides
+    engine = build_engine([MeanBrightness()], CFG, off, device=torch.device("cpu"), tolerance=0.2)
+    assert 0.02 < engine.max_abs_diff <= 0.2
+
+
+def test_the_fastest_backend_that_passes_the_check_is_chosen_and_remembered(tmp_path: Path) -> None:
+    builds: list[str] = []
+    backends = _fake_backends(builds)
+    path = tmp_path / "choice.json"
+    model = _model()
+    engine = prepare_engine(model, backends=backends, path=path, device=torch.device("cpu"))
+    assert engine.backend == "exact" and model.engine is engine and engine.max_abs_diff < 1e-6
+    choice = cached_choice(machine_signature(CFG, 2, torch.device("cpu")), path)
+    assert choice is not None and choice.ranking()[0].key == "off"  # fastest, yet not used
+    by_key = {c.key: c for c in choice.candidates}
+    assert by_key["off"].max_abs_diff > 0.02 and not by_key["off"].accepted
+    assert by_key["broken"].reason.startswith("failed: RuntimeError") and by_key["broken"].patches_per_s is None
+    # a second load of the same model: no measurement, and "off" is refused from memory, unbuilt
+    builds.clear()
+    again = prepare_engine(_model(), backends=backends, path=path, device=torch.device("cpu"))
+    assert again.backend == "exact" and builds == ["exact"]
+    # another model is checked afresh (its weights might pass)
+    builds.clear()
+    prepare_engine(_model("model-b"), backends=backends, path=path, device=torch.device("cpu"))
+    assert builds == ["off", "exact"]
+    saved = json.loads(path.read_text())
+    assert any("model-a#0|off" in key for key in saved["verified"])
+
+
+def test_every_member_of_an_ensemble_is_checked(tmp_path: Path) -> None:
+    builds: list[str] = []
+    backends = _fake_backends(builds)
+    prepare_engine(_model("measuring"), backends=backends, path=tmp_path / "c.json")  # measures the machine
+    builds.clear()
+    engine = prepare_engine(_model(members=3), backends=backends, path=tmp_path / "c.json")
+    assert len(engine.predictors) == 3 and builds == ["off", "exact", "exact", "exact"]  # "off" fails member 1
+
+
+def test_without_a_measured_choice_and_measure_false_the_default_stays(tmp_path: Path) -> None:
+    model = _model()
+    engine = prepare_engine(model, measure=False, backends=_fake_backends([]), path=tmp_path / "none.json")
+    assert engine.backend == engines.DEFAULT_BACKEND and "not been measured" in engine.how
+    assert not (tmp_path / "none.json").exists()
+
+
+def test_fake_predictors_get_the_default_engine(tmp_path: Path) -> None:
+    model = LoadedModel(lambda x: x[:, :2, 0, 0], CFG, {}, "", Path())
+    assert prepare_engine(model, path=tmp_path / "c.json").backend == engines.DEFAULT_BACKEND
+
+
+def test_background_preparation_swaps_the_engine_in(tmp_path: Path) -> None:
+    model = _model()
+    thread = prepare_engine_in_background(model, path=tmp_path / "c.json", backends=_fake_backends([]), release=False)
+    assert model.engine is not None  # usable at once
+    thread.join(timeout=120)
+    assert model.engine.backend == "exact"
+
+
+def test_release_drops_the_torch_weights_but_keeps_the_members(tmp_path: Path) -> None:
+    model = _model(members=2)
+    prepare_engine(model, backends=_fake_backends([]), path=tmp_path / "c.json")
+    assert release_networks(model)
+    assert len(model.ensemble) == 2 and all(isinstance(n, ReleasedNetwork) for n in model.ensemble)
+    assert model.names == ("member 1", "member 2")
+    with pytest.raises(RuntimeError, match="released"):
+        model.network(torch.zeros(1))
+    assert prepare_engine(model, path=tmp_path / "c.json") is model.engine  # nothing left to convert
+
+
+def test_default_engine_runs_modules_channels_last_and_callables_as_they_are() -> None:
+    patches = verification_patches(CFG)[:5]
+    engine = default_engine([MeanBrightness()])
+    probs = predict_patches(engine.predictors[0], patches, CFG, precision="fp32")
+    np.testing.assert_allclose(probs, patches.reshape(5, -1).mean(axis=1) / 255.0, atol=2e-3)
+
+
+def test_check_case_is_fixed() -> None:
+    a, b = verification_patches(CFG), verification_patches(CFG)
+    assert np.array_equal(a, b) and a.dtype == np.uint8 and a.shape == (32, 16, 16)
+
+
+REAL = ["torch-cl-fp32", "onnxruntime-fp32", "openvino-fp32", "openvino-bf16", "openvino-mixed", "torch-cl-bf16"]
+
+
+@pytest.mark.parametrize("key", REAL)
+def test_real_backends_agree_with_fp32(key: str) -> None:
+    """Each real backend this machine can run, on a real (untrained) ResNet50 at a small input."""
+    from models.resnet import build_resnet50
+
+    backend = engines.BACKENDS_BY_KEY[key]
+    reason = backend.unusable(torch.device("cpu"), detect_cpu_features())
+    if reason is not None:
+        pytest.skip(reason)
+    network = build_resnet50(seed=0).eval()
+    patches = verification_patches(CFG)[:12]
+    reference = engines.reference_probabilities(network, patches, CFG)
+    predictor = backend.build(network, CFG, torch.device("cpu"))
+    probs = predict_patches(predictor, patches, CFG, precision="fp32")
+    assert probs.shape == (12,) and np.max(np.abs(probs - reference)) <= engines.MAX_ABS_PROB_DIFF
+
+
+def test_choose_backend_measures_real_torch_backends() -> None:
+    from models.resnet import build_resnet50
+
+    keys = ("torch-cl-fp32", "torch-eager-fp32")
+    choice = choose_backend(
+        build_resnet50(seed=0).eval(), CFG, backends=[engines.BACKENDS_BY_KEY[k] for k in keys], repeats=1
+    )
+    assert {c.key for c in choice.candidates} == set(keys) and all(c.accepted for c in choice.candidates)
+    assert choice.best.patches_per_s > 0 and choice.signature["network"]["input_px"] == 32
