@@ -6,7 +6,15 @@ import streamlit as st
 
 from pages.common import DATABASE_DOWN, REQUESTED_PAGE, RESEARCH_NOTICE, SHELL_FLAG, current_model, engine
 
-st.set_page_config(page_title="iCCA early recurrence", page_icon=":material/biotech:", layout="wide")
+# Pages are in the top bar and the sidebar (model, database) starts folded: on a 1400 × 900 screen
+# Analyze needs the width for the canvas, the overlay and both risks side by side. Every risk
+# carries its own model warning on the page, so nothing a surgeon must read is in the sidebar.
+st.set_page_config(
+    page_title="iCCA early recurrence",
+    page_icon=":material/biotech:",
+    layout="wide",
+    initial_sidebar_state="collapsed",
+)
 st.session_state[SHELL_FLAG] = True
 
 navigation = st.navigation(
@@ -14,7 +22,8 @@ navigation = st.navigation(
         st.Page("pages/analyze.py", title="Analyze", icon=":material/biotech:", default=True),
         st.Page("pages/cases.py", title="Cases", icon=":material/folder_open:"),
         st.Page("pages/model_card.py", title="Model card", icon=":material/badge:"),
-    ]
+    ],
+    position="top",
 )
 requested = st.session_state.pop(REQUESTED_PAGE, None)
 if requested and requested != "pages/analyze.py":  # a deep link that arrived before the shell had run
@@ -27,6 +36,7 @@ with st.sidebar:
     else:
         st.markdown(f"**Model:** {model.name}")
         st.caption(f"{model.provenance} · sha256 {model.sha256[:12]}")
+        st.caption(f"Inference engine: {model.engine.describe() if model.engine else model.engine_name}")
         if model.weights_warning:
             st.warning(model.weights_warning, icon=":material/warning:")
     try:

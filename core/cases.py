@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -29,6 +30,7 @@ class AnalysisSummary:
     model_provenance: str
     model_sha256: str
     training_data: str
+    uncertainty: dict[str, Any] | None = None  # core.analysis.uncertainty_record; None before migration 0004
 
     @property
     def weights_warning(self) -> str | None:
@@ -107,6 +109,7 @@ def _analysis_summary(case: db.Case, analysis: db.Analysis) -> AnalysisSummary:
         model_provenance=analysis.model_provenance,
         model_sha256=analysis.model_sha256,
         training_data=analysis.training_data,
+        uncertainty=analysis.uncertainty,
     )
 
 
@@ -189,7 +192,7 @@ def save_case(
     """
     if saved_case_id is not None:
         try:
-            changed = db.update_saved_case(session, saved_case_id, new_case.case_key, update)
+            changed = db.update_saved_case(session, saved_case_id, new_case.case_key, update, new_analysis.uncertainty)
         except LookupError:
             pass
         else:

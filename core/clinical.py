@@ -115,7 +115,7 @@ def paper_model() -> NCategoryLogisticRegression:
 
 
 def parse_n_category(text: str | None) -> str:
-    """"N0" or "N1" (any case, surrounding blanks ignored), else "unknown" (empty, "NX", anything else)."""
+    """The N category: "N0" or "N1" (any case, surrounding blanks ignored), else "unknown" (empty, "NX", anything else)."""
     cleaned = (text or "").strip().upper()
     return cleaned if cleaned in N_CATEGORIES else UNKNOWN_N
 

@@ -70,6 +70,8 @@ class Case(Base):
     spacing_source: Mapped[str | None] = mapped_column(String(8), nullable=True)  # "header" or "user"
     export_window_level: Mapped[float | None] = mapped_column(Float, nullable=True)  # HU, PNG/JPEG exports
     export_window_width: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # series / slice / study as keyed UID hashes and the slice position (core.dicomref.SourceReference.hashed)
+    source_ref: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     roi_area_px: Mapped[int] = mapped_column(Integer)
     roi_area_mm2: Mapped[float | None] = mapped_column(Float, nullable=True)
     n_category: Mapped[str] = mapped_column(String(16))
@@ -134,6 +136,8 @@ class Analysis(Base):
     probabilities_id: Mapped[str] = mapped_column(String(36))
     boxes_id: Mapped[str] = mapped_column(String(36))
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # fold spread, engine and (when computed) outline sensitivity: core.analysis.uncertainty_record
+    uncertainty: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     case: Mapped[Case] = relationship(back_populates="analyses")
 
@@ -224,6 +228,7 @@ class NewCase:
     display_width: float
     spacing_source: str | None = None
     export_window: tuple[float, float] | None = None
+    source_ref: dict[str, Any] | None = None  # UID hashes, never UIDs
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,7 @@ class NewAnalysis:
     probabilities: np.ndarray  # (N,) float64
     boxes_img: np.ndarray  # (N, 4) float64
     seconds: float | None
+    uncertainty: dict[str, Any] | None = None  # core.analysis.uncertainty_record
 
 
 def _stored(kind: str, array: np.ndarray) -> StoredArray:
@@ -271,6 +277,7 @@ def add_case(session: Session, new: NewCase, analysis: NewAnalysis) -> Case:
         spacing_source=new.spacing_source if new.spacing_mm else None,
         export_window_level=new.export_window[0] if new.export_window else None,
         export_window_width=new.export_window[1] if new.export_window else None,
+        source_ref=new.source_ref,
         roi_area_px=area_px,
         roi_area_mm2=area_mm2,
         n_category=new.n_category,
@@ -312,6 +319,7 @@ def add_analysis(case: Case, new: NewAnalysis) -> Analysis:
         probabilities_id=probs.id,
         boxes_id=boxes.id,
         seconds=new.seconds,
+        uncertainty=new.uncertainty,
     )
     case.analyses.append(analysis)
     return analysis
@@ -336,11 +344,19 @@ class ClinicalUpdate:
     clinical_ci_high: float | None
 
 
-def update_saved_case(session: Session, case_id: int, case_key: str, update: ClinicalUpdate) -> list[str]:
+def update_saved_case(
+    session: Session,
+    case_id: int,
+    case_key: str,
+    update: ClinicalUpdate,
+    uncertainty: dict[str, Any] | None = None,
+) -> list[str]:
     """Replace a saved case's key and clinical inputs (and its latest analysis's clinical risk); caller commits.
 
     The key changes when the surgeon corrects the patient ID after saving: the same
     analysis then belongs to another (pseudonymised) patient, not to a second case.
+    ``uncertainty`` (when given) replaces the latest analysis's: an outline sensitivity
+    computed after saving is kept too.
 
     Returns:
         The names of the fields that changed (empty when nothing did); the audit trail
@@ -357,14 +373,19 @@ def update_saved_case(session: Session, case_id: int, case_key: str, update: Cli
         for name in ("n_category", "t_category", "tumour_size_mm", "solitary")
         if getattr(case, name) != getattr(update, name)
     ]
-    changed = (["case_key"] if case.case_key != case_key else []) + fields
+    latest = case.analyses[-1] if case.analyses else None
+    new_uncertainty = latest is not None and uncertainty is not None and latest.uncertainty != uncertainty
+    changed = (
+        (["case_key"] if case.case_key != case_key else []) + fields + (["uncertainty"] if new_uncertainty else [])
+    )
     if not changed:
         return []
     case.case_key = case_key
     for name in fields:
         setattr(case, name, getattr(update, name))
-    if case.analyses:
-        latest = case.analyses[-1]
+    if latest is not None:
+        if new_uncertainty:
+            latest.uncertainty = uncertainty
         latest.clinical_probability = update.clinical_probability
         latest.clinical_ci_low = update.clinical_ci_low
         latest.clinical_ci_high = update.clinical_ci_high

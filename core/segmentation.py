@@ -695,3 +695,29 @@ def _source_stub(
     ):
         setattr(ds, keyword, "")
     return ds
+
+
+def read_outline(name: str, data: bytes, image: SeriesSummary | CtSlice, shape: tuple[int, int]) -> ImportedOutline:
+    """Import an outline file whatever it is: DICOM SEG, NIfTI, or a PNG mask of the slice's size.
+
+    Args:
+        name: the file's name (only to recognise a gzipped NIfTI).
+        image: the series (SEG and NIfTI are placed on its slices) or, without a series, the slice.
+        shape: (rows, cols) of the slice on screen (a PNG mask goes on that slice).
+
+    Raises:
+        OutlineImportError: not an outline file, or one that does not fit the image.
+    """
+    from core.series import dicom_object_kind, is_nifti, read_header
+
+    if data.startswith(b"\x89PNG"):
+        mask = import_png_mask(data, shape)
+        return ImportedOutline(masks={0: mask}, default_index=0, shape=tuple(shape), how="PNG mask")
+    if is_nifti(data, name):
+        return import_nifti(data, image)
+    header = read_header(data)
+    if header is not None and (dicom_object_kind(header) or "").startswith("a DICOM segmentation"):
+        return import_seg(data, image)
+    raise OutlineImportError(
+        "This file is not an outline this tool can import; use a DICOM SEG, a NIfTI file or a PNG mask."
+    )

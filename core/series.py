@@ -25,6 +25,7 @@ Decisions (each tested in ``tests/core/test_series.py``):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import re
@@ -723,3 +724,43 @@ def _spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
     except (TypeError, ValueError):
         return None
     return (values[0], values[1]) if len(values) == 2 and min(values) > 0 else None
+
+
+# --------------------------------------------------------------------------------- for the page
+
+
+def upload_digest(files: Sequence[tuple[str, bytes]]) -> str:
+    """sha256 identifying an upload: the content of one file, or every (name, content) of several."""
+    if len(files) == 1:
+        return hashlib.sha256(files[0][1]).hexdigest()
+    digest = hashlib.sha256()
+    for name, data in files:
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+def is_raster(data: bytes) -> bool:
+    """A PNG or JPEG file (a viewer's export), by its magic bytes."""
+    return data.startswith(b"\x89PNG") or data.startswith(b"\xff\xd8\xff")
+
+
+def series_label(series: SeriesSummary) -> str:
+    """One line for the series picker: description, slices, thickness, kernel, contrast."""
+    parts = [series.description or "(no description)", f"{series.slice_count} slice{'s' * (series.slice_count != 1)}"]
+    if series.slice_thickness_mm is not None:
+        parts.append(f"{series.slice_thickness_mm:g} mm")
+    if series.kernel:
+        parts.append(f"kernel {series.kernel}")
+    parts.append("CONTRAST" if series.contrast_given else "plain")
+    return " · ".join(parts)
+
+
+def no_ct_sentence(scan: UploadScan) -> str:
+    """Why an upload offers no CT series to pick, in one sentence."""
+    if scan.segmentations and not scan.series:
+        return "This upload holds only an outline; upload the CT series first, then import the outline."
+    unusable = [s for s in scan.series if s.is_ct and not s.usable]
+    if unusable:
+        return unusable[0].unusable or "The CT series in this upload cannot be loaded."
+    kinds = sorted({s.modality for s in scan.series} | {o.what for o in scan.others})
+    return f"This upload holds no CT series (found: {', '.join(kinds)[:200]}); upload the CT exported from the PACS."

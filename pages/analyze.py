@@ -1,6 +1,8 @@
-"""Analyze: upload a CT slice, outline the tumour, run the model, compare risks, save.
+"""Analyze: upload a CT (files, ZIP, folder, or a PNG/JPEG export), pick the series and slice,
+outline or import the tumour, run the model, compare risks, save.
 
-Left: the slice, what the header could not tell (spacing, export window) and the outline.
+Left: upload, series and slice, what the header could not tell (spacing, export window),
+the outline (drawn or imported from SEG / NIfTI / PNG).
 Right: measurements, clinical inputs (live: changing N updates the clinical risk without
 re-running the network), Analyze, the overlay and both risks, Save.
 """
@@ -14,6 +16,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 from sqlalchemy.orm import Session
+from streamlit.delta_generator import DeltaGenerator
 from streamlit_drawable_canvas import st_canvas
 
 from core.analysis import (
@@ -29,19 +32,32 @@ from core.cases import save_case
 from core.clinical import N_CHOICES, T_CATEGORIES, UNKNOWN_N
 from core.errors import UserFacingError
 from core.imaging import (
-    WINDOW_PRESETS,
     CtSlice,
     analysis_blocker,
     calibrate,
     display_image,
     export_window_note,
     load_slice,
+    lossy_note,
+    window_presets,
 )
 from core.modelcard import performance_sentence
-from core.patches import plan_grid
+from core.outline import count_regions, keep_largest_region, mask_to_fabric, measure_outline
 from core.preprocess import PreprocessConfig
 from core.pseudonym import case_key
-from core.roi import canvas_view_for, mask_from_fabric
+from core.roi import FABRIC_VERSION, CanvasView, canvas_view_for, mask_from_fabric
+from core.segmentation import export_png, export_seg, read_outline
+from core.series import (
+    SeriesSummary,
+    UploadScan,
+    is_raster,
+    load_series_slice,
+    no_ct_sentence,
+    scan_upload,
+    series_label,
+)
+from core.series import upload_digest as upload_hash
+from core.uncertainty import OutlineSensitivity, outline_sensitivity
 from models.checkpoint import LoadedModel
 from pages.common import (
     CANVAS_WIDTH_PX,
@@ -55,21 +71,19 @@ from pages.common import (
     sample_session_state,
     show_overlay,
     show_risks,
+    show_sensitivity,
 )
 
-DRAWING_MODES = {
-    "Polygon (click vertices, click the first again to close)": "polygon",
-    "Freehand": "freedraw",
-    "Rectangle": "rect",
-    "Circle": "circle",
-}
+DRAWING_MODES = {"Polygon": "polygon", "Freehand": "freedraw", "Rectangle": "rect", "Circle": "circle"}
 MANUAL = "Manual"
+UPLOAD_MODES = ("Files or a ZIP", "A folder")
 FIELD_NAMES = {
     "case_key": "patient ID (case key)",
     "n_category": "N category",
     "t_category": "T category",
     "tumour_size_mm": "size",
     "solitary": "number",
+    "uncertainty": "outline sensitivity",
 }
 UNKNOWN = "unknown"
 log = logging.getLogger(__name__)
@@ -81,11 +95,139 @@ def load_sample() -> None:
     st.session_state["uploader_nonce"] = st.session_state.get("uploader_nonce", 0) + 1
 
 
-def clear_outline() -> None:
-    """Button callback: forget the loaded outline and start a fresh, empty canvas."""
-    st.session_state.pop("roi_json", None)
-    st.session_state["sample_loaded"] = False
+def clear_outline(slot: str) -> None:
+    """Button callback: forget the slice's loaded outline and start a fresh, empty canvas."""
+    st.session_state.setdefault("initial_outlines", {}).pop(slot, None)
     st.session_state["canvas_nonce"] = st.session_state.get("canvas_nonce", 0) + 1
+
+
+def set_outline(slot: str, mask: np.ndarray, view: CanvasView) -> None:
+    """Put a mask on the slice's canvas as editable polygons (imported, or its largest region kept)."""
+    st.session_state.setdefault("initial_outlines", {})[slot] = {
+        "version": FABRIC_VERSION,
+        "objects": mask_to_fabric(mask, view),
+    }
+    st.session_state["canvas_nonce"] = st.session_state.get("canvas_nonce", 0) + 1
+
+
+def upload_widget() -> None:
+    """The uploader (files, one ZIP, or a folder) and the sample button; a new upload replaces the case.
+
+    Once a case is loaded the uploader folds away, so the slice and the canvas fit on one screen.
+    """
+    source = st.session_state.get("case_source")
+    upload_col, sample_col = st.columns([4, 1], vertical_alignment="top")
+    sample_col.button(
+        "Load sample", on_click=load_sample, help="A synthetic phantom CT with its outline, to try the flow."
+    )
+    box = upload_col.expander(f"Loaded: {source['name']} · upload another CT", expanded=False) if source else upload_col
+    with box:
+        uploaded = upload_files()
+    if uploaded:
+        files = [(item.name, item.getvalue()) for item in uploaded]
+        digest = upload_hash(files)
+        if st.session_state.get("case_source", {}).get("hash") != digest:
+            name = files[0][0] if len(files) == 1 else f"{len(files)} files"
+            st.session_state["case_source"] = {"name": name, "files": files, "hash": digest}
+            st.session_state.pop("initial_outlines", None)
+            st.session_state.pop("imported", None)
+            st.rerun()  # the uploader folds away around the new case
+
+
+def upload_files() -> list:
+    """The upload mode (files and ZIPs, or a folder) and its uploader; the uploaded files."""
+    mode = st.radio("Upload", UPLOAD_MODES, horizontal=True, key="upload_mode", label_visibility="collapsed")
+    return st.file_uploader(
+        "CT: DICOM files, a ZIP or a folder from the PACS; or one PNG/JPEG export",
+        accept_multiple_files="directory" if mode == UPLOAD_MODES[1] else True,
+        key=f"upload_{mode}_{st.session_state.get('uploader_nonce', 0)}",
+        help="Several series may be in one upload; you pick the plain CT series and the slice next.",
+    )
+
+
+def scanned(source: dict) -> UploadScan:
+    """The upload's header scan, once per upload (kept in the session beside the bytes it points into)."""
+    cached = st.session_state.get("scan")
+    if cached is None or cached["hash"] != source["hash"]:
+        cached = {"hash": source["hash"], "scan": scan_upload(source["files"])}
+        st.session_state["scan"] = cached
+    return cached["scan"]
+
+
+def choose_slice(source: dict) -> tuple[CtSlice, SeriesSummary | None, str]:
+    """The slice to outline: a PNG/JPEG export as it is, or a series and slice picked from the upload.
+
+    Returns:
+        (slice, its series or ``None`` for an export, the outline slot: "hash:series:index").
+    """
+    files = source["files"]
+    if len(files) == 1 and is_raster(files[0][1]):
+        return load_slice(files[0][1], files[0][0]), None, f"{source['hash'][:12]}:export:0"
+    scan = scanned(source)
+    choices = scan.ct_series
+    if not choices:
+        raise UserFacingError(no_ct_sentence(scan))
+    labels = {s.key: series_label(s) for s in choices}
+    key = st.selectbox("Series", list(labels), format_func=labels.__getitem__, key=f"series_{source['hash'][:12]}")
+    series = scan.get(key)
+    if series.contrast_warning():
+        st.warning(series.contrast_warning())
+    for note in series.notes:
+        st.caption(note)
+    index = 0
+    if series.slice_count > 1:
+        slider_key = f"slice_{source['hash'][:12]}_{key}"
+        st.session_state.setdefault(slider_key, series.slice_count // 2 + 1)
+        number = st.slider("Slice", 1, series.slice_count, key=slider_key, label_visibility="collapsed")
+        index = number - 1
+    loaded = load_series_slice(scan, key, index)
+    position = f", at {loaded.position_mm:+.1f} mm along the stack" if loaded.position_mm is not None else ""
+    st.caption(f"Slice {index + 1} of {series.slice_count}{position}.")
+    return loaded.ct, series, f"{source['hash'][:12]}:{key}:{index}"
+
+
+def import_outline(source: dict, series: SeriesSummary | None, ct: CtSlice, slot: str) -> None:
+    """Import a DICOM SEG, NIfTI or PNG mask as the outline, on the slice with the largest tumour area."""
+    scan = scanned(source) if series is not None else None
+    in_upload = {f"{o.name} ({o.what})": o.file_index for o in scan.segmentations} if scan else {}
+    tag = source["hash"][:12]
+    with st.expander("Import an outline (DICOM SEG, NIfTI or PNG mask)", expanded=bool(in_upload)):
+        if in_upload:
+            st.selectbox("An outline in this upload", ["—", *in_upload], key=f"outline_pick_{tag}")
+        st.file_uploader("or an outline file", key=f"outline_file_{tag}")
+        st.button("Import outline", key="import_outline", on_click=apply_import, args=(source, series, ct, slot))
+        if st.session_state.get("import_error"):
+            st.error(st.session_state.pop("import_error"))
+
+
+def apply_import(source: dict, series: SeriesSummary | None, ct: CtSlice, slot: str) -> None:
+    """Button callback (runs before the widgets, so it may move the slice slider): place the outline."""
+    tag = source["hash"][:12]
+    file = st.session_state.get(f"outline_file_{tag}")
+    picked = st.session_state.get(f"outline_pick_{tag}", "—")
+    try:
+        if file is not None:
+            name, data = file.name, file.getvalue()
+        elif picked != "—":
+            scan = scanned(source)
+            index = {f"{o.name} ({o.what})": o.file_index for o in scan.segmentations}[picked]
+            name, data = picked, scan.file_bytes(index)
+        else:
+            raise UserFacingError("Choose an outline file, or one from this upload, then press Import outline.")
+        imported = read_outline(name, data, series or ct, ct.shape)
+    except UserFacingError as error:
+        st.session_state["import_error"] = str(error)
+        return
+    view = canvas_view_for(ct.shape, CANVAS_WIDTH_PX)
+    st.session_state["imported"] = imported.how
+    if imported.segments == () and imported.how == "PNG mask":  # a 2-D mask: it belongs to the slice on screen
+        set_outline(slot, imported.mask(0), view)
+        return
+    if series is not None and series.slice_count > 1:
+        st.session_state[f"slice_{tag}_{series.key}"] = imported.default_index + 1
+    base = slot.rsplit(":", 1)[0]
+    for index, mask in imported.masks.items():
+        set_outline(f"{base}:{index}", mask, view)
 
 
 def calibration_inputs(ct: CtSlice, source_hash: str) -> CtSlice:
@@ -119,23 +261,35 @@ def display_window(ct: CtSlice, cfg: PreprocessConfig) -> tuple[float, float]:
     """The display window (level, width) in HU the surgeon picks; raster exports are shown as exported."""
     if ct.is_raster:
         return 127.5, 255.0
-    preset = st.selectbox("Display window", [*WINDOW_PRESETS, MANUAL], key="window_preset")
-    level, width = WINDOW_PRESETS.get(preset, (60.0, 160.0))
+    presets = window_presets(ct)
+    preset = st.selectbox(
+        "Display window",
+        [*presets, MANUAL],
+        key="window_preset",
+        help="Changes only what you see; the model uses its own window "
+        f"(L{cfg.window_level_hu:g} / W{cfg.window_width_hu:g} HU).",
+    )
+    level, width = presets.get(preset, (60.0, 160.0))
     if preset == MANUAL:
         wl, ww = st.columns(2)
         level = wl.number_input("Level (HU)", -1000.0, 3000.0, level, 10.0)
         width = ww.number_input("Width (HU)", 1.0, 4000.0, width, 10.0)
-    st.caption(
-        "The display window changes only what you see; the model uses its own window "
-        f"(L{cfg.window_level_hu:g} / W{cfg.window_width_hu:g} HU)."
-    )
     return level, width
 
 
-def outline_mask(display: np.ndarray, ct: CtSlice, source_hash: str) -> np.ndarray | None:
-    """The canvas over the slice; the drawn outline as a (rows, cols) bool mask, or ``None`` with a hint."""
+def outline_mask(display: np.ndarray, ct: CtSlice, slot: str, tool_place: DeltaGenerator) -> np.ndarray | None:
+    """The canvas over the slice; the outline as a (rows, cols) bool mask, or ``None`` with a hint.
+
+    Several closed shapes make one outline (their union). The tool picker goes in ``tool_place``.
+    """
     view = canvas_view_for(ct.shape, CANVAS_WIDTH_PX)
-    mode_label = st.radio("Outline tool", list(DRAWING_MODES), horizontal=True, key="drawing_mode")
+    mode_label = tool_place.selectbox(
+        "Outline tool",
+        list(DRAWING_MODES),
+        key="drawing_mode",
+        help="Polygon: click the vertices, then click the first one again to close it. Several shapes make "
+        "one outline.",
+    )
     # The canvas's toolbar floats above its top edge: keep it off the radio row.
     st.container(height=24, border=False)
     background = Image.fromarray(display).resize(view.canvas_size, Image.Resampling.BILINEAR)
@@ -147,32 +301,71 @@ def outline_mask(display: np.ndarray, ct: CtSlice, source_hash: str) -> np.ndarr
         width=view.canvas_size[0],
         height=view.canvas_size[1],
         drawing_mode=DRAWING_MODES[mode_label],
-        initial_drawing=st.session_state.get("roi_json") if st.session_state.get("sample_loaded") else None,
-        key=f"canvas_{source_hash[:12]}_{st.session_state.get('canvas_nonce', 0)}",
-    )
-    st.button(
-        "Clear outline",
-        on_click=clear_outline,
-        help="Remove every outline, the sample's included (the canvas's own reset returns to the loaded outline).",
+        initial_drawing=st.session_state.get("initial_outlines", {}).get(slot),
+        key=f"canvas_{slot}_{st.session_state.get('canvas_nonce', 0)}",
     )
     # json_data is the initial drawing until the canvas reports, then exactly what it holds:
     # a cleared canvas means no outline, never a stale one.
     try:
-        return mask_from_fabric(canvas.json_data if canvas is not None else None, view)
+        mask = mask_from_fabric(canvas.json_data if canvas is not None else None, view)
     except UserFacingError as error:
         st.info(str(error))
-        return None
+        mask = None
+    clear_col, largest_col = st.columns(2)
+    clear_col.button(
+        "Clear outline",
+        on_click=clear_outline,
+        args=(slot,),
+        help="Remove every outline on this slice, an imported one included (the canvas's own reset returns to it).",
+    )
+    if mask is not None and count_regions(mask) > 1:
+        largest_col.button(
+            "Keep the largest region",
+            on_click=set_outline,
+            args=(slot, keep_largest_region(mask), view),
+            help="Drop every separate region but the largest.",
+        )
+    return mask
+
+
+def show_measurements(mask: np.ndarray, ct: CtSlice, cfg: PreprocessConfig, blocker: str | None) -> int:
+    """Area (mm²), largest diameter (mm), regions and the model's patch count; returns the count."""
+    facts = measure_outline(mask, ct.spacing_mm, cfg if blocker is None else None)
+    area = f"{facts.area_mm2:,.0f} mm²" if facts.area_mm2 is not None else f"{facts.area_px:,} px² (no spacing)"
+    diameter = (
+        f"{facts.max_diameter_mm:.1f} mm" if facts.max_diameter_mm is not None else f"{facts.max_diameter_px:.0f} px"
+    )
+    regions = "" if facts.regions == 1 else f" · {facts.regions} regions"
+    patches = f"{facts.patches:,} patches" if facts.patches is not None else "patches: not yet (see below)"
+    st.markdown(f"**Outline:** {area} · largest diameter {diameter}{regions} · {patches}", help=cfg.describe())
+    if facts.warning:
+        st.warning(facts.warning)
+    return facts.patches or 0
+
+
+def export_buttons(mask: np.ndarray, ct: CtSlice) -> None:
+    """Download the outline as DICOM SEG (referencing its source slice, for 3D Slicer) and as PNG."""
+    seg_col, png_col = st.columns(2)
+    if ct.source_ref is not None and ct.source_ref.geometry is not None:
+        seg_col.download_button(
+            "Outline as DICOM SEG",
+            data=lambda: export_seg(mask, ct.source_ref),
+            file_name="outline-seg.dcm",
+            mime="application/dicom",
+            help="A binary DICOM SEG referencing this slice; 3D Slicer loads it onto the series.",
+        )
+    png_col.download_button("Outline as PNG", data=lambda: export_png(mask), file_name="outline.png", mime="image/png")
 
 
 def clinical_inputs_form(source_hash: str) -> tuple[str, ClinicalInputs]:
     """Live clinical inputs (no form: what is on screen is what Save stores). Returns (patient ID, inputs)."""
-    patient_id = st.text_input(
+    c0, c1 = st.columns(2)
+    patient_id = c0.text_input(
         "Hospital patient ID (optional)",
         type="password",
         key=input_key("patient_id", source_hash),
         help="Stored only as a keyed hash; leave empty for a random case key.",
     )
-    c1, c2 = st.columns(2)
     n_category = c1.radio(
         "UICC N category",
         list(N_CHOICES),
@@ -180,8 +373,8 @@ def clinical_inputs_form(source_hash: str) -> tuple[str, ClinicalInputs]:
         horizontal=True,
         key=input_key("n", source_hash),
     )
+    c2, c3, c4 = st.columns(3)
     t_category = c2.selectbox("UICC T category", [UNKNOWN, *T_CATEGORIES], key=input_key("t", source_hash))
-    c3, c4 = st.columns(2)
     size_mm = c3.number_input(
         "Tumour size (mm)",
         1.0,
@@ -216,11 +409,41 @@ def run_analysis(ct: CtSlice, mask: np.ndarray, model: LoadedModel) -> CaseAnaly
         bar.empty()
 
 
+def run_sensitivity(ct: CtSlice, mask: np.ndarray, model: LoadedModel) -> OutlineSensitivity | None:
+    """The risk with the outline 1 and 2 mm tighter and wider, with a progress bar; ``None`` when it cannot run."""
+    bar = st.progress(0.0, text="Scoring the patches the tighter and wider outlines add…")
+
+    def report(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"New patch evaluations: {done:,} of {total:,}")
+
+    try:
+        return outline_sensitivity(ct, mask, model, progress=report)
+    except UserFacingError as error:
+        st.error(str(error))
+        return None
+    finally:
+        bar.empty()
+
+
+def sensitivity_section(ct: CtSlice, mask: np.ndarray, model: LoadedModel, stored: dict) -> None:
+    """Outline sensitivity on request (it runs the patches the wider outlines add), then its table."""
+    if stored.get("sensitivity") is None and st.button(
+        "Outline sensitivity (±1 and ±2 mm)",
+        key="sensitivity",
+        help="Recompute the deep-learning number with the outline eroded and dilated by 1 and 2 mm "
+        "(patches already scored are reused).",
+    ):
+        stored["sensitivity"] = run_sensitivity(ct, mask, model)
+    if stored.get("sensitivity") is not None:
+        show_sensitivity(stored["sensitivity"].to_dict())
+
+
 def save(
     ct: CtSlice,
     mask: np.ndarray,
     model: LoadedModel,
     analysis: CaseAnalysis,
+    sensitivity: OutlineSensitivity | None,
     signature: tuple,
     patient_id: str,
     inputs: ClinicalInputs,
@@ -233,12 +456,13 @@ def save(
     try:
         # the same patient ID keeps the key it was saved under (a random R- key included)
         same_patient = same_analysis and previous["patient"] == patient_digest
-        key = previous["case_key"] if same_patient else case_key(patient_id or ct.patient_id, pseudonym_secret())
+        secret = pseudonym_secret()
+        key = previous["case_key"] if same_patient else case_key(patient_id or ct.patient_id, secret)
         with Session(engine()) as session:
             outcome = save_case(
                 session,
-                case_record(ct, mask, key, inputs, window),
-                analysis_record(analysis, model, clinical_risk_for(inputs.n_category)),
+                case_record(ct, mask, key, inputs, window, secret),
+                analysis_record(analysis, model, clinical_risk_for(inputs.n_category), sensitivity),
                 clinical_update(inputs),
                 previous["case_id"] if same_analysis else None,
             )
@@ -269,55 +493,39 @@ def save(
 # ---------------------------------------------------------------- the page
 
 require_shell("pages/analyze.py")
-st.title("Analyze a case")
+st.markdown("## Analyze a case")
 model, model_problem = current_model()
 if model is None:
     st.warning(f"{model_problem} You can still upload and outline a slice.")
 cfg = model.preprocess if model else PreprocessConfig()
-left, right = st.columns([11, 9], gap="large")
+left, right = st.columns([5, 7], gap="large")
 
 with left:
-    upload_col, sample_col = st.columns([3, 1])
-    uploaded = upload_col.file_uploader(
-        "CT slice (DICOM, PNG or JPEG)",
-        key=f"upload_{st.session_state.get('uploader_nonce', 0)}",
-        help="One axial slice, the one with the largest tumour area.",
-    )
-    sample_col.button(
-        "Load sample case", on_click=load_sample, help="A synthetic phantom CT with its outline, to try the flow."
-    )
-    if uploaded is not None:
-        data = uploaded.getvalue()
-        if st.session_state.get("case_source", {}).get("hash") != content_hash(data):
-            st.session_state["case_source"] = {"name": uploaded.name, "data": data, "hash": content_hash(data)}
-            st.session_state.pop("roi_json", None)
-            st.session_state["sample_loaded"] = False
+    upload_widget()
     source = st.session_state.get("case_source")
     if not source:
-        st.info("Upload a CT slice or load the sample case to begin.")
+        st.info("Upload a CT (files, a ZIP or a folder) or load the sample case to begin.")
         st.stop()
     try:
-        raw = load_slice(source["data"], source["name"])
+        raw, series, slot = choose_slice(source)
         ct = calibration_inputs(raw, source["hash"])
     except UserFacingError as error:
         st.error(str(error))
         st.stop()
-    window = display_window(raw, cfg)
+    if lossy_note(raw):
+        st.caption(lossy_note(raw))
+    window_col, tool_col = st.columns(2)
+    with window_col:
+        window = display_window(raw, cfg)
     display = display_image(raw, *window)
-    mask = outline_mask(display, raw, source["hash"])
+    mask = outline_mask(display, raw, slot, tool_col)
+    import_outline(source, series, raw, slot)
+    if st.session_state.get("imported"):
+        st.caption(f"Imported outline: {st.session_state['imported']}. Edit it on the canvas like a drawn one.")
 
 blocker = analysis_blocker(ct, cfg) if model else model_problem
 with right:
-    n_patches = 0
-    if mask is not None:
-        area_px = int(mask.sum())
-        area = f"{area_px * ct.pixel_area_mm2:,.0f} mm²" if ct.pixel_area_mm2 else f"{area_px:,} px² (no spacing)"
-        try:
-            n_patches = len(plan_grid(mask, ct.spacing_mm, cfg)) if blocker is None else 0
-            patches = f"{n_patches:,} patches ({cfg.describe()})" if blocker is None else "patches: not yet (see below)"
-        except UserFacingError as error:
-            patches = str(error)
-        st.markdown(f"**Outline:** {area} · {patches}")
+    n_patches = show_measurements(mask, ct, cfg, blocker) if mask is not None else 0
     if blocker and model is not None:
         st.warning(blocker)
     note = export_window_note(ct, cfg)
@@ -329,7 +537,7 @@ with right:
     if mask is None:
         st.stop()
     signature = (
-        source["hash"],
+        slot,
         ct.spacing_mm,
         ct.export_window,
         content_hash(np.packbits(mask).tobytes()),
@@ -341,21 +549,34 @@ with right:
             st.session_state["result"] = {"signature": signature, "analysis": result}
     stored = st.session_state.get("result")
     if not stored or stored["signature"] != signature or model is None:
+        export_buttons(mask, raw)
         st.stop()
     analysis: CaseAnalysis = stored["analysis"]
-    model_banner(model.name, model.provenance, model.weights_warning)
-    show_overlay(display, analysis.pmap, mask, analysis.coverage, key="analyze")
-    show_risks(
-        analysis.dl_risk,
-        performance_sentence(model.card),
-        model.weights_warning,
-        clinical_risk_for(inputs.n_category),
-        inputs.n_category,
+    if model.weights_warning is None:  # otherwise the warning sits with the risk itself
+        model_banner(model.name, model.provenance, None)
+    overlay_col, risks_col = st.columns([1, 1])
+    with overlay_col:
+        show_overlay(display, analysis.pmap, mask, analysis.coverage, key="analyze")
+    with risks_col:
+        show_risks(
+            analysis.dl_risk,
+            performance_sentence(model.card),
+            model.weights_warning,
+            clinical_risk_for(inputs.n_category),
+            inputs.n_category,
+            stacked=True,
+            spread=analysis.spread.to_dict() if analysis.spread else None,
+        )
+    st.caption(
+        f"Analysis time: {analysis.seconds:.1f} s for {analysis.dl_risk.n_patches:,} patches "
+        f"({analysis.patches_computed:,} patch evaluations run, {analysis.patches_reused:,} reused) · "
+        f"engine: {analysis.engine}."
     )
-    st.caption(f"Analysis time: {analysis.seconds:.1f} s for {analysis.dl_risk.n_patches:,} patches.")
+    sensitivity_section(ct, mask, model, stored)
     if st.button("Save case", type="primary", key="save"):
-        save(ct, mask, model, analysis, signature, patient_id, inputs, window)
+        save(ct, mask, model, analysis, stored.get("sensitivity"), signature, patient_id, inputs, window)
     saved = st.session_state.get("saved")
     changed_id = saved and saved["patient"] != hashlib.sha256(patient_id.encode()).hexdigest()
     if saved and saved["signature"] == signature and (saved["inputs"] != inputs or changed_id):
         st.caption(f"Changed since it was saved as case {saved['case_key']}: press Save case to update it.")
+    export_buttons(mask, raw)

@@ -11,7 +11,15 @@ from core import db
 from core.analysis import outline_coverage
 from core.cases import AnalysisSummary, CaseSummary, SavedCase, list_case_summaries, load_saved_case
 from core.imaging import CtSlice, display_image
-from pages.common import DATABASE_DOWN, engine, model_banner, require_shell, show_overlay, show_risks
+from pages.common import (
+    DATABASE_DOWN,
+    engine,
+    model_banner,
+    require_shell,
+    show_overlay,
+    show_risks,
+    show_sensitivity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +86,11 @@ def show_case(saved: SavedCase) -> None:
             latest.weights_warning,
             latest.clinical_risk,
             summary.n_category,
+            spread=(latest.uncertainty or {}).get("analysis", {}).get("spread"),
         )
+        sensitivity = (latest.uncertainty or {}).get("sensitivity")
+        if sensitivity:
+            show_sensitivity(sensitivity)
     analysis_details(summary.analyses)
 
 

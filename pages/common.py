@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -15,10 +16,12 @@ from sqlalchemy.engine import Engine
 from core import db, pseudonym
 from core.analysis import Coverage
 from core.clinical import UNKNOWN_N_REASON, ClinicalRisk
+from core.engine import prepare_engine_in_background
 from core.errors import UserFacingError
-from core.heatmap import colour_bar, jet_overlay, roi_crop_box
+from core.heatmap import colour_bar, draw_outline, jet_overlay, roi_crop_box
 from core.inference import CaseRisk
 from core.provenance import RESEARCH_NOTICE
+from core.uncertainty import sensitivity_table, spread_sentence
 from models.checkpoint import LoadedModel, configured_model_path, load_checkpoint
 
 SHELL_FLAG = "shell_ran"
@@ -57,7 +60,15 @@ def engine() -> Engine:
 
 @st.cache_resource(show_spinner="Loading the model…")
 def _cached_model(path: str, mtime_ns: int) -> LoadedModel:
-    return load_checkpoint(Path(path))
+    """Load the checkpoint once per file version; its engine is prepared in the background.
+
+    The measured ranking of backends comes from ``make demo-model`` / ``python -m core.engine``;
+    the dashboard never measures (a minute of both cores), it only builds and checks the chosen
+    backend, while the default fp32 engine answers.
+    """
+    model = load_checkpoint(Path(path))
+    prepare_engine_in_background(model, measure=False, release=False)
+    return model
 
 
 def current_model() -> tuple[LoadedModel | None, str | None]:
@@ -104,10 +115,10 @@ def content_hash(data: bytes) -> str:
 
 def show_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, coverage: Coverage, key: str) -> None:
     """The JET overlay with an opacity slider, a colour bar and what the uncoloured pixels mean."""
-    opacity_col, zoom_col = st.columns([3, 1])
+    opacity_col, zoom_col = st.columns([3, 2], vertical_alignment="bottom")
     opacity = opacity_col.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_opacity")
-    zoom = zoom_col.toggle("Zoom to the outline", value=True, key=f"{key}_zoom")
-    overlay = jet_overlay(display, pmap, mask, opacity)
+    zoom = zoom_col.toggle("Zoom", value=True, key=f"{key}_zoom", help="Zoom to the outline.")
+    overlay = draw_outline(jet_overlay(display, pmap, mask, opacity), mask)
     if zoom:
         r0, c0, r1, c1 = roi_crop_box(mask)
         overlay = overlay[r0:r1, c0:c1]
@@ -133,33 +144,39 @@ def show_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, covera
         )
 
 
-def _metric(label: str, value: str) -> None:
-    """A metric whose label wraps instead of being cut off in a narrow column."""
-    st.markdown(f"**{label}**")
+def _metric(heading: str, label: str, value: str) -> None:
+    """A metric under one bold heading that names the model and what the number is (it wraps, never cut off)."""
+    st.markdown(f"**{heading}: {label.lower()}**")
     st.metric(label, value, label_visibility="collapsed")
 
 
-def show_dl_risk(dl: CaseRisk, performance: str, weights_warning: str | None) -> None:
-    """The deep-learning number, labelled for what it is: an uncalibrated mean patch probability."""
-    st.markdown("##### Deep learning (ResNet50 patches)")
-    _metric("Mean patch probability (uncalibrated)", f"{dl.probability:.0%}")
+def show_dl_risk(
+    dl: CaseRisk, performance: str, weights_warning: str | None, spread: dict[str, Any] | None = None
+) -> None:
+    """The deep-learning number, labelled for what it is: an uncalibrated mean patch probability.
+
+    ``spread`` (:meth:`core.uncertainty.EnsembleSpread.to_dict`) adds the fold models' range.
+    """
+    _metric("Deep learning (ResNet50 patches)", "Mean patch probability (uncalibrated)", f"{dl.probability:.0%}")
+    sentence = spread_sentence(spread)
+    if sentence:
+        st.markdown(f"**Fold spread:** {sentence}")
     st.caption(
-        f"The {dl.rule} of this model over {dl.n_patches:,} patches ({dl.share_above:.0%} of them ≥ "
-        f"{dl.threshold:g}). It ranks cases; it is not a calibrated risk. {performance}"
+        f"The {dl.rule} over {dl.n_patches:,} patches ({dl.share_above:.0%} ≥ {dl.threshold:g}): it ranks "
+        f"cases, it is not a calibrated risk. {performance}"
+        + (f" :material/warning: {weights_warning}" if weights_warning else "")
     )
-    if weights_warning:
-        st.caption(f":material/warning: {weights_warning}")
 
 
 def show_clinical_risk(clinical: ClinicalRisk | None, n_category: str) -> None:
     """The N-category model's fitted probability with its 95% CI, or why there is none."""
     if clinical is None:
-        st.markdown("##### Clinical model (N category unknown)")
-        _metric("Fitted probability of early recurrence", "not available")
+        _metric("Clinical model (N category unknown)", "Fitted probability of early recurrence", "not available")
         st.caption(UNKNOWN_N_REASON)
         return
-    st.markdown(f"##### Clinical model (UICC {n_category})")
-    _metric("Fitted probability of early recurrence", f"{clinical.probability:.0%}")
+    _metric(
+        f"Clinical model (UICC {n_category})", "Fitted probability of early recurrence", f"{clinical.probability:.0%}"
+    )
     st.caption(
         f"95% CI {clinical.ci_low:.0%}–{clinical.ci_high:.0%}: logistic regression on N category alone, "
         "fitted to the paper's Table 1 (41 patients)."
@@ -167,27 +184,55 @@ def show_clinical_risk(clinical: ClinicalRisk | None, n_category: str) -> None:
 
 
 def show_risks(
-    dl: CaseRisk, performance: str, weights_warning: str | None, clinical: ClinicalRisk | None, n_category: str
+    dl: CaseRisk,
+    performance: str,
+    weights_warning: str | None,
+    clinical: ClinicalRisk | None,
+    n_category: str,
+    stacked: bool = False,
+    spread: dict[str, Any] | None = None,
 ) -> None:
-    """Deep-learning number beside the clinical risk, then the research-use notice once."""
-    left, right = st.columns(2)
-    with left:
-        show_dl_risk(dl, performance, weights_warning)
-    with right:
+    """Deep-learning number beside (or, ``stacked``, above) the clinical risk, then the research-use notice once."""
+    if stacked:
+        show_dl_risk(dl, performance, weights_warning, spread)
         show_clinical_risk(clinical, n_category)
+    else:
+        left, right = st.columns(2)
+        with left:
+            show_dl_risk(dl, performance, weights_warning, spread)
+        with right:
+            show_clinical_risk(clinical, n_category)
     st.caption(RESEARCH_NOTICE)
+
+
+def show_sensitivity(sensitivity: dict[str, Any]) -> None:
+    """The outline-sensitivity table (:meth:`core.uncertainty.OutlineSensitivity.to_dict`) and its warning."""
+    st.markdown("**Outline sensitivity:** the deep-learning number with the outline drawn tighter or wider")
+    st.dataframe(sensitivity_table(sensitivity), hide_index=True, width="stretch")
+    if sensitivity.get("warning"):
+        st.warning(sensitivity["warning"], icon=":material/warning:")
+    else:
+        st.caption(
+            f"The prediction (threshold {sensitivity['threshold']:g}) stays the same for outlines within ±1 mm "
+            "of the one drawn."
+        )
 
 
 def sample_session_state() -> dict[str, object]:
     """Session-state entries that load the built-in phantom sample case and its outline."""
     from core.phantom import sample_case
-    from core.roi import canvas_view_for
+    from core.roi import FABRIC_VERSION, canvas_view_for
+    from core.series import scan_upload, upload_digest
 
     sample = sample_case()
+    files = [("sample.dcm", sample.dicom_bytes)]
+    digest = upload_digest(files)
+    series_key = scan_upload(files).ct_series[0].key
+    drawing = sample.fabric_json(canvas_view_for(sample.shape, CANVAS_WIDTH_PX))
     return {
-        "case_source": {"name": "sample.dcm", "data": sample.dicom_bytes, "hash": content_hash(sample.dicom_bytes)},
-        "roi_json": sample.fabric_json(canvas_view_for(sample.shape, CANVAS_WIDTH_PX)),
-        "sample_loaded": True,
+        "case_source": {"name": "sample.dcm", "files": files, "hash": digest},
+        "initial_outlines": {f"{digest[:12]}:{series_key}:0": {**drawing, "version": FABRIC_VERSION}},
+        "imported": None,
     }
 
 

@@ -197,3 +197,49 @@ def test_migration_0002_maps_first_release_provenance_to_training_data(engine) -
         kinds = [a.training_data for a in case.analyses]
         assert case.spacing_source == "header"
     assert kinds == ["synthetic phantoms", "untrained", "unknown", "unknown"]
+
+
+def test_uncertainty_is_saved_reopened_and_a_later_sensitivity_updates_the_saved_case(engine) -> None:
+    from dataclasses import replace
+
+    from core.cases import save_case
+
+    new_case, analysis = _new_case("P-spread")
+    spread = {"analysis": {"spread": {"names": ["fold 1", "fold 2"], "risks": [0.6, 0.8]}, "engine": "eager"}}
+    update = db.ClinicalUpdate("N1", "T2", 50.0, True, 0.85, 0.5, 0.96)
+    with_sensitivity = {**spread, "sensitivity": {"rows": [{"offset_mm": 0.0, "risk": 0.7}]}}
+    with Session(engine) as session:
+        first = save_case(session, new_case, replace(analysis, uncertainty=spread), update, saved_case_id=None)
+        session.commit()
+        again = save_case(session, new_case, replace(analysis, uncertainty=spread), update, first.case_id)
+        later = save_case(session, new_case, replace(analysis, uncertainty=with_sensitivity), update, first.case_id)
+        session.commit()
+    assert (again.action, later.action, later.changed) == ("unchanged", "updated", ("uncertainty",))
+    with Session(engine) as session:
+        saved = load_saved_case(session, first.case_id)
+        assert saved.summary.analyses[-1].uncertainty == with_sensitivity
+        [event] = session.scalars(select(db.AuditEvent).where(db.AuditEvent.action == "case_updated")).all()
+        assert event.detail == {"fields": ["uncertainty"]}
+
+
+def test_migration_0004_adds_uncertainty_and_keeps_older_analyses(engine) -> None:
+    """Analyses saved before 0004 reopen with no uncertainty; a downgrade drops only that column."""
+    from alembic import command
+    from alembic.config import Config
+
+    from core.cases import list_case_summaries
+
+    with Session(engine) as session:
+        db.add_case(session, *_new_case("P-before-0004"))
+        session.commit()
+    config = Config()
+    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0003")
+    assert "uncertainty" not in {c["name"] for c in inspect(engine).get_columns("analyses")}
+    db.migrate(engine)
+    with Session(engine) as session:
+        [summary] = list_case_summaries(session)
+    assert summary.case_key == "P-before-0004" and summary.analyses[-1].uncertainty is None
+    assert summary.analyses[-1].dl_risk.probability == 0.7

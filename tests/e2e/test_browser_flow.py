@@ -7,6 +7,7 @@ real (untrained) ResNet50 checkpoint, then drives it with Playwright.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -54,8 +55,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture()
-def app_url(tmp_path: Path, test_checkpoint: Path) -> Iterator[tuple[str, str]]:
+@contextmanager
+def served_app(tmp_path: Path, model_path: Path) -> Iterator[tuple[str, str]]:
+    """``streamlit run app.py`` on a free loopback port with its own SQLite file; yields (base URL, database URL)."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing; .ci/run must install Debian's chromium package.")
@@ -64,9 +66,10 @@ def app_url(tmp_path: Path, test_checkpoint: Path) -> Iterator[tuple[str, str]]:
     url = f"sqlite:///{tmp_path / 'e2e.db'}"
     env = {
         **os.environ,
-        "ICCA_MODEL_PATH": str(test_checkpoint),
+        "ICCA_MODEL_PATH": str(model_path),
         "ICCA_DATABASE_URL": url,
         "ICCA_PSEUDONYM_SECRET": "e2e-secret",
+        "ICCA_ENGINE_CACHE": str(tmp_path / "engine-choice.json"),  # this machine's ranking stays out of the test
     }
     proc = subprocess.Popen(
         [
@@ -94,6 +97,18 @@ def app_url(tmp_path: Path, test_checkpoint: Path) -> Iterator[tuple[str, str]]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture()
+def app_url(tmp_path: Path, test_checkpoint: Path) -> Iterator[tuple[str, str]]:
+    with served_app(tmp_path, test_checkpoint) as served:
+        yield served
+
+
+@pytest.fixture()
+def ensemble_app_url(tmp_path: Path, test_ensemble_checkpoint: Path) -> Iterator[tuple[str, str]]:
+    with served_app(tmp_path, test_ensemble_checkpoint) as served:
+        yield served
 
 
 def _wait_for(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
@@ -147,7 +162,7 @@ def test_outline_analyze_then_inputs_are_saved_as_shown(app_url: tuple[str, str]
 
     base, db_url = app_url
     with browser_page(base) as page:
-        page.set_input_files("input[type=file]", get_testdata_file("CT_small.dcm"))
+        page.locator("input[type=file]").first.set_input_files(get_testdata_file("CT_small.dcm"))
         page.wait_for_selector("canvas", timeout=30_000)
         page.wait_for_timeout(1_000)
         box = page.locator("canvas").last.bounding_box()
@@ -155,7 +170,7 @@ def test_outline_analyze_then_inputs_are_saved_as_shown(app_url: tuple[str, str]
         for x, y in [*POLYGON, POLYGON[0]]:  # clicking the first vertex again closes the polygon
             page.mouse.click(box["x"] + x, box["y"] + y)
             page.wait_for_timeout(250)
-        page.wait_for_selector("text=patches (", timeout=30_000)
+        page.wait_for_selector("text=largest diameter", timeout=30_000)
         page.get_by_role("button", name="Analyze").click()
         page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
         expect(page.get_by_text("Clinical model (N category unknown)")).to_be_visible()
@@ -197,10 +212,10 @@ def test_sample_replaces_an_upload_and_clearing_the_canvas_clears_the_outline(ap
 
     base, _ = app_url
     with browser_page(base) as page:
-        page.set_input_files("input[type=file]", get_testdata_file("CT_small.dcm"))
+        page.locator("input[type=file]").first.set_input_files(get_testdata_file("CT_small.dcm"))
         expect(page.get_by_text("CT_small.dcm")).to_be_visible(timeout=30_000)
-        page.get_by_role("button", name="Load sample case").click()
-        page.wait_for_selector("text=patches (", timeout=60_000)
+        page.get_by_role("button", name="Load sample").click()
+        page.wait_for_selector("text=largest diameter", timeout=60_000)
         expect(page.get_by_text("CT_small.dcm")).to_have_count(0)  # the uploader let go of the upload
         page.get_by_label("Tumour size (mm)", exact=True).fill("30")  # any rerun: the sample must stay
         page.get_by_label("Tumour size (mm)", exact=True).press("Enter")
@@ -216,7 +231,7 @@ def test_resetting_a_drawn_outline_leaves_no_outline(app_url: tuple[str, str]) -
 
     base, _ = app_url
     with browser_page(base) as page:
-        page.set_input_files("input[type=file]", get_testdata_file("CT_small.dcm"))
+        page.locator("input[type=file]").first.set_input_files(get_testdata_file("CT_small.dcm"))
         page.wait_for_selector("canvas", timeout=30_000)
         page.wait_for_timeout(1_000)
         box = page.locator("canvas").last.bounding_box()
@@ -224,28 +239,40 @@ def test_resetting_a_drawn_outline_leaves_no_outline(app_url: tuple[str, str]) -
         for x, y in [*POLYGON, POLYGON[0]]:
             page.mouse.click(box["x"] + x, box["y"] + y)
             page.wait_for_timeout(250)
-        page.wait_for_selector("text=patches (", timeout=30_000)
+        page.wait_for_selector("text=largest diameter", timeout=30_000)
         page.get_by_role("button", name="Reset canvas & history").click()
         expect(page.get_by_text("No tumour outline yet", exact=False)).to_be_visible(timeout=30_000)
         expect(page.get_by_role("button", name="Analyze")).to_be_disabled()
 
 
-def test_sample_case_loads_with_its_outline_and_analyzes(app_url: tuple[str, str]) -> None:
-    """The demo path: one click loads a phantom CT and its outline; the canvas shows it and Analyze works."""
+def test_sample_case_with_a_fold_ensemble_shows_and_saves_its_spread_and_outline_sensitivity(
+    ensemble_app_url: tuple[str, str],
+) -> None:
+    """The demo path with a two-fold ensemble: one click loads the sample and its outline; the risk comes
+    with the folds' spread; the outline sensitivity table is computed on request, saved, and reopened."""
     from playwright.sync_api import expect
 
     from core.phantom import sample_case
     from core.roi import mask_from_outlines
 
-    base, db_url = app_url
+    base, db_url = ensemble_app_url
     with browser_page(base) as page:
-        page.get_by_role("button", name="Load sample case").click()
-        page.wait_for_selector("text=patches (", timeout=60_000)
+        page.get_by_role("button", name="Load sample").click()
+        page.wait_for_selector("text=largest diameter", timeout=60_000)
         page.get_by_role("button", name="Analyze").click()
         page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
         expect(page.get_by_text("not available", exact=True)).to_be_visible()  # N category left unknown
+        expect(page.get_by_text("Across its 2 fold models", exact=False)).to_be_visible()
+        page.get_by_role("button", name="Outline sensitivity (±1 and ±2 mm)").click()
+        page.wait_for_selector("text=Outline sensitivity:", timeout=180_000)
+        table = page.locator("[data-testid=stDataFrame]").filter(has_text="")
+        expect(table.first).to_be_visible()
         page.get_by_role("button", name="Save case").click()
         page.wait_for_selector("text=Saved as case", timeout=30_000)
+        page.get_by_role("link", name="Cases").first.click()
+        page.wait_for_selector("text=Saved cases", timeout=60_000)
+        expect(page.get_by_text("Across its 2 fold models", exact=False)).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Outline sensitivity:", exact=False)).to_be_visible()
 
     sample = sample_case()
     expected = mask_from_outlines([sample.outline_xy], sample.shape)
@@ -253,9 +280,17 @@ def test_sample_case_loads_with_its_outline_and_analyzes(app_url: tuple[str, str
     with Session(engine) as session:
         case = db.list_cases(session)[0]
         saved = db.case_array(session, case, "mask")
-        assert case.analyses[0].clinical_probability is None
+        analysis = case.analyses[0]
+        assert analysis.clinical_probability is None
+        uncertainty = analysis.uncertainty
     engine.dispose()
     assert abs(int(saved.sum()) - int(expected.sum())) / expected.sum() < 0.02
+    spread = uncertainty["analysis"]["spread"]
+    assert spread["names"] == ["fold 1", "fold 2"] and len(spread["risks"]) == 2
+    assert spread["low"] <= analysis.dl_probability <= spread["high"]
+    rows = uncertainty["sensitivity"]["rows"]
+    assert [r["offset_mm"] for r in rows] == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    assert next(r for r in rows if r["offset_mm"] == 0)["risk"] == pytest.approx(analysis.dl_probability)
 
 
 @pytest.mark.parametrize(("path", "heading"), [("cases", "Saved cases"), ("model_card", "Model card")])
@@ -270,8 +305,66 @@ def test_deep_link_into_a_fresh_server_opens_that_page(app_url: tuple[str, str],
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{base}/{path}")
             page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
-            assert page.get_by_text("Case database: connected").is_visible()
-            assert "common" not in page.locator("[data-testid=stSidebarNav]").inner_text()
+            # The sidebar starts folded (pages are in the top bar): the shell ran if its caption is there.
+            page.get_by_text("Case database: connected").wait_for(state="attached", timeout=10_000)
+            assert page.locator("a[href$='/common']").count() == 0  # the helper module is not a page
+            assert page.locator("a[href$='/cases']").count() >= 1
             assert page.get_by_role("heading", name="Analyze a case").count() == 0
         finally:
             browser.close()
+
+
+def test_zip_with_two_shuffled_series_pick_slice_import_seg_analyze_save(
+    app_url: tuple[str, str], tmp_path: Path
+) -> None:
+    """A PACS export: a ZIP of two series (files shuffled) and a SEG; pick the plain series, move to a
+    slice, import the SEG (it moves to its own slice), analyse and save; the case records the series."""
+    from playwright.sync_api import expect
+
+    from core.dicomref import source_reference_of, uid_hash
+    from core.segmentation import export_seg
+    from tests.core.ct_series import as_files, series_datasets, zip_of
+
+    plain = series_datasets(5, description="Plain abdomen 5mm")
+    contrast = series_datasets(4, description="Arterial phase 2mm", contrast=True, dz=2.0)
+    yy, xx = np.mgrid[0:128, 0:128] + 0.5
+    tumour = (yy - 60) ** 2 + (xx - 70) ** 2 <= 26**2
+    seg = export_seg(tumour, source_reference_of(plain[3]))  # on the 4th slice along the stack
+    archive = tmp_path / "pacs-export.zip"
+    archive.write_bytes(zip_of([*as_files(plain, "A", 1), *as_files(contrast, "B", 2), ("SEG0001", seg)]))
+
+    base, db_url = app_url
+    with browser_page(base) as page:
+        page.locator("input[type=file]").first.set_input_files(str(archive))
+        page.wait_for_selector("text=Series", timeout=60_000)
+        expect(page.get_by_text("taken with contrast")).to_be_visible()  # the first listed is the contrast one
+        page.locator("[data-testid=stSelectbox]").filter(has_text="Series").click()
+        page.get_by_role("option", name=re.compile("Plain abdomen")).click()
+        expect(page.get_by_text("Slice 3 of 5", exact=False)).to_be_visible(timeout=30_000)
+        page.get_by_role("slider").first.focus()
+        page.keyboard.press("ArrowLeft")  # move to another slice
+        expect(page.get_by_text("Slice 2 of 5", exact=False)).to_be_visible(timeout=30_000)
+        page.locator("[data-testid=stSelectbox]").filter(has_text="An outline in this upload").click()
+        page.get_by_role("option", name=re.compile("SEG0001")).click()
+        page.get_by_role("button", name="Import outline").click()
+        expect(page.get_by_text("Slice 4 of 5", exact=False)).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("Imported outline: DICOM SEG", exact=False)).to_be_visible()
+        page.get_by_role("button", name="Analyze").click()
+        page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
+        page.get_by_role("button", name="Save case").click()
+        page.wait_for_selector("text=Saved as case", timeout=30_000)
+
+    engine = db.make_engine(db_url)
+    with Session(engine) as session:
+        [case] = db.list_cases(session)
+        mask = db.case_array(session, case, "mask")
+        pixels = db.case_array(session, case, "slice")
+        ref = case.source_ref
+    engine.dispose()
+    np.testing.assert_array_equal(mask, tumour)  # the SEG's outline, exactly
+    assert ref["series_uid_hash"] == uid_hash(plain[0].SeriesInstanceUID, b"e2e-secret")
+    assert ref["sop_uid_hash"] == uid_hash(plain[3].SOPInstanceUID, b"e2e-secret")
+    assert ref["position_mm"] == pytest.approx(-85.0)  # z0 −100 mm + 3 × 5 mm
+    hu = plain[3].pixel_array.astype(np.float32) + float(plain[3].RescaleIntercept)
+    np.testing.assert_array_equal(pixels, hu)  # the 4th slice (each slice's HU differ by its index)
+    assert "Plain" not in str(ref) and all(len(str(v)) < 40 for v in ref.values())  # hashes, no UIDs

@@ -49,11 +49,18 @@ def _with_sample(at: AppTest) -> AppTest:
 
 def _with_upload(at: AppTest, name: str, data: bytes, outline_from_sample: bool = True) -> AppTest:
     """An upload as the uploader stores it, with the sample's outline drawn on the canvas."""
-    at.session_state["case_source"] = {"name": name, "data": data, "hash": content_hash(data)}
+    from core.series import scan_upload, upload_digest
+
+    files = [(name, data)]
+    digest = upload_digest(files)
+    at.session_state["case_source"] = {"name": name, "files": files, "hash": digest}
     if outline_from_sample:
-        state = sample_session_state()
-        at.session_state["roi_json"] = state["roi_json"]
-        at.session_state["sample_loaded"] = True  # makes the canvas start from that drawing
+        [drawing] = sample_session_state()["initial_outlines"].values()
+        if data.startswith(b"\x89PNG"):
+            slot = f"{digest[:12]}:export:0"
+        else:
+            slot = f"{digest[:12]}:{scan_upload(files).ct_series[0].key}:0"
+        at.session_state["initial_outlines"] = {slot: drawing}
     return at
 
 
@@ -83,7 +90,7 @@ def _cases(url: str) -> list[db.Case]:
 def test_analyze_page_asks_for_a_slice(app_env: None) -> None:
     at = _page("analyze.py").run()
     assert not at.exception
-    assert any("Upload a CT slice" in i.value for i in at.info)
+    assert any("Upload a CT (files, a ZIP or a folder)" in i.value for i in at.info)
 
 
 def test_inputs_entered_after_analyze_are_what_is_saved(app_env: None, sqlite_url: str) -> None:
@@ -124,7 +131,7 @@ def test_saving_twice_makes_one_case_and_a_change_updates_it(app_env: None, sqli
 def test_unknown_n_category_says_so_in_the_heading(app_env: None) -> None:
     at = _analyze(_with_sample(_page("analyze.py")).run())
     assert _metric(at, CLINICAL_LABEL) == "not available"
-    assert any(m.value == "##### Clinical model (N category unknown)" for m in at.markdown)
+    assert any(m.value.startswith("**Clinical model (N category unknown)") for m in at.markdown)
     assert _metric(at, DL_LABEL).endswith("%")
     assert any("not a calibrated risk" in c.value for c in at.caption)
     assert any("Untrained (random) weights" in c.value for c in at.caption)
@@ -154,7 +161,7 @@ def test_png_export_needs_spacing_and_window_before_the_model_runs(app_env: None
     at.number_input(key=f"el_{tag}").set_value(60.0).run()
     at.number_input(key=f"ew_{tag}").set_value(160.0).run()
     assert not at.button(key="analyze").disabled
-    assert any("mm²" in m.value and "patches (" in m.value for m in at.markdown)
+    assert any("mm²" in m.value and "largest diameter" in m.value and " patches" in m.value for m in at.markdown)
     assert any("narrower than the model's" in c.value for c in at.caption)
     _analyze(at)
     assert not at.exception and _metric(at, DL_LABEL).endswith("%")
@@ -174,12 +181,11 @@ def test_dicom_without_spacing_is_named_as_such(app_env: None) -> None:
 
 def test_wrong_file_shows_one_sentence(app_env: None) -> None:
     at = _page("analyze.py")
-    at.session_state["case_source"] = {"name": "notes.txt", "data": b"hello" * 100, "hash": "x"}
+    at.session_state["case_source"] = {"name": "notes.txt", "files": [("notes.txt", b"hello" * 100)], "hash": "x"}
     at.run()
     assert not at.exception
-    assert [e.value for e in at.error] == [
-        "This file (TXT) is not a DICOM, PNG or JPEG image; export the CT slice in one of those formats."
-    ]
+    [error] = [e.value for e in at.error]
+    assert error.startswith("The upload holds no DICOM image") and error.endswith(".") and "\n" not in error
 
 
 def test_pseudonym_key_failure_is_one_sentence_and_the_result_stays(
@@ -275,7 +281,8 @@ def test_cases_page_reopens_without_the_model_shows_inputs_and_deletes(
 
 def test_sample_canvas_scale_matches_the_display_width() -> None:
     state = sample_session_state()
-    [polygon] = state["roi_json"]["objects"]
+    [drawing] = state["initial_outlines"].values()
+    [polygon] = drawing["objects"]
     assert max(p["x"] for p in polygon["points"]) <= CANVAS_WIDTH_PX
 
 
@@ -327,3 +334,67 @@ def test_a_saved_export_reopens_as_it_was_exported(app_env: None, sqlite_url: st
     reopened = CtSlice(pixels=saved.pixels, is_hu=saved.is_hu, spacing_mm=saved.spacing_mm, source_kind="png")
     shown = display_image(reopened, case.display_level, case.display_width)
     assert np.abs(shown.astype(int) - grey.astype(int)).max() <= 1  # rounding only
+
+
+def test_a_png_mask_in_the_upload_is_imported_onto_the_slice_on_screen(app_env: None) -> None:
+    from core.roi import mask_from_outlines
+    from core.series import upload_digest
+
+    sample = sample_case()
+    expected = mask_from_outlines([sample.outline_xy], sample.shape)
+    files = [("slice.dcm", sample.dicom_bytes), ("mask.png", _png(expected.astype(np.uint8) * 255))]
+    at = _page("analyze.py")
+    at.session_state["case_source"] = {"name": "2 files", "files": files, "hash": upload_digest(files)}
+    at.run()
+    assert any("No tumour outline yet" in i.value for i in at.info)
+    tag = upload_digest(files)[:12]
+    at.selectbox(key=f"outline_pick_{tag}").set_value("mask.png (a PNG image)").run()
+    at.button(key="import_outline").click().run()
+    assert not at.exception
+    assert any("Imported outline: PNG mask" in c.value for c in at.caption)
+    _analyze(at)
+    assert _metric(at, DL_LABEL).endswith("%")
+    assert at.session_state["result"]["analysis"].coverage.outline_px == int(expected.sum())
+
+
+def test_importing_something_that_is_not_an_outline_is_one_sentence(app_env: None) -> None:
+    from core.series import upload_digest
+
+    sample = sample_case()
+    files = [("slice.dcm", sample.dicom_bytes), ("photo.png", _png(np.zeros((20, 20), np.uint8)))]
+    at = _page("analyze.py")
+    at.session_state["case_source"] = {"name": "2 files", "files": files, "hash": upload_digest(files)}
+    at.run()
+    tag = upload_digest(files)[:12]
+    at.selectbox(key=f"outline_pick_{tag}").set_value("photo.png (a PNG image)").run()
+    at.button(key="import_outline").click().run()
+    assert not at.exception
+    [error] = [e.value for e in at.error]
+    assert "20×20 pixels but the slice is 512×512" in error and "\n" not in error
+
+
+def test_a_fold_ensemble_shows_its_spread_and_the_outline_sensitivity_is_saved_and_reopened(
+    monkeypatch: pytest.MonkeyPatch, test_ensemble_checkpoint: Path, sqlite_url: str
+) -> None:
+    monkeypatch.setenv("ICCA_MODEL_PATH", str(test_ensemble_checkpoint))
+    monkeypatch.setenv("ICCA_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("ICCA_PSEUDONYM_SECRET", "test-secret")
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    assert not at.exception
+    assert any(m.value.startswith("**Fold spread:** Across its 2 fold models") for m in at.markdown)
+    assert at.session_state["result"].get("sensitivity") is None  # lazy: nothing runs before it is asked
+    at.button(key="sensitivity").click().run()
+    assert not at.exception
+    [table] = at.dataframe
+    assert list(table.value["outline"]) == ["2 mm tighter", "1 mm tighter", "as drawn", "1 mm wider", "2 mm wider"]
+    shown_risk = _metric(at, DL_LABEL)
+    assert table.value.set_index("outline").loc["as drawn", "DL mean patch prob."] == shown_risk
+    at.button(key="save").click().run()
+    [case] = _cases(sqlite_url)
+    saved = case.analyses[0].uncertainty
+    assert saved["analysis"]["spread"]["names"] == ["fold 1", "fold 2"]
+    assert [row["offset_mm"] for row in saved["sensitivity"]["rows"]] == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    cases = _page("cases.py").run()
+    assert not cases.exception
+    assert any(m.value.startswith("**Fold spread:** Across its 2 fold models") for m in cases.markdown)
+    assert len(cases.dataframe) >= 1
