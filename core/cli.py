@@ -154,14 +154,6 @@ def _inspect_upload(files: list[tuple[str, bytes]], source: str, args: argparse.
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from core.bench import run_benchmarks
-
-    report = run_benchmarks(quick=args.quick, out=Path(args.out) if args.out else None, train=args.train)
-    print(report)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="iCCA early-recurrence research tool")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,13 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headers-only", action="store_true", help="folder / ZIP: read headers, decode no pixels")
     p.set_defaults(handler=cmd_inspect)
 
-    p = sub.add_parser("bench", help="measure inference speed against the fp32 baseline")
-    p.add_argument("--quick", action="store_true", help="fewer repetitions")
-    p.add_argument("--out", help="also write the results as JSON here")
-    p.add_argument("--train", action="store_true", help="also measure training steps (paper configuration)")
-    p.set_defaults(handler=cmd_bench)
+    from core import analysis_cli, bench, figures, training_cli  # analyze; figures; phantom / train / demo-model
 
-    from core import analysis_cli, figures, training_cli  # analyze; figures; phantom / train / demo-model
+    p = sub.add_parser("bench", help="measure inference speed against the fp32 eager baseline, in one run")
+    bench.add_arguments(p)
+    p.set_defaults(handler=bench.cmd_bench)
 
     analysis_cli.register(sub)
     figures.register(sub)

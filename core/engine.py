@@ -21,9 +21,10 @@ So the engine is chosen by measuring, once per machine, never by guessing:
 
 Where the choice is made: ``make demo-model`` and ``python -m core.engine`` rank the backends
 (a minute, once per machine); the dashboard calls :func:`prepare_engine_in_background` at
-model load: it answers at once with the default engine (torch fp32 channels-last: exact,
-nothing to check) and swaps in the chosen one when it is built and checked (measuring first,
-in a child process, on a machine never measured). No request waits for a measurement.
+model load (with ``measure=False``): it answers at once with the default engine (torch fp32
+channels-last: exact, nothing to check) and swaps in the ranked choice when it is built and
+checked. On a machine never ranked it stays on the default; it never spends a minute of both
+cores measuring while a surgeon waits. An analysis keeps the engine it started with.
 
 Backends (each a real library, nothing hand-written): torch eager channels-last fp32 and
 bf16 autocast, ``torch.compile`` (inductor with frozen weights; compiled once per process
@@ -537,8 +538,10 @@ def default_engine(
     device = device or torch.device("cpu")
 
     def wrap(net: Callable[[torch.Tensor], torch.Tensor]) -> Predictor:
-        if isinstance(net, torch.nn.Module) and device.type == "cpu":
-            return lambda x: net(x.contiguous(memory_format=torch.channels_last))
+        if isinstance(net, torch.nn.Module):
+            net.to(device)  # the inputs are sent to ``device``: the weights must be there too
+            if device.type == "cpu":
+                return lambda x: net(x.contiguous(memory_format=torch.channels_last))
         return net
 
     name = "torch channels-last fp32" if device.type == "cpu" else "torch CUDA fp32"

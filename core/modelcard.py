@@ -97,4 +97,10 @@ def performance_sentence(card: dict[str, Any]) -> str:
             f"An earlier version of this tool reported a cross-validated AUC of {auc.auc:.2f} for it, with another "
             "scoring rule and no confidence interval; retrain it to get a current figure."
         )
-    return f"Cross-validated, one out-of-fold prediction per patient: {auc.describe(who)}."
+    sentence = f"Cross-validated, one out-of-fold prediction per patient: {auc.describe(who)}."
+    if card.get("ensemble"):  # the deployed ensemble has seen every patient: it has no held-out figure
+        sentence += (
+            " Each patient was scored by the one fold network that had not seen them; the deployed ensemble of "
+            "the fold networks has no held-out figure of its own."
+        )
+    return sentence

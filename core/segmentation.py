@@ -372,7 +372,13 @@ def _on_slice(
     """
     geometry = target.geometry
     assert geometry is not None
-    lps_to_index = np.linalg.inv(index_to_lps)
+    try:
+        lps_to_index = np.linalg.inv(index_to_lps)
+    except np.linalg.LinAlgError:
+        raise OutlineImportError(
+            f"The {what} file's geometry (its affine) cannot be inverted, so it cannot be placed on this series; "
+            "re-export it from the segmentation tool."
+        ) from None
     to_patient = geometry.index_to_patient()
     v0 = lps_to_index @ to_patient @ np.array([0.0, 0.0, 0.0, 1.0])
     dr = lps_to_index[:3, :3] @ to_patient[:3, 0]

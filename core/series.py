@@ -545,11 +545,13 @@ _CONTRAST_WORDS = re.compile(
     r"\bnephrographic\b|\bcect\b|\bkm\b|造影)",
     re.IGNORECASE,
 )
+# "C-" only standing alone ("ABD C- 5mm"): "C-A-P" is chest-abdomen-pelvis, not "without contrast".
 _PLAIN_WORDS = re.compile(
     r"(\bnon[- ]?contrast\b|\bplain\b|\bunenhanced\b|\bnon[- ]?enhanced\b|\bw/?o\b|\bwithout\b|\bnative?\b|"
-    r"\bpre[- ]?contrast\b|\bnc\b|c-|単純)",
+    r"\bpre[- ]?contrast\b|\bnc\b|\bc-(?=\s|$)|単純)",
     re.IGNORECASE,
 )
+NO_CONTRAST_EVIDENCE = "no contrast tag is set and the description does not mention contrast"
 _CONTRAST_TAGS = (
     "ContrastBolusAgent",
     "ContrastBolusAgentSequence",
@@ -594,12 +596,14 @@ def contrast_of(ds: pydicom.Dataset) -> tuple[bool, str]:
         shown = text if len(text) <= 40 else text[:39] + "…"
         plain = " although the description says plain" if _PLAIN_WORDS.search(description) else ""
         return True, f"{keyword} is {shown!r}{plain}"
-    if _PLAIN_WORDS.search(description):
-        return False, f"the description {description!r} says plain and no contrast tag is set"
-    match = _CONTRAST_WORDS.search(description)
+    # A phase word left once the "plain" phrases are removed wins ("C-A-P PORTAL", "non-contrast + arterial"):
+    # a warning too many is cheaper than a portal-venous series analysed as plain.
+    match = _CONTRAST_WORDS.search(_PLAIN_WORDS.sub(" ", description))
     if match:
         return True, f"the description {description!r} mentions {match.group(0)!r}"
-    return False, "no contrast tag is set and the description does not mention contrast"
+    if _PLAIN_WORDS.search(description):
+        return False, f"the description {description!r} says plain and no contrast tag is set"
+    return False, NO_CONTRAST_EVIDENCE
 
 
 # --------------------------------------------------------------------------------- loading
@@ -751,7 +755,11 @@ def series_label(series: SeriesSummary) -> str:
         parts.append(f"{series.slice_thickness_mm:g} mm")
     if series.kernel:
         parts.append(f"kernel {series.kernel}")
-    parts.append("CONTRAST" if series.contrast_given else "plain")
+    # PACS exports often strip the contrast tags: without evidence either way, say so rather than "plain".
+    if series.contrast_given:
+        parts.append("CONTRAST")
+    else:
+        parts.append("contrast not recorded" if series.contrast_evidence == NO_CONTRAST_EVIDENCE else "plain")
     return " · ".join(parts)
 
 

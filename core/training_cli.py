@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-engine-choice",
         action="store_true",
-        help="skip measuring this machine's inference engine after training (the dashboard then measures it)",
+        help="skip ranking this machine's inference backends after training (the dashboard then runs plain fp32 until `python -m core.engine` ranks them)",
     )
     p.set_defaults(handler=cmd_demo_model)
 

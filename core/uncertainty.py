@@ -309,14 +309,31 @@ def spread_sentence(spread: dict[str, Any] | None) -> str | None:
     if not spread or len(spread["risks"]) < 2:
         return None
     k = len(spread["risks"])
-    sentence = (
-        f"Across its {k} fold models: {spread['low']:.0%}–{spread['high']:.0%} (min–max, SD {spread['sd'] * 100:.0f} "
-        f"percentage points). Each fold model learnt from {k - 1}/{k} of the cohort: the range shows how much the "
-        "number depends on which patients a model learnt from; it is not a confidence interval for this patient."
-    )
+    folds = all(str(name).startswith("fold ") for name in spread.get("names", ()))
+    noun = "fold models" if folds else "member networks"
+    sentence = f"Across its {k} {noun}: {spread['low']:.0%}–{spread['high']:.0%} (min–max, SD {spread['sd'] * 100:.0f} "
+    if folds:
+        sentence += (
+            f"percentage points). Each fold model learnt from {k - 1}/{k} of the cohort: the range shows how much the "
+            "number depends on which patients a model learnt from; it is not a confidence interval for this patient."
+        )
+    else:
+        sentence += "percentage points): how far the networks agree; it is not a confidence interval for this patient."
     if spread.get("members_disagree"):
-        sentence += f" The fold models fall on both sides of the {spread['threshold']:g} decision threshold."
+        sentence += f" The {noun} fall on both sides of the {spread['threshold']:g} decision threshold."
     return sentence
+
+
+def spread_headline(spread: dict[str, Any] | None) -> str | None:
+    """The spread in one short line for beside the risk (:func:`spread_sentence` explains it); ``None`` for one network."""
+    if not spread or len(spread["risks"]) < 2:
+        return None
+    folds = all(str(name).startswith("fold ") for name in spread.get("names", ()))
+    noun = "fold models" if folds else "member networks"
+    line = f"Across its {len(spread['risks'])} {noun}: {spread['low']:.0%}–{spread['high']:.0%} (min–max); not a confidence interval."
+    if spread.get("members_disagree"):
+        line += f" They fall on both sides of the {spread['threshold']:g} decision threshold."
+    return line
 
 
 def _offset_label(offset_mm: float) -> str:

@@ -30,6 +30,7 @@ from core.analysis import (
 )
 from core.cases import save_case
 from core.clinical import N_CHOICES, T_CATEGORIES, UNKNOWN_N
+from core.engine import Engine, engine_of
 from core.errors import UserFacingError
 from core.imaging import (
     CtSlice,
@@ -116,7 +117,7 @@ def upload_widget() -> None:
     Once a case is loaded the uploader folds away, so the slice and the canvas fit on one screen.
     """
     source = st.session_state.get("case_source")
-    upload_col, sample_col = st.columns([4, 1], vertical_alignment="top")
+    upload_col, sample_col = st.columns([3, 1], vertical_alignment="top")
     sample_col.button(
         "Load sample", on_click=load_sample, help="A synthetic phantom CT with its outline, to try the flow."
     )
@@ -346,7 +347,8 @@ def show_measurements(mask: np.ndarray, ct: CtSlice, cfg: PreprocessConfig, bloc
 def export_buttons(mask: np.ndarray, ct: CtSlice) -> None:
     """Download the outline as DICOM SEG (referencing its source slice, for 3D Slicer) and as PNG."""
     seg_col, png_col = st.columns(2)
-    if ct.source_ref is not None and ct.source_ref.geometry is not None:
+    # a SEG needs the slice's frame of reference (export_seg refuses without one): no button that cannot work
+    if ct.source_ref is not None and ct.source_ref.geometry is not None and ct.source_ref.frame_of_reference_uid:
         seg_col.download_button(
             "Outline as DICOM SEG",
             data=lambda: export_seg(mask, ct.source_ref),
@@ -393,15 +395,22 @@ def clinical_inputs_form(source_hash: str) -> tuple[str, ClinicalInputs]:
     )
 
 
-def run_analysis(ct: CtSlice, mask: np.ndarray, model: LoadedModel) -> CaseAnalysis | None:
+def evaluations_text(model: LoadedModel, done: int, total: int) -> str:
+    """Progress in (patch, network) evaluations: with K fold networks each patch is evaluated K times."""
+    k = len(model.ensemble)
+    unit = f"patch evaluations ({k} networks per patch)" if k > 1 else "patches"
+    return f"{unit.capitalize()}: {done:,} of {total:,}"
+
+
+def run_analysis(ct: CtSlice, mask: np.ndarray, model: LoadedModel, engine: Engine) -> CaseAnalysis | None:
     """Run the model with a progress bar; ``None`` (and a sentence on the page) when it cannot."""
     bar = st.progress(0.0, text="Running the ResNet50 over the patch grid…")
 
     def report(done: int, total: int) -> None:
-        bar.progress(done / total, text=f"Patches analysed: {done:,} of {total:,}")
+        bar.progress(done / total, text=evaluations_text(model, done, total))
 
     try:
-        return analyze_case(ct, mask, model, progress=report)
+        return analyze_case(ct, mask, model, engine=engine, progress=report)
     except UserFacingError as error:
         st.error(str(error))
         return None
@@ -409,15 +418,21 @@ def run_analysis(ct: CtSlice, mask: np.ndarray, model: LoadedModel) -> CaseAnaly
         bar.empty()
 
 
-def run_sensitivity(ct: CtSlice, mask: np.ndarray, model: LoadedModel) -> OutlineSensitivity | None:
-    """The risk with the outline 1 and 2 mm tighter and wider, with a progress bar; ``None`` when it cannot run."""
+def run_sensitivity(
+    ct: CtSlice, mask: np.ndarray, model: LoadedModel, engine: Engine | None
+) -> OutlineSensitivity | None:
+    """The risk with the outline 1 and 2 mm tighter and wider, with a progress bar; ``None`` when it cannot run.
+
+    ``engine`` is the one that ran the analysis: its "as drawn" row is then the number shown
+    above (and its patches come from the cache), even if a faster engine was installed since.
+    """
     bar = st.progress(0.0, text="Scoring the patches the tighter and wider outlines add…")
 
     def report(done: int, total: int) -> None:
-        bar.progress(done / total, text=f"New patch evaluations: {done:,} of {total:,}")
+        bar.progress(done / total, text="New " + evaluations_text(model, done, total).lower())
 
     try:
-        return outline_sensitivity(ct, mask, model, progress=report)
+        return outline_sensitivity(ct, mask, model, engine=engine, progress=report)
     except UserFacingError as error:
         st.error(str(error))
         return None
@@ -433,7 +448,7 @@ def sensitivity_section(ct: CtSlice, mask: np.ndarray, model: LoadedModel, store
         help="Recompute the deep-learning number with the outline eroded and dilated by 1 and 2 mm "
         "(patches already scored are reused).",
     ):
-        stored["sensitivity"] = run_sensitivity(ct, mask, model)
+        stored["sensitivity"] = run_sensitivity(ct, mask, model, stored.get("engine"))
     if stored.get("sensitivity") is not None:
         show_sensitivity(stored["sensitivity"].to_dict())
 
@@ -544,9 +559,10 @@ with right:
         model.sha256 if model else "",
     )
     if run and ready:
-        result = run_analysis(ct, mask, model)
+        engine_now = engine_of(model)  # the background may install a faster one later: keep this one
+        result = run_analysis(ct, mask, model, engine_now)
         if result is not None:
-            st.session_state["result"] = {"signature": signature, "analysis": result}
+            st.session_state["result"] = {"signature": signature, "analysis": result, "engine": engine_now}
     stored = st.session_state.get("result")
     if not stored or stored["signature"] != signature or model is None:
         export_buttons(mask, raw)

@@ -21,7 +21,7 @@ from core.errors import UserFacingError
 from core.heatmap import colour_bar, draw_outline, jet_overlay, roi_crop_box
 from core.inference import CaseRisk
 from core.provenance import RESEARCH_NOTICE
-from core.uncertainty import sensitivity_table, spread_sentence
+from core.uncertainty import sensitivity_table, spread_headline, spread_sentence
 from models.checkpoint import LoadedModel, configured_model_path, load_checkpoint
 
 SHELL_FLAG = "shell_ran"
@@ -116,7 +116,16 @@ def content_hash(data: bytes) -> str:
 def show_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, coverage: Coverage, key: str) -> None:
     """The JET overlay with an opacity slider, a colour bar and what the uncoloured pixels mean."""
     opacity_col, zoom_col = st.columns([3, 2], vertical_alignment="bottom")
-    opacity = opacity_col.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_opacity")
+    opacity = opacity_col.slider(
+        "Heatmap opacity",
+        0.0,
+        1.0,
+        0.45,
+        0.05,
+        key=f"{key}_opacity",
+        help="Display only (the model does not run again). Colours: OpenCV COLORMAP_JET of the per-patch "
+        "probability, overlapping patches averaged.",
+    )
     zoom = zoom_col.toggle("Zoom", value=True, key=f"{key}_zoom", help="Zoom to the outline.")
     overlay = draw_outline(jet_overlay(display, pmap, mask, opacity), mask)
     if zoom:
@@ -126,7 +135,7 @@ def show_overlay(display: np.ndarray, pmap: np.ndarray, mask: np.ndarray, covera
     image_col.image(
         overlay,
         width="stretch",
-        caption="Per-patch probability of early recurrence (OpenCV COLORMAP_JET; mean of overlapping patches)",
+        caption="Per-patch probability of early recurrence",  # one line: the colours are in the slider's help
     )
     bar_col.caption("1.0")
     bar_col.image(colour_bar(200, 18), width=18)
@@ -151,20 +160,34 @@ def _metric(heading: str, label: str, value: str) -> None:
 
 
 def show_dl_risk(
-    dl: CaseRisk, performance: str, weights_warning: str | None, spread: dict[str, Any] | None = None
+    dl: CaseRisk,
+    performance: str,
+    weights_warning: str | None,
+    spread: dict[str, Any] | None = None,
+    details: bool = True,
 ) -> None:
     """The deep-learning number, labelled for what it is: an uncalibrated mean patch probability.
 
-    ``spread`` (:meth:`core.uncertainty.EnsembleSpread.to_dict`) adds the fold models' range.
+    ``spread`` (:meth:`core.uncertainty.EnsembleSpread.to_dict`) adds the fold models' range in
+    one line (its explanation in the tooltip); the weights warning stays right under the number.
+    ``details=False`` leaves the rule and the cross-validated AUC to the caller
+    (:func:`dl_details`), so that a narrow column shows both numbers before any long text.
     """
     _metric("Deep learning (ResNet50 patches)", "Mean patch probability (uncalibrated)", f"{dl.probability:.0%}")
-    sentence = spread_sentence(spread)
-    if sentence:
-        st.markdown(f"**Fold spread:** {sentence}")
-    st.caption(
+    headline = spread_headline(spread)
+    if headline:
+        st.markdown(f"**Fold spread:** {headline}", help=spread_sentence(spread))
+    if weights_warning:
+        st.caption(f":material/warning: {weights_warning}")
+    if details:
+        st.caption(dl_details(dl, performance))
+
+
+def dl_details(dl: CaseRisk, performance: str) -> str:
+    """What the deep-learning number is and how well the model separated patients, in sentences."""
+    return (
         f"The {dl.rule} over {dl.n_patches:,} patches ({dl.share_above:.0%} ≥ {dl.threshold:g}): it ranks "
         f"cases, it is not a calibrated risk. {performance}"
-        + (f" :material/warning: {weights_warning}" if weights_warning else "")
     )
 
 
@@ -193,9 +216,10 @@ def show_risks(
     spread: dict[str, Any] | None = None,
 ) -> None:
     """Deep-learning number beside (or, ``stacked``, above) the clinical risk, then the research-use notice once."""
-    if stacked:
-        show_dl_risk(dl, performance, weights_warning, spread)
+    if stacked:  # both numbers first: on a 1400 × 900 screen they must show together, without scrolling
+        show_dl_risk(dl, performance, weights_warning, spread, details=False)
         show_clinical_risk(clinical, n_category)
+        st.caption(f"**Deep-learning number:** {dl_details(dl, performance)}")
     else:
         left, right = st.columns(2)
         with left:

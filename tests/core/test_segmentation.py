@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
 
 import cv2
 import highdicom as hd
@@ -405,3 +406,16 @@ def test_exported_png_is_the_mask() -> None:
     assert decoded.shape == (100, 120) and decoded.dtype == np.uint8
     np.testing.assert_array_equal(decoded == 255, mask)
     assert set(np.unique(decoded)) == {0, 255}
+
+
+def test_nifti_with_a_singular_affine_is_one_sentence(study) -> None:
+    _datasets, _scan, series, tumour = study
+    data = bytearray(_nifti(series, tumour))
+    struct.pack_into("<hh", data, 252, 0, 1)  # qform_code 0, sform_code 1 …
+    struct.pack_into("<12f", data, 280, *([0.0] * 12))  # … and an all-zero sform
+    with pytest.raises(OutlineImportError) as caught:
+        import_nifti(bytes(data), series)
+    assert str(caught.value) == (
+        "The NIfTI file's geometry (its affine) cannot be inverted, so it cannot be placed on this series; re-export "
+        "it from the segmentation tool."
+    )

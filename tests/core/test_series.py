@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 from core.dicomref import uid_hash
 from core.errors import UploadRefusedError, UserFacingError
 from core.imaging import window_presets
-from core.series import contrast_of, decode_report, find_slice, load_series_slice, scan_upload
+from core.series import contrast_of, decode_report, find_slice, load_series_slice, scan_upload, series_label
 from tests.core.ct_series import as_files, original_hu, series_datasets, to_bytes, zip_of
 
 
@@ -225,6 +225,17 @@ def test_a_series_without_uid_is_still_listed() -> None:
             "no contrast tag is set and the description does not mention contrast",
         ),
         ({"ContrastBolusRoute": "IV"}, "Abdomen", True, "ContrastBolusRoute is 'IV'"),
+        # "C-A-P" is chest-abdomen-pelvis, and a phase word wins over a "plain" word beside it
+        ({}, "C-A-P PORTAL 5mm", True, "the description 'C-A-P PORTAL 5mm' mentions 'PORTAL'"),
+        ({}, "CT ABD/PELVIC-PORTAL VENOUS", True, "the description 'CT ABD/PELVIC-PORTAL VENOUS' mentions 'PORTAL'"),
+        ({}, "Thoracic-Abdomen arterial", True, "the description 'Thoracic-Abdomen arterial' mentions 'arterial'"),
+        ({}, "ABD C- 5mm", False, "the description 'ABD C- 5mm' says plain and no contrast tag is set"),
+        (
+            {},
+            "Non-contrast abdomen",
+            False,
+            "the description 'Non-contrast abdomen' says plain and no contrast tag is set",
+        ),
         (
             {"ContrastBolusVolume": "0"},
             "Abdomen",
@@ -310,3 +321,18 @@ def test_compressed_series_report_their_compression() -> None:
     assert scan.series[0].compression == "JPEG 2000 lossless" and scan.series[0].lossy is None
     np.testing.assert_array_equal(load_series_slice(scan, scan.series[0].key, 1).ct.pixels, original_hu() + 1)
     assert io  # keep import for readers
+
+
+def test_the_picker_says_plain_only_on_evidence() -> None:
+    from dataclasses import replace
+
+    scan = scan_upload([("export.zip", _two_series_zip())])
+    by_name = {s.description: s for s in scan.series}
+    plain, portal = by_name["Plain abdomen 5mm"], by_name["Portal venous"]
+    assert series_label(plain).endswith(" · plain") and series_label(portal).endswith(" · CONTRAST")
+    unrecorded = replace(
+        plain,
+        description="Abdomen 5mm",
+        contrast_evidence=contrast_of(series_datasets(1, description="Abdomen 5mm")[0])[1],
+    )
+    assert series_label(unrecorded).endswith(" · contrast not recorded")

@@ -22,6 +22,7 @@ from core.uncertainty import (
     offset_outline,
     outline_sensitivity,
     sensitivity_table,
+    spread_headline,
     spread_sentence,
 )
 from models.checkpoint import LoadedModel
@@ -173,6 +174,8 @@ def test_spread_sentence_reads_the_saved_form_and_names_a_split_decision() -> No
     agree = ensemble_spread(np.array([[0.2, 0.3]]), ["fold 1", "fold 2"]).to_dict()
     assert "both sides" not in spread_sentence(agree)
     assert spread_sentence(ensemble_spread(np.array([[0.4]]), ["model"]).to_dict()) is None
+    members = spread_sentence(ensemble_spread(np.array([[0.2, 0.3]]), ["member 1", "member 2"]).to_dict())
+    assert members.startswith("Across its 2 member networks: 20%–30%") and "cohort" not in members
     assert spread_sentence(None) is None
 
 
@@ -189,3 +192,12 @@ def test_sensitivity_table_has_units_and_says_why_a_row_has_no_risk() -> None:
     assert by_outline["2 mm tighter"]["patches"] == "—"
     assert "tighter" in by_outline["2 mm tighter"]["DL mean patch prob."]  # the note, not a blank
     assert by_outline["as drawn"]["fold models (min–max)"] == "—"  # one network: no range to show
+
+
+def test_spread_headline_is_short_and_keeps_the_split_decision() -> None:
+    split = ensemble_spread(np.array([[0.2, 0.45, 0.7]]), ["fold 1", "fold 2", "fold 3"]).to_dict()
+    assert spread_headline(split) == (
+        "Across its 3 fold models: 20%–70% (min–max); not a confidence interval. "
+        "They fall on both sides of the 0.5 decision threshold."
+    )
+    assert spread_headline(ensemble_spread(np.array([[0.4]]), ["model"]).to_dict()) is None

@@ -126,14 +126,18 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
 
 
 @contextmanager
-def browser_page(base: str, path: str = "") -> Iterator[Page]:
-    """A page of a fresh headless Chromium on the app at ``path``, once the Analyze page has rendered."""
+def browser_page(base: str, path: str = "", height: int = 2200) -> Iterator[Page]:
+    """A page of a fresh headless Chromium on the app at ``path``, once the Analyze page has rendered.
+
+    1400 px wide; tall (2200 px) by default so that tests need not scroll, except where the
+    layout on a real 1400 × 900 screen is what is tested.
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2200})
+            page = browser.new_page(viewport={"width": 1400, "height": height})
             page.goto(f"{base}/{path}")
             page.wait_for_selector("text=Analyze a case", timeout=60_000)
             yield page
@@ -291,6 +295,35 @@ def test_sample_case_with_a_fold_ensemble_shows_and_saves_its_spread_and_outline
     rows = uncertainty["sensitivity"]["rows"]
     assert [r["offset_mm"] for r in rows] == [-2.0, -1.0, 0.0, 1.0, 2.0]
     assert next(r for r in rows if r["offset_mm"] == 0)["risk"] == pytest.approx(analysis.dl_probability)
+
+
+def test_on_a_1400_by_900_screen_the_overlay_and_both_risks_are_visible_without_scrolling(
+    app_url: tuple[str, str],
+) -> None:
+    """Issue 7's layout: slice and outline on the left; the overlay and both risks together on the right."""
+    base, _ = app_url
+    with browser_page(base, height=900) as page:
+        page.get_by_role("button", name="Load sample").click()
+        page.wait_for_selector("text=largest diameter", timeout=60_000)
+        page.get_by_role("button", name="Analyze").click()
+        page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
+        page.wait_for_timeout(1_000)  # let the page settle after the rerun
+        scroller = page.locator("[data-testid=stMain]")
+        scroller.evaluate("element => element.scrollTo(0, 0)")
+        page.wait_for_timeout(300)
+        for text in (
+            "Heatmap opacity",  # above the overlay
+            "Per-patch probability of early recurrence",  # the overlay's caption, below it
+            "Mean patch probability (uncalibrated)",
+            "Fitted probability of early recurrence",
+        ):
+            box = page.get_by_text(text, exact=False).first.bounding_box()
+            assert box is not None, text
+            assert box["y"] >= 0 and box["y"] + box["height"] <= 900, (text, box)
+        canvas = page.locator("canvas").first.bounding_box()
+        overlay = page.get_by_text("Per-patch probability of early recurrence", exact=False).first.bounding_box()
+        assert canvas is not None and overlay is not None
+        assert canvas["x"] + canvas["width"] <= overlay["x"]  # outline on the left, results on the right
 
 
 @pytest.mark.parametrize(("path", "heading"), [("cases", "Saved cases"), ("model_card", "Model card")])
