@@ -703,13 +703,17 @@ def _source_stub(
     return ds
 
 
-def read_outline(name: str, data: bytes, image: SeriesSummary | CtSlice, shape: tuple[int, int]) -> ImportedOutline:
+def read_outline(
+    name: str, data: bytes, image: SeriesSummary | CtSlice, shape: tuple[int, int], segment: int | None = None
+) -> ImportedOutline:
     """Import an outline file whatever it is: DICOM SEG, NIfTI, or a PNG mask of the slice's size.
 
     Args:
         name: the file's name (only to recognise a gzipped NIfTI).
         image: the series (SEG and NIfTI are placed on its slices) or, without a series, the slice.
         shape: (rows, cols) of the slice on screen (a PNG mask goes on that slice).
+        segment: the SEG segment number or NIfTI label to import; ``None``: the default
+            (a segment named as a tumour / the highest label).
 
     Raises:
         OutlineImportError: not an outline file, or one that does not fit the image.
@@ -720,10 +724,10 @@ def read_outline(name: str, data: bytes, image: SeriesSummary | CtSlice, shape: 
         mask = import_png_mask(data, shape)
         return ImportedOutline(masks={0: mask}, default_index=0, shape=tuple(shape), how="PNG mask")
     if is_nifti(data, name):
-        return import_nifti(data, image)
+        return import_nifti(data, image, label=segment)
     header = read_header(data)
     if header is not None and (dicom_object_kind(header) or "").startswith("a DICOM segmentation"):
-        return import_seg(data, image)
+        return import_seg(data, image, segment=segment)
     raise OutlineImportError(
         "This file is not an outline this tool can import; use a DICOM SEG, a NIfTI file or a PNG mask."
     )

@@ -196,6 +196,15 @@ def import_outline(source: dict, series: SeriesSummary | None, ct: CtSlice, slot
         if in_upload:
             st.selectbox("An outline in this upload", ["—", *in_upload], key=f"outline_pick_{tag}")
         st.file_uploader("or an outline file", key=f"outline_file_{tag}")
+        segments = st.session_state.get("import_segments")
+        if segments and segments["tag"] == tag and len(segments["options"]) > 1:
+            # a Slicer SEG often holds the liver too; a label map several labels: the surgeon says which
+            st.selectbox(
+                "Segment used as the tumour (press Import outline again to change it)",
+                list(segments["options"]),
+                format_func=segments["options"].__getitem__,
+                key=f"outline_segment_{tag}",
+            )
         st.button("Import outline", key="import_outline", on_click=apply_import, args=(source, series, ct, slot))
         if st.session_state.get("import_error"):
             st.error(st.session_state.pop("import_error"))
@@ -215,10 +224,20 @@ def apply_import(source: dict, series: SeriesSummary | None, ct: CtSlice, slot: 
             name, data = picked, scan.file_bytes(index)
         else:
             raise UserFacingError("Choose an outline file, or one from this upload, then press Import outline.")
-        imported = read_outline(name, data, series or ct, ct.shape)
+        previous = st.session_state.get("import_segments")
+        same_file = bool(previous) and previous["tag"] == tag and previous["name"] == name
+        segment = st.session_state.get(f"outline_segment_{tag}") if same_file else None
+        imported = read_outline(name, data, series or ct, ct.shape, segment=segment)
     except UserFacingError as error:
         st.session_state["import_error"] = str(error)
         return
+    st.session_state["import_segments"] = {
+        "tag": tag,
+        "name": name,
+        "options": {s.number: s.title for s in imported.segments},
+    }
+    if imported.segment is not None:
+        st.session_state[f"outline_segment_{tag}"] = imported.segment
     view = canvas_view_for(ct.shape, CANVAS_WIDTH_PX)
     st.session_state["imported"] = imported.how
     if imported.segments == () and imported.how == "PNG mask":  # a 2-D mask: it belongs to the slice on screen

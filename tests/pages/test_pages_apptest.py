@@ -398,3 +398,29 @@ def test_a_fold_ensemble_shows_its_spread_and_the_outline_sensitivity_is_saved_a
     assert not cases.exception
     assert any(m.value.startswith("**Fold spread:** Across its 2 fold models") for m in cases.markdown)
     assert len(cases.dataframe) >= 1
+
+
+def test_an_imported_seg_with_a_liver_segment_lets_the_surgeon_pick_the_tumour_segment(app_env: None) -> None:
+    from core.series import upload_digest
+    from tests.core.ct_series import as_files, series_datasets
+    from tests.core.test_segmentation import _seg
+
+    datasets = series_datasets(3)
+    tumour = np.zeros((3, 128, 128), bool)
+    tumour[1, 40:80, 40:90] = True
+    files = [*as_files(datasets, seed=2), ("outline.dcm", _seg(datasets, tumour))]
+    tag = upload_digest(files)[:12]
+    at = _page("analyze.py")
+    at.session_state["case_source"] = {"name": "4 files", "files": files, "hash": upload_digest(files)}
+    at.run()
+    [pick] = [s for s in at.selectbox if s.key == f"outline_pick_{tag}"]
+    pick.set_value(next(o for o in pick.options if o.startswith("outline.dcm"))).run()
+    at.button(key="import_outline").click().run()
+    assert not at.exception
+    assert any("segment 2: Tumor" in c.value for c in at.caption)  # the segment named as a tumour by default
+    segment = at.selectbox(key=f"outline_segment_{tag}")
+    assert segment.value == 2 and len(segment.options) == 2
+    segment.set_value(1).run()
+    at.button(key="import_outline").click().run()
+    assert not at.exception
+    assert any("segment 1: Liver" in c.value for c in at.caption)
