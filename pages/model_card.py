@@ -21,6 +21,14 @@ if model.weights_warning:
 st.markdown(f"**{model.name}** · file `{model.path.name}` · sha256 `{model.sha256}`")
 st.markdown(f"**Trained on:** {model.training_data}")
 st.markdown(f"**Preprocessing:** {model.preprocess.describe()}")
+if card.get("deployable"):
+    st.markdown(f"**Deployed as:** {card['deployable']}")
+engine_now = model.engine.describe() if model.engine else model.engine_name
+st.markdown(
+    f"**Inference engine on this machine:** {engine_now}",
+    help="Chosen by measuring this machine's backends once (make demo-model or python -m core.engine) and "
+    "checking each network against fp32 (max |Δp| ≤ 0.02 on a fixed case); until it is ready, plain fp32 runs.",
+)
 st.markdown(f"**Intended use:** {card.get('intended_use', RESEARCH_NOTICE)}")
 
 metrics = card.get("cv_metrics")

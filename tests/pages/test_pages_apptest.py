@@ -238,6 +238,7 @@ def test_model_card_leads_with_patient_level(app_env: None) -> None:
     assert any("Untrained (random) weights" in w.value for w in at.warning)
     assert any("untrained test model" in m.value for m in at.markdown)
     assert any("no cross-validation results" in i.value for i in at.info)
+    assert any(m.value.startswith("**Inference engine on this machine:** torch") for m in at.markdown)
 
 
 def test_no_model_installed_is_said_plainly(app_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
