@@ -545,10 +545,13 @@ _CONTRAST_WORDS = re.compile(
     r"\bnephrographic\b|\bcect\b|\bkm\b|造影)",
     re.IGNORECASE,
 )
-# "C-" only standing alone ("ABD C- 5mm"): "C-A-P" is chest-abdomen-pelvis, not "without contrast".
+# A negation absorbs the contrast word it negates ("W/O CONTRAST", "non-contrast enhanced", "ohne KM"), so
+# that what is left after removing the plain phrases holds a contrast word only if one was really named.
+_NEGATED_CONTRAST = r"\b(?:non|w/?o|without|no|ohne|pre)[- ]?(?:iv[- ]?)?(?:contrast|con|enhanced?|km)\b(?:[- ](?:enhanced?|contrast)\b)?"
+# "C-" only standing alone ("ABD C- 5mm", "CAP(C-)"): "C-A-P" is chest-abdomen-pelvis, not "without contrast".
 _PLAIN_WORDS = re.compile(
-    r"(\bnon[- ]?contrast\b|\bplain\b|\bunenhanced\b|\bnon[- ]?enhanced\b|\bw/?o\b|\bwithout\b|\bnative?\b|"
-    r"\bpre[- ]?contrast\b|\bnc\b|\bc-(?=\s|$)|単純)",
+    rf"({_NEGATED_CONTRAST}|\bplain\b|\bunenhanced\b|\bnative?\b|\bnect\b|\bnc\b|\bw/?o\b|\bwithout\b|"
+    r"\bc-(?=[\s.,;)]|$)|単純)",
     re.IGNORECASE,
 )
 NO_CONTRAST_EVIDENCE = "no contrast tag is set and the description does not mention contrast"

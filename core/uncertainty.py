@@ -353,7 +353,7 @@ def sensitivity_table(sensitivity: dict[str, Any]) -> list[dict[str, str]]:
                 "area (mm²)": f"{row['area_mm2']:,.0f}",
                 "patches": f"{row['n_patches']:,}" if row["risk"] is not None else "—",
                 "DL mean patch prob.": f"{row['risk']:.0%}" if row["risk"] is not None else (row["note"] or "—"),
-                "fold models (min–max)": (f"{min(members):.0%}–{max(members):.0%}" if len(members) > 1 else "—"),
+                "networks (min–max)": (f"{min(members):.0%}–{max(members):.0%}" if len(members) > 1 else "—"),
             }
         )
     return rows

@@ -224,30 +224,37 @@ def apply_import(source: dict, series: SeriesSummary | None, ct: CtSlice, slot: 
             name, data = picked, scan.file_bytes(index)
         else:
             raise UserFacingError("Choose an outline file, or one from this upload, then press Import outline.")
-        previous = st.session_state.get("import_segments")
-        same_file = bool(previous) and previous["tag"] == tag and previous["name"] == name
+        digest = hashlib.sha256(data).hexdigest()
+        previous = st.session_state.get("import_segments") or {}
+        # the segment picked applies to the same file only (by content: Slicer names every export alike)
+        same_file = previous.get("tag") == tag and previous.get("digest") == digest
         segment = st.session_state.get(f"outline_segment_{tag}") if same_file else None
         imported = read_outline(name, data, series or ct, ct.shape, segment=segment)
     except UserFacingError as error:
         st.session_state["import_error"] = str(error)
         return
-    st.session_state["import_segments"] = {
-        "tag": tag,
-        "name": name,
-        "options": {s.number: s.title for s in imported.segments},
-    }
-    if imported.segment is not None:
-        st.session_state[f"outline_segment_{tag}"] = imported.segment
     view = canvas_view_for(ct.shape, CANVAS_WIDTH_PX)
     st.session_state["imported"] = imported.how
     if imported.segments == () and imported.how == "PNG mask":  # a 2-D mask: it belongs to the slice on screen
-        set_outline(slot, imported.mask(0), view)
-        return
-    if series is not None and series.slice_count > 1:
-        st.session_state[f"slice_{tag}_{series.key}"] = imported.default_index + 1
-    base = slot.rsplit(":", 1)[0]
-    for index, mask in imported.masks.items():
-        set_outline(f"{base}:{index}", mask, view)
+        slots = {slot: imported.mask(0)}
+    else:
+        if series is not None and series.slice_count > 1:
+            st.session_state[f"slice_{tag}_{series.key}"] = imported.default_index + 1
+        base = slot.rsplit(":", 1)[0]
+        slots = {f"{base}:{index}": mask for index, mask in imported.masks.items()}
+    if previous.get("tag") == tag:  # slices the previous import outlined and this one does not: no stale outline
+        for stale in set(previous.get("slots", ())) - set(slots):
+            clear_outline(stale)
+    for target, mask in slots.items():
+        set_outline(target, mask, view)
+    st.session_state["import_segments"] = {
+        "tag": tag,
+        "digest": digest,
+        "options": {s.number: s.title for s in imported.segments},
+        "slots": list(slots),
+    }
+    if imported.segment is not None:
+        st.session_state[f"outline_segment_{tag}"] = imported.segment
 
 
 def calibration_inputs(ct: CtSlice, source_hash: str) -> CtSlice:
@@ -367,6 +374,11 @@ def export_buttons(mask: np.ndarray, ct: CtSlice) -> None:
     """Download the outline as DICOM SEG (referencing its source slice, for 3D Slicer) and as PNG."""
     seg_col, png_col = st.columns(2)
     # a SEG needs the slice's frame of reference (export_seg refuses without one): no button that cannot work
+    if ct.source_ref is not None and ct.source_ref.geometry is not None and not ct.source_ref.frame_of_reference_uid:
+        seg_col.caption(
+            "No DICOM SEG export: this slice has no frame of reference (FrameOfReferenceUID), which a SEG needs "
+            "to be placed on the series; the PNG export works."
+        )
     if ct.source_ref is not None and ct.source_ref.geometry is not None and ct.source_ref.frame_of_reference_uid:
         seg_col.download_button(
             "Outline as DICOM SEG",

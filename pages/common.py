@@ -64,10 +64,12 @@ def _cached_model(path: str, mtime_ns: int) -> LoadedModel:
 
     The measured ranking of backends comes from ``make demo-model`` / ``python -m core.engine``;
     the dashboard never measures (a minute of both cores), it only builds and checks the chosen
-    backend, while the default fp32 engine answers.
+    backend, while the default fp32 engine answers. Once a converted engine runs, the torch
+    copies of the weights are dropped (about 100 MB per network); a result still on screen
+    keeps the engine it was computed with, and with it the networks that engine needs.
     """
     model = load_checkpoint(Path(path))
-    prepare_engine_in_background(model, measure=False, release=False)
+    prepare_engine_in_background(model, measure=False, release=True)
     return model
 
 
@@ -176,7 +178,8 @@ def show_dl_risk(
     _metric("Deep learning (ResNet50 patches)", "Mean patch probability (uncalibrated)", f"{dl.probability:.0%}")
     headline = spread_headline(spread)
     if headline:
-        st.markdown(f"**Fold spread:** {headline}", help=spread_sentence(spread))
+        folds = all(str(name).startswith("fold ") for name in spread.get("names", ()))
+        st.markdown(f"**{'Fold spread' if folds else 'Spread'}:** {headline}", help=spread_sentence(spread))
     if weights_warning:
         st.caption(f":material/warning: {weights_warning}")
     if details:

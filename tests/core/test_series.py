@@ -336,3 +336,25 @@ def test_the_picker_says_plain_only_on_evidence() -> None:
         contrast_evidence=contrast_of(series_datasets(1, description="Abdomen 5mm")[0])[1],
     )
     assert series_label(unrecorded).endswith(" · contrast not recorded")
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        "ABDOMEN W/O CONTRAST",
+        "CT ABDOMEN WITHOUT CONTRAST",
+        "WO CONTRAST",
+        "W/O IV contrast",
+        "Non-Contrast Enhanced",
+        "native ohne KM",
+        "NECT abdomen",
+        "NON-CON 5mm",
+        "No contrast",
+        "CAP C-",
+        "ABD(C-)",
+    ],
+)
+def test_a_negated_contrast_word_says_plain(description: str) -> None:
+    """The commonest plain-CT descriptions name contrast only to negate it: never a contrast warning."""
+    given, evidence = contrast_of(series_datasets(1, description=description)[0])
+    assert not given and evidence.endswith("says plain and no contrast tag is set")

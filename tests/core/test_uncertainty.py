@@ -191,7 +191,7 @@ def test_sensitivity_table_has_units_and_says_why_a_row_has_no_risk() -> None:
     assert by_outline["as drawn"]["area (mm²)"] == f"{drawn['area_mm2']:,.0f}"
     assert by_outline["2 mm tighter"]["patches"] == "—"
     assert "tighter" in by_outline["2 mm tighter"]["DL mean patch prob."]  # the note, not a blank
-    assert by_outline["as drawn"]["fold models (min–max)"] == "—"  # one network: no range to show
+    assert by_outline["as drawn"]["networks (min–max)"] == "—"  # one network: no range to show
 
 
 def test_spread_headline_is_short_and_keeps_the_split_decision() -> None:

@@ -425,3 +425,9 @@ def test_an_imported_seg_with_a_liver_segment_lets_the_surgeon_pick_the_tumour_s
     at.button(key="import_outline").click().run()
     assert not at.exception
     assert any("segment 1: Liver" in c.value for c in at.caption)
+    outlined = sorted(int(slot.rsplit(":", 1)[1]) for slot in at.session_state["initial_outlines"])
+    assert outlined == [0, 1, 2]  # the liver is on every slice
+    at.selectbox(key=f"outline_segment_{tag}").set_value(2).run()
+    at.button(key="import_outline").click().run()
+    outlined = sorted(int(slot.rsplit(":", 1)[1]) for slot in at.session_state["initial_outlines"])
+    assert outlined == [1]  # back to the tumour: the liver's outlines on the other slices are gone
