@@ -166,6 +166,8 @@ def dicom_bytes(patient: PhantomPatient, seed: int = 0) -> bytes:
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[patient.key, str(seed), "study"])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[patient.key, str(seed), "series"])
+    # as on a real CT: the frame of reference lets an outline exported as DICOM SEG be placed on the series
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[patient.key, str(seed), "frame"])
     ds.Modality = "CT"
     ds.PatientID = patient.key
     ds.PatientName = ""

@@ -605,6 +605,11 @@ with right:
     with overlay_col:
         show_overlay(display, analysis.pmap, mask, analysis.coverage, key="analyze")
     with risks_col:
+        # the cautions about the input stay with the number they qualify, not only beside the series picker
+        if series is not None and series.contrast_given:
+            st.warning("This risk comes from a contrast series; the model was trained on plain CT.")
+        if raw.lossy is not None:
+            st.warning(f"This risk comes from a slice stored with {raw.lossy}: its HU are approximate.")
         show_risks(
             analysis.dl_risk,
             performance_sentence(model.card),

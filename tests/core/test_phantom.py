@@ -53,3 +53,23 @@ def test_manifest_marks_every_row_synthetic(tmp_path: Path) -> None:
     assert list(rows[0]) == list(MANIFEST_COLUMNS) and "data_source" in MANIFEST_COLUMNS
     assert {row["data_source"] for row in rows} == {"synthetic"}
     assert DATA_SOURCES["synthetic"] == "synthetic phantoms"
+
+
+def test_the_sample_outline_exports_as_a_seg_that_reads_back_exactly() -> None:
+    """The sample has a frame of reference, as a real CT does: its outline can be exported as DICOM SEG."""
+    import io
+
+    import highdicom as hd
+
+    from core.phantom import sample_case
+    from core.roi import mask_from_outlines
+    from core.segmentation import export_seg
+
+    sample = sample_case()
+    ct = load_slice(sample.dicom_bytes)
+    assert ct.source_ref is not None and ct.source_ref.frame_of_reference_uid
+    mask = mask_from_outlines([sample.outline_xy], sample.shape)
+    seg = hd.seg.segread(io.BytesIO(export_seg(mask, ct.source_ref)))
+    pixels = seg.get_pixels_by_source_instance([ct.source_ref.sop_uid], segment_numbers=[1])
+    np.testing.assert_array_equal(pixels[0, :, :, 0].astype(bool), mask)
+    assert seg.FrameOfReferenceUID == ct.source_ref.frame_of_reference_uid

@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import db
 from core.phantom import sample_case
+from core.roi import canvas_view_for
 from pages.common import CANVAS_WIDTH_PX, SHELL_FLAG, content_hash, input_key, sample_session_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -431,3 +432,25 @@ def test_an_imported_seg_with_a_liver_segment_lets_the_surgeon_pick_the_tumour_s
     at.button(key="import_outline").click().run()
     outlined = sorted(int(slot.rsplit(":", 1)[1]) for slot in at.session_state["initial_outlines"])
     assert outlined == [1]  # back to the tumour: the liver's outlines on the other slices are gone
+
+
+def test_a_risk_from_a_contrast_series_carries_the_warning_beside_it(app_env: None) -> None:
+    from core.outline import mask_to_fabric
+    from core.roi import FABRIC_VERSION
+    from core.series import scan_upload, upload_digest
+    from tests.core.ct_series import as_files, series_datasets
+
+    files = as_files(series_datasets(3, description="Arterial phase", contrast=True), seed=5)
+    digest = upload_digest(files)
+    yy, xx = np.mgrid[0:128, 0:128] + 0.5
+    tumour = (yy - 60) ** 2 + (xx - 70) ** 2 <= 26**2
+    view = canvas_view_for((128, 128), CANVAS_WIDTH_PX)
+    slot = f"{digest[:12]}:{scan_upload(files).ct_series[0].key}:1"  # the middle slice, where the slider starts
+    at = _page("analyze.py")
+    at.session_state["case_source"] = {"name": "3 files", "files": files, "hash": digest}
+    at.session_state["initial_outlines"] = {slot: {"version": FABRIC_VERSION, "objects": mask_to_fabric(tumour, view)}}
+    _analyze(at.run())
+    assert not at.exception and _metric(at, DL_LABEL).endswith("%")
+    assert any(
+        w.value == "This risk comes from a contrast series; the model was trained on plain CT." for w in at.warning
+    )
