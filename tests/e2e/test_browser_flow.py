@@ -154,8 +154,21 @@ def _pixel_centre_mask(polygon_xy: np.ndarray, shape: tuple[int, int]) -> np.nda
     )
 
 
+def _idle(page: Page, timeout_ms: int = 180_000) -> None:
+    """Wait until the app's script has finished its run.
+
+    Streamlit keeps the previous run's elements on screen (stale) while a rerun builds the new
+    ones: a click then can land on an element about to be replaced and be lost, or a locator
+    can match both copies. Every click in these tests waits for a finished run first.
+    """
+    page.wait_for_selector(
+        "[data-testid=stApp][data-test-script-state=notRunning]", state="attached", timeout=timeout_ms
+    )
+
+
 def _choose(page: Page, label: str, option: str) -> None:
     """Pick ``option`` in the Streamlit selectbox labelled ``label``."""
+    _idle(page)
     page.locator("[data-testid=stSelectbox]").filter(has_text=label).click()
     page.get_by_role("option", name=option, exact=True).click()
 
@@ -175,6 +188,7 @@ def test_outline_analyze_then_inputs_are_saved_as_shown(app_url: tuple[str, str]
             page.mouse.click(box["x"] + x, box["y"] + y)
             page.wait_for_timeout(250)
         page.wait_for_selector("text=largest diameter", timeout=30_000)
+        _idle(page)
         page.get_by_role("button", name="Analyze").click()
         page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
         expect(page.get_by_text("Clinical model (N category unknown)")).to_be_visible()
@@ -186,8 +200,10 @@ def test_outline_analyze_then_inputs_are_saved_as_shown(app_url: tuple[str, str]
         page.get_by_label("Tumour size (mm)", exact=True).press("Enter")
         _choose(page, "Tumour number", "solitary")
         page.wait_for_timeout(1_000)
+        _idle(page)
         page.get_by_role("button", name="Save case").click()
         page.wait_for_selector("text=Saved as case", timeout=30_000)
+        _idle(page)
         page.get_by_role("button", name="Save case").click()
         page.wait_for_selector("text=Already saved as case", timeout=30_000)
 
@@ -218,6 +234,7 @@ def test_sample_replaces_an_upload_and_clearing_the_canvas_clears_the_outline(ap
     with browser_page(base) as page:
         page.locator("input[type=file]").first.set_input_files(get_testdata_file("CT_small.dcm"))
         expect(page.get_by_text("CT_small.dcm")).to_be_visible(timeout=30_000)
+        _idle(page)
         page.get_by_role("button", name="Load sample").click()
         page.wait_for_selector("text=largest diameter", timeout=60_000)
         expect(page.get_by_text("CT_small.dcm")).to_have_count(0)  # the uploader let go of the upload
@@ -225,6 +242,7 @@ def test_sample_replaces_an_upload_and_clearing_the_canvas_clears_the_outline(ap
         page.get_by_label("Tumour size (mm)", exact=True).press("Enter")
         page.wait_for_timeout(1_500)
         expect(page.get_by_text("1,851 mm²", exact=False)).to_be_visible()
+        _idle(page)
         page.get_by_role("button", name="Clear outline").click()
         expect(page.get_by_text("No tumour outline yet", exact=False)).to_be_visible(timeout=30_000)
         expect(page.get_by_role("button", name="Analyze")).to_be_disabled()
@@ -244,6 +262,7 @@ def test_resetting_a_drawn_outline_leaves_no_outline(app_url: tuple[str, str]) -
             page.mouse.click(box["x"] + x, box["y"] + y)
             page.wait_for_timeout(250)
         page.wait_for_selector("text=largest diameter", timeout=30_000)
+        _idle(page)
         page.get_by_role("button", name="Reset canvas & history").click()
         expect(page.get_by_text("No tumour outline yet", exact=False)).to_be_visible(timeout=30_000)
         expect(page.get_by_role("button", name="Analyze")).to_be_disabled()
@@ -261,16 +280,20 @@ def test_sample_case_with_a_fold_ensemble_shows_and_saves_its_spread_and_outline
 
     base, db_url = ensemble_app_url
     with browser_page(base) as page:
+        _idle(page)
         page.get_by_role("button", name="Load sample").click()
         page.wait_for_selector("text=largest diameter", timeout=60_000)
+        _idle(page)
         page.get_by_role("button", name="Analyze").click()
         page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
         expect(page.get_by_text("not available", exact=True)).to_be_visible()  # N category left unknown
         expect(page.get_by_text("Across its 2 fold models", exact=False)).to_be_visible()
+        _idle(page)
         page.get_by_role("button", name="Outline sensitivity (±1 and ±2 mm)").click()
         page.wait_for_selector("text=Outline sensitivity:", timeout=180_000)
         table = page.locator("[data-testid=stDataFrame]").filter(has_text="")
         expect(table.first).to_be_visible()
+        _idle(page)
         page.get_by_role("button", name="Save case").click()
         page.wait_for_selector("text=Saved as case", timeout=30_000)
         page.get_by_role("link", name="Cases").first.click()
@@ -303,8 +326,10 @@ def test_on_a_1400_by_900_screen_the_overlay_and_both_risks_are_visible_without_
     """Issue 7's layout: slice and outline on the left; the overlay and both risks together on the right."""
     base, _ = app_url
     with browser_page(base, height=900) as page:
+        _idle(page)
         page.get_by_role("button", name="Load sample").click()
         page.wait_for_selector("text=largest diameter", timeout=60_000)
+        _idle(page)
         page.get_by_role("button", name="Analyze").click()
         page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
         page.wait_for_timeout(1_000)  # let the page settle after the rerun
@@ -371,19 +396,24 @@ def test_zip_with_two_shuffled_series_pick_slice_import_seg_analyze_save(
         page.locator("input[type=file]").first.set_input_files(str(archive))
         page.wait_for_selector("text=Series", timeout=60_000)
         expect(page.get_by_text("taken with contrast")).to_be_visible()  # the first listed is the contrast one
+        _idle(page)
         page.locator("[data-testid=stSelectbox]").filter(has_text="Series").click()
         page.get_by_role("option", name=re.compile("Plain abdomen")).click()
         expect(page.get_by_text("Slice 3 of 5", exact=False)).to_be_visible(timeout=30_000)
         page.get_by_role("slider").first.focus()
         page.keyboard.press("ArrowLeft")  # move to another slice
         expect(page.get_by_text("Slice 2 of 5", exact=False)).to_be_visible(timeout=30_000)
+        _idle(page)
         page.locator("[data-testid=stSelectbox]").filter(has_text="An outline in this upload").click()
         page.get_by_role("option", name=re.compile("SEG0001")).click()
+        _idle(page)
         page.get_by_role("button", name="Import outline").click()
         expect(page.get_by_text("Slice 4 of 5", exact=False)).to_be_visible(timeout=30_000)
         expect(page.get_by_text("Imported outline: DICOM SEG", exact=False)).to_be_visible()
+        _idle(page)
         page.get_by_role("button", name="Analyze").click()
         page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
+        _idle(page)
         page.get_by_role("button", name="Save case").click()
         page.wait_for_selector("text=Saved as case", timeout=30_000)
 
