@@ -154,6 +154,32 @@ def _inspect_upload(files: list[tuple[str, bytes]], source: str, args: argparse.
     return 0
 
 
+def cmd_clinical(args: argparse.Namespace) -> int:
+    from core.clinical import model_summary, paper_model
+
+    summary = model_summary(paper_model())
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    low, high = summary["odds_ratio_ci"]
+    print(f"{summary['model']}, fitted to {summary['fitted_to']}")
+    print(
+        f"odds ratio N1 vs N0: {summary['odds_ratio']:.3f} (95% CI {low:.3f}–{high:.3f}), Wald p = {summary['wald_p']:.4f}"
+    )
+    for category, risk in summary["risk"].items():
+        r_low, r_high = summary["risk_ci"][category]
+        print(f"risk of early recurrence, {category}: {risk:.1%} (95% CI {r_low:.1%}–{r_high:.1%})")
+    return 0
+
+
+def cmd_table1(args: argparse.Namespace) -> int:
+    from core.table1 import format_table1, table1_from_csv
+
+    table = table1_from_csv(Path(args.cohort), args.group)
+    print(json.dumps(table.to_dict()) if args.json else format_table1(table))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="iCCA early-recurrence research tool")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure inference speed against the fp32 eager baseline, in one run")
     bench.add_arguments(p)
     p.set_defaults(handler=bench.cmd_bench)
+
+    p = sub.add_parser("clinical", help="the N-category logistic regression: odds ratio, risks and their 95% CIs")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(handler=cmd_clinical)
+
+    p = sub.add_parser("table1", help="the paper's Table 1 for a cohort CSV: two groups compared variable by variable")
+    p.add_argument("--cohort", required=True, help="CSV, one row per patient, a header row")
+    p.add_argument("--group", required=True, help="the column holding the two groups (e.g. early_recurrence)")
+    p.add_argument("--json", action="store_true", help='one JSON object: {"variables": {NAME: {"test", "p_value", …}}}')
+    p.set_defaults(handler=cmd_table1)
 
     analysis_cli.register(sub)
     figures.register(sub)

@@ -75,6 +75,13 @@ class NCategoryLogisticRegression:
         se = float(np.sqrt(self.covariance_[1, 1]))
         return float(np.exp(self.coef_[1] - Z_95 * se)), float(np.exp(self.coef_[1] + Z_95 * se))
 
+    def wald_p(self) -> float:
+        """Two-sided p of the Wald test that the N1 coefficient is 0 (``(b1 / se)²`` against χ² with 1 df)."""
+        from scipy import stats
+
+        z = float(self.coef_[1] / np.sqrt(self.covariance_[1, 1]))
+        return float(stats.chi2.sf(z * z, df=1))
+
     def predict_proba_n1(self, n1: np.ndarray) -> np.ndarray:
         """(n,) probabilities for (n,) 0/1 N1 indicators."""
         x = np.column_stack([np.ones(len(n1)), np.asarray(n1, dtype=np.float64)])
@@ -135,3 +142,17 @@ UNKNOWN_N_REASON = (
 
 def _sigmoid(z: np.ndarray | float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def model_summary(model: NCategoryLogisticRegression) -> dict[str, object]:
+    """What ``python -m core clinical --json`` prints: OR with its Wald 95% CI, risk and CI per category, Wald p."""
+    risks = {category: model.risk(category) for category in N_CATEGORIES}
+    return {
+        "model": "logistic regression on UICC N category (N1 vs N0)",
+        "fitted_to": "the paper's Table 1 counts (41 patients)",
+        "odds_ratio": model.odds_ratio_,
+        "odds_ratio_ci": list(model.odds_ratio_ci()),
+        "risk": {category: r.probability for category, r in risks.items()},
+        "risk_ci": {category: [r.ci_low, r.ci_high] for category, r in risks.items()},
+        "wald_p": model.wald_p(),
+    }
