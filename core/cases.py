@@ -16,6 +16,7 @@ from core import db, provenance
 from core.clinical import ClinicalRisk
 from core.heatmap import probability_map
 from core.inference import CaseRisk
+from core.outcomes import FollowUp
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class CaseSummary:
     roi_area_px: int
     roi_area_mm2: float | None
     analyses: tuple[AnalysisSummary, ...]
+    outcome: FollowUp | None = None  # the newest recorded follow-up (core.outcomes)
 
     @property
     def latest(self) -> AnalysisSummary | None:
@@ -125,11 +127,19 @@ def _case_summary(case: db.Case) -> CaseSummary:
         roi_area_px=case.roi_area_px,
         roi_area_mm2=case.roi_area_mm2,
         analyses=tuple(_analysis_summary(case, a) for a in case.analyses),
+        outcome=_newest_outcome(case),
     )
 
 
+def _newest_outcome(case: db.Case) -> FollowUp | None:
+    if not case.outcomes:
+        return None
+    row = max(case.outcomes, key=lambda o: o.id)
+    return FollowUp(days_to_recurrence=row.days_to_recurrence, days_followed=row.days_followed)
+
+
 def list_case_summaries(session: Session) -> list[CaseSummary]:
-    """Every saved case, newest first, in two queries whatever the number of cases."""
+    """Every saved case, newest first, in three queries whatever the number of cases."""
     return [_case_summary(case) for case in db.list_cases(session)]
 
 

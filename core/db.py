@@ -37,6 +37,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
 
 from core import arrays
+from core.outcomes import FollowUp
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL_ENV = "ICCA_DATABASE_URL"
@@ -326,8 +327,12 @@ def add_analysis(case: Case, new: NewAnalysis) -> Analysis:
 
 
 def list_cases(session: Session) -> list[Case]:
-    """All cases, newest first, with their analyses loaded in one extra query (not one per row)."""
-    query = select(Case).options(selectinload(Case.analyses)).order_by(Case.created_at.desc(), Case.id.desc())
+    """All cases, newest first, with their analyses and outcomes loaded in one extra query each (not one per row)."""
+    query = (
+        select(Case)
+        .options(selectinload(Case.analyses), selectinload(Case.outcomes))
+        .order_by(Case.created_at.desc(), Case.id.desc())
+    )
     return list(session.scalars(query))
 
 
@@ -437,3 +442,46 @@ def delete_case(session: Session, case_id: int) -> DeletedCase | None:
     )
     session.delete(case)
     return deleted
+
+
+def latest_outcome(session: Session, case_id: int) -> FollowUp | None:
+    """The case's current follow-up (its newest outcome row), or ``None`` when none was recorded."""
+    row = session.scalars(select(Outcome).where(Outcome.case_id == case_id).order_by(Outcome.id.desc())).first()
+    if row is None:
+        return None
+    return FollowUp(days_to_recurrence=row.days_to_recurrence, days_followed=row.days_followed)
+
+
+def record_outcome(session: Session, case_id: int, follow_up: FollowUp) -> bool:
+    """Record a case's follow-up; a change adds a row (the old ones stay) and an audit event. Caller commits.
+
+    The audit event holds the old and the new intervals and status, never dates.
+
+    Returns:
+        Whether anything changed (recording the same follow-up again does nothing).
+
+    Raises:
+        LookupError: no such case (deleted meanwhile).
+    """
+    case = session.get(Case, case_id)
+    if case is None:
+        raise LookupError(f"no case {case_id}")
+    old = latest_outcome(session, case_id)
+    if old == follow_up:
+        return False
+    session.add(
+        Outcome(
+            case_id=case_id,
+            early_recurrence=follow_up.early_recurrence,
+            days_to_recurrence=follow_up.days_to_recurrence,
+            days_followed=follow_up.days_followed,
+        )
+    )
+    session.add(
+        AuditEvent(
+            action="outcome_recorded",
+            case_key=case.case_key,
+            detail={"old": old.to_dict() if old else None, "new": follow_up.to_dict()},
+        )
+    )
+    return True

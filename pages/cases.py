@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import date
 
 import streamlit as st
 from sqlalchemy.orm import Session
@@ -11,6 +12,7 @@ from core import db
 from core.analysis import outline_coverage
 from core.cases import AnalysisSummary, CaseSummary, SavedCase, list_case_summaries, load_saved_case
 from core.imaging import CtSlice, display_image
+from core.outcomes import OutcomeError, follow_up_from_dates
 from pages.common import (
     DATABASE_DOWN,
     engine,
@@ -43,6 +45,7 @@ def case_row(case: CaseSummary) -> dict[str, object]:
         "clinical risk": f"{latest.clinical_risk.probability:.0%}" if latest and latest.clinical_risk else "n/a",
         "model": latest.model_name if latest else "—",
         "weights": ("patients" if latest.weights_warning is None else "NOT patients") if latest else "—",
+        "outcome": case.outcome.status if case.outcome else "not recorded",
     }
 
 
@@ -92,6 +95,68 @@ def show_case(saved: SavedCase) -> None:
         if sensitivity:
             show_sensitivity(sensitivity)
     analysis_details(summary.analyses)
+
+
+def outcome_section(summary: CaseSummary) -> None:
+    """Record the follow-up from dates; only the intervals are kept (see core.outcomes)."""
+    key = f"{summary.case_id}"
+    with st.expander("Follow-up outcome", expanded=True):
+        if summary.outcome:
+            st.markdown(f"**Recorded:** {summary.outcome.describe()}")
+        else:
+            st.caption("No follow-up recorded yet: this case does not enter a local validation.")
+        today = date.today()
+        surgery_col, event_col, when_col = st.columns(3)
+        surgery = surgery_col.date_input(
+            "Date of surgery", value=None, max_value=today, min_value=date(1990, 1, 1), key=f"surgery_{key}"
+        )
+        event = event_col.radio(
+            "Follow-up", ["recurrence", "no recurrence so far"], key=f"event_{key}", horizontal=True
+        )
+        when = when_col.date_input(
+            "Date of recurrence" if event == "recurrence" else "Last follow-up without recurrence",
+            value=None,
+            max_value=today,
+            min_value=date(1990, 1, 1),
+            key=f"when_{key}",
+        )
+        st.caption(
+            "Early recurrence means recurrence within 365 days of surgery; followed fewer than 365 days without "
+            "recurrence is unknown, never negative. Only the intervals in days are stored, not the dates."
+        )
+        if st.button("Save outcome", key=f"save_outcome_{key}"):
+            save_outcome(
+                summary,
+                surgery,
+                when if event == "recurrence" else None,
+                when if event != "recurrence" else None,
+                today,
+            )
+
+
+def save_outcome(
+    summary: CaseSummary, surgery: date | None, recurrence: date | None, last_follow_up: date | None, today: date
+) -> None:
+    try:
+        follow_up = follow_up_from_dates(surgery, recurrence, last_follow_up, today)
+    except OutcomeError as error:
+        st.error(str(error))
+        return
+    try:
+        with Session(engine()) as session:
+            changed = db.record_outcome(session, summary.case_id, follow_up)
+            session.commit()
+    except LookupError:
+        st.warning("This case was deleted meanwhile; nothing was recorded.")
+        return
+    except Exception as error:
+        log.error("recording an outcome failed: %s", type(error).__name__)
+        st.error(DATABASE_DOWN)
+        return
+    st.session_state["outcome_note"] = (
+        f"Outcome recorded: {follow_up.describe()}" if changed else "That outcome was already recorded."
+    )
+    st.rerun()
 
 
 def delete_section(summary: CaseSummary) -> None:
@@ -150,4 +215,7 @@ if saved is None:
     st.warning("This case was deleted meanwhile.")
     st.stop()
 show_case(saved)
+if "outcome_note" in st.session_state:
+    st.success(st.session_state.pop("outcome_note"))
+outcome_section(saved.summary)
 delete_section(saved.summary)

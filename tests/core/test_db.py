@@ -153,7 +153,7 @@ def test_case_list_loads_analyses_without_a_query_per_row(engine) -> None:
     with Session(engine) as session:
         summaries = list_case_summaries(session)
     assert len(summaries) == 5 and all(s.latest.training_data == "untrained" for s in summaries)
-    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 2
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 3  # cases, analyses, outcomes
 
 
 def test_migration_0002_maps_first_release_provenance_to_training_data(engine) -> None:
@@ -243,3 +243,37 @@ def test_migration_0004_adds_uncertainty_and_keeps_older_analyses(engine) -> Non
         [summary] = list_case_summaries(session)
     assert summary.case_key == "P-before-0004" and summary.analyses[-1].uncertainty is None
     assert summary.analyses[-1].dl_risk.probability == 0.7
+
+
+def test_an_outcome_change_adds_a_row_and_an_audit_event_with_old_and_new_intervals(engine) -> None:
+    from core.cases import list_case_summaries
+    from core.outcomes import FollowUp
+
+    with Session(engine) as session:
+        case = db.add_case(session, *_new_case("P-outcome"))
+        session.commit()
+        case_id = case.id
+    short = FollowUp(days_to_recurrence=None, days_followed=200)
+    recurred = FollowUp(days_to_recurrence=300, days_followed=None)
+    with Session(engine) as session:
+        assert db.record_outcome(session, case_id, short)
+        session.commit()
+        assert not db.record_outcome(session, case_id, short)  # the same again: nothing to record
+        assert db.record_outcome(session, case_id, recurred)
+        session.commit()
+    with Session(engine) as session:
+        assert db.latest_outcome(session, case_id) == recurred
+        [summary] = list_case_summaries(session)
+        assert summary.outcome == recurred and summary.outcome.status == "early recurrence"
+        rows = session.scalars(select(db.Outcome).order_by(db.Outcome.id)).all()
+        assert [(r.early_recurrence, r.days_followed, r.days_to_recurrence) for r in rows] == [
+            (None, 200, None),  # unknown: stored as NULL, never as False
+            (True, None, 300),
+        ]
+        events = session.scalars(select(db.AuditEvent).where(db.AuditEvent.action == "outcome_recorded")).all()
+        assert [e.detail for e in events] == [
+            {"old": None, "new": short.to_dict()},
+            {"old": short.to_dict(), "new": recurred.to_dict()},
+        ]
+        with pytest.raises(LookupError):
+            db.record_outcome(session, case_id + 99, short)

@@ -272,8 +272,9 @@ def test_cases_page_reopens_without_the_model_shows_inputs_and_deletes(
     assert any("T T2" in m.value and "50 mm" in m.value and "solitary" in m.value for m in at.markdown)
     assert any("f" * 64 in m.value for m in at.markdown)  # the model's full sha256 in the details
     assert any("Untrained (random) weights" in c.value for c in at.caption)
-    at.checkbox[0].check().run()
-    at.button[0].click().run()
+    case_id = at.session_state["open_case"]
+    at.checkbox(key=f"confirm_{case_id}").check().run()
+    at.button(key=f"delete_{case_id}").click().run()
     assert not at.exception
     assert any(s.value.startswith("Deleted case P-reopen: its slice, outline, 1 analysis(es)") for s in at.success)
     with Session(engine) as session:
@@ -454,3 +455,44 @@ def test_a_risk_from_a_contrast_series_carries_the_warning_beside_it(app_env: No
     assert any(
         w.value == "This risk comes from a contrast series; the model was trained on plain CT." for w in at.warning
     )
+
+
+def test_a_follow_up_is_recorded_from_dates_as_intervals_and_unknown_is_not_negative(
+    app_env: None, sqlite_url: str
+) -> None:
+    from datetime import date, timedelta
+
+    from sqlalchemy import select
+
+    from tests.core.test_db import _new_case
+
+    engine = db.make_engine(sqlite_url)
+    db.migrate(engine)
+    with Session(engine) as session:
+        db.add_case(session, *_new_case("P-follow"))
+        session.commit()
+    at = _page("cases.py").run()
+    case_id = at.session_state["open_case"]
+    surgery = date.today() - timedelta(days=400)
+    at.date_input(key=f"surgery_{case_id}").set_value(surgery).run()
+    at.radio(key=f"event_{case_id}").set_value("no recurrence so far").run()
+    at.date_input(key=f"when_{case_id}").set_value(surgery + timedelta(days=100)).run()
+    at.button(key=f"save_outcome_{case_id}").click().run()
+    assert not at.exception
+    assert any(s.value.startswith("Outcome recorded: Unknown: followed 100 days") for s in at.success)
+    assert at.dataframe[0].value["outcome"].tolist() == ["unknown"]
+    # a recurrence 200 days after surgery: early; a date before surgery is refused in one sentence
+    at.radio(key=f"event_{case_id}").set_value("recurrence").run()
+    at.date_input(key=f"when_{case_id}").set_value(surgery - timedelta(days=1)).run()
+    at.button(key=f"save_outcome_{case_id}").click().run()
+    assert [e.value for e in at.error] == ["The recurrence date must be after the date of surgery."]
+    at.date_input(key=f"when_{case_id}").set_value(surgery + timedelta(days=200)).run()
+    at.button(key=f"save_outcome_{case_id}").click().run()
+    assert any("Early recurrence: recurrence 200 days after surgery." in s.value for s in at.success)
+    with Session(engine) as session:
+        rows = session.scalars(select(db.Outcome).order_by(db.Outcome.id)).all()
+        assert [(r.early_recurrence, r.days_followed, r.days_to_recurrence) for r in rows] == [
+            (None, 100, None),
+            (True, None, 200),
+        ]
+    engine.dispose()
