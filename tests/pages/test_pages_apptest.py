@@ -496,3 +496,40 @@ def test_a_follow_up_is_recorded_from_dates_as_intervals_and_unknown_is_not_nega
             (True, None, 200),
         ]
     engine.dispose()
+
+
+def test_validation_page_compares_both_models_on_the_saved_cases_with_known_outcomes(
+    app_env: None, sqlite_url: str
+) -> None:
+    from dataclasses import replace
+
+    from core.outcomes import FollowUp
+    from tests.core.test_db import _new_case
+
+    engine = db.make_engine(sqlite_url)
+    db.migrate(engine)
+    at = _page("validation.py").run()
+    assert any("No model has yet scored" in i.value for i in at.info)
+    rng = np.random.default_rng(0)
+    with Session(engine) as session:
+        for i in range(16):
+            early = i % 2 == 0
+            new_case, analysis = _new_case(f"P-val-{i}")
+            n1 = rng.random() < (0.6 if early else 0.2)
+            analysis = replace(
+                analysis,
+                dl_probability=float(np.clip(rng.normal(0.6 if early else 0.4, 0.15), 0, 1)),
+                clinical_probability=11 / 13 if n1 else 9 / 28,
+            )
+            case = db.add_case(session, replace(new_case, n_category="N1" if n1 else "N0"), analysis)
+            session.flush()
+            db.record_outcome(session, case.id, FollowUp(100, None) if early else FollowUp(None, 500))
+        session.commit()
+    at = _page("validation.py").run()
+    assert not at.exception
+    assert any(m.value.startswith("**16 patients, 8 with early recurrence**") for m in at.markdown)
+    assert any("Only 8 patients with and 8 without early recurrence" in w.value for w in at.warning)
+    [table] = at.dataframe
+    assert list(table.value["model"]) == ["ResNet50 (mean patch probability)", "N-category logistic regression"]
+    assert any(m.value.startswith("**DeLong test, AUC(deep learning) − AUC(clinical):**") for m in at.markdown)
+    engine.dispose()

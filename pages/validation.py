@@ -1,0 +1,75 @@
+"""Local validation: both models on the hospital's own patients with a known outcome, patient level only."""
+
+from __future__ import annotations
+
+import logging
+
+import streamlit as st
+from sqlalchemy.orm import Session
+
+from core.cases import list_case_summaries
+from core.validation import MIN_EVENTS_PER_CLASS, local_cohorts, summary_rows, validate
+from core.validation_figures import calibration_figure, decision_curve_figure, roc_figure
+from pages.common import DATABASE_DOWN, RESEARCH_NOTICE, engine, require_shell
+
+log = logging.getLogger(__name__)
+
+require_shell("pages/validation.py")
+st.title("Local validation")
+st.caption(
+    "Saved cases with a known outcome, one per patient (its latest analysis), scored by one model: the deep-learning "
+    "risk and the N-category risk on the same patients. Record outcomes on the Cases page."
+)
+try:
+    with Session(engine()) as session:
+        cohorts = local_cohorts(list_case_summaries(session))
+except Exception as error:
+    log.error("loading cases for validation failed: %s", type(error).__name__)
+    st.error(DATABASE_DOWN)
+    st.stop()
+
+usable = [c for c in cohorts if min(c.events, c.n - c.events) >= 2]
+if not usable:
+    st.info(
+        "No model has yet scored at least 2 patients with and 2 without early recurrence among saved cases with a "
+        f"known outcome (about {MIN_EVENTS_PER_CLASS} of each are needed for more than a description)."
+    )
+    st.stop()
+labels = {c.model_sha256: f"{c.model_name} · sha256 {c.model_sha256[:12]} · {c.n} patients" for c in usable}
+chosen = st.selectbox(
+    "Model (cases scored by different models are never pooled)",
+    list(labels),
+    format_func=labels.__getitem__,
+    key="validation_model",
+)
+cohort = next(c for c in usable if c.model_sha256 == chosen)
+result = validate(cohort.labels, cohort.dl, cohort.clinical)
+st.markdown(
+    f"**{result.n} patients, {result.events} with early recurrence**"
+    + (
+        f" · {cohort.unknown_outcome} case(s) of this model left out: outcome unknown or not recorded"
+        if cohort.unknown_outcome
+        else ""
+    )
+    + (
+        f" · {cohort.n - result.n} left out: N category unknown (both models on the same patients)"
+        if cohort.n > result.n
+        else ""
+    )
+)
+if result.warning:
+    st.warning(result.warning, icon=":material/warning:")
+st.dataframe(summary_rows(result), hide_index=True, width="stretch")
+if result.difference is not None:
+    d = result.difference
+    st.markdown(
+        f"**DeLong test, AUC(deep learning) − AUC(clinical):** {d.difference:+.3f} (SE {d.se:.3f}), p = {d.p_value:.3f}."
+    )
+roc_col, calibration_col = st.columns(2)
+roc_col.plotly_chart(roc_figure(result), width="stretch")
+calibration_col.plotly_chart(calibration_figure(result), width="stretch")
+st.plotly_chart(decision_curve_figure(result), width="stretch")
+st.caption(
+    "The deep-learning number is an uncalibrated mean patch probability: its calibration shows how far it is from a "
+    f"risk on these patients. {RESEARCH_NOTICE}"
+)

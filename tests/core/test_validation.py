@@ -1,0 +1,109 @@
+"""core.validation: DeLong against a bootstrap, calibration, decision curves, one model per cohort."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from core.metrics import delong_auc
+from core.outcomes import FollowUp
+from core.validation import (
+    DCA_THRESHOLDS,
+    calibration,
+    local_cohorts,
+    net_benefit,
+    too_few_sentence,
+    treat_all_net_benefit,
+    validate,
+)
+
+
+def _cohort(n: int, seed: int, signal: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.45
+    score = 1 / (1 + np.exp(-(signal * y - signal / 2 + rng.normal(0, 1, n))))
+    return y, score
+
+
+def test_delong_ci_agrees_with_a_percentile_bootstrap_within_0_03() -> None:
+    """Stated tolerance: each CI end within 0.03 of a 4,000-resample percentile bootstrap (n = 150)."""
+    y, score = _cohort(150, seed=7)
+    estimate = delong_auc(y, score)
+    rng = np.random.default_rng(0)
+    boots = []
+    while len(boots) < 4000:
+        index = rng.integers(0, len(y), len(y))
+        if 0 < y[index].sum() < len(y):
+            boots.append(delong_auc(y[index], score[index]).auc)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    assert abs(estimate.ci_low - low) < 0.03 and abs(estimate.ci_high - high) < 0.03, (estimate, low, high)
+
+
+def test_calibration_slope_is_one_for_calibrated_risks_and_below_one_for_overconfident_ones() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.05, 0.95, 4000)
+    y = rng.random(4000) < p
+    good = calibration(y, p)
+    assert good.slope == pytest.approx(1.0, abs=0.1) and good.intercept == pytest.approx(0.0, abs=0.1)
+    logit = np.log(p / (1 - p))
+    overconfident = calibration(y, 1 / (1 + np.exp(-2 * logit)))  # twice as extreme
+    assert overconfident.slope == pytest.approx(0.5, abs=0.06)
+    assert good.brier < overconfident.brier
+    assert sum(n for _, _, n in good.bins) == 4000 and len(good.bins) == 5
+    assert np.nanmax(np.abs(good.smooth_y[10:41] - good.smooth_x[10:41])) < 0.08  # smoothed curve near the diagonal
+
+
+def test_net_benefit_by_hand() -> None:
+    y = np.array([1, 1, 0, 0, 0], bool)
+    p = np.array([0.9, 0.4, 0.6, 0.2, 0.1])
+    # at pt = 0.5: treat the first and third: TP 1, FP 1 → 1/5 − 1/5 · 1 = 0
+    [nb] = net_benefit(y, p, np.array([0.5]))
+    assert nb == pytest.approx(0.0)
+    # at pt = 0.25: treat 0.9, 0.4, 0.6: TP 2, FP 1 → 2/5 − 1/5 · 1/3
+    [nb] = net_benefit(y, p, np.array([0.25]))
+    assert nb == pytest.approx(2 / 5 - 1 / 15)
+    assert treat_all_net_benefit(y, np.array([0.25]))[0] == pytest.approx(0.4 - 0.6 / 3)
+
+
+def test_both_models_are_compared_on_the_same_patients() -> None:
+    y, dl = _cohort(60, seed=1)
+    clinical: list[float | None] = [0.85 if i % 3 else 0.32 for i in range(60)]
+    clinical[0] = clinical[1] = None  # N unknown for two patients: left out of both models
+    result = validate(y, dl, clinical)
+    assert result.n == 58 and result.clinical is not None and result.difference is not None
+    assert result.dl.auc.auc == pytest.approx(delong_auc(y[2:], dl[2:]).auc)
+    assert len(result.dl.net_benefit) == len(DCA_THRESHOLDS) == len(result.treat_all)
+    with pytest.raises(ValueError):
+        validate([True, False, False], [0.9, 0.1, 0.2], [None, None, None])
+
+
+def test_few_events_are_said_and_enough_are_not() -> None:
+    assert "Only 6 patients with and 30 without early recurrence" in too_few_sentence(36, 6)
+    assert too_few_sentence(40, 20) is None
+
+
+def _summary(sha: str, dl: float, clinical: float | None, outcome: FollowUp | None) -> SimpleNamespace:
+    risk = SimpleNamespace(probability=clinical) if clinical is not None else None
+    latest = SimpleNamespace(
+        model_sha256=sha, model_name=f"model {sha}", dl_risk=SimpleNamespace(probability=dl), clinical_risk=risk
+    )
+    return SimpleNamespace(latest=latest, outcome=outcome)
+
+
+def test_cohorts_never_mix_models_and_leave_out_unknown_outcomes() -> None:
+    early, late, short = FollowUp(100, None), FollowUp(None, 400), FollowUp(None, 100)
+    cohorts = local_cohorts(
+        [
+            _summary("a", 0.8, 0.85, early),
+            _summary("a", 0.2, 0.32, late),
+            _summary("a", 0.5, None, short),  # followed 100 days: unknown, left out
+            _summary("a", 0.5, None, None),  # not recorded: left out
+            _summary("b", 0.7, 0.85, early),
+        ]
+    )
+    assert [c.model_sha256 for c in cohorts] == ["a", "b"]
+    a = cohorts[0]
+    assert (a.n, a.events, a.unknown_outcome) == (2, 1, 2)
+    assert a.labels == (True, False) and a.dl == (0.8, 0.2) and a.clinical == (0.85, 0.32)
