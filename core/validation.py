@@ -252,6 +252,7 @@ class ScoredPatients:
     dl: tuple[float, ...]
     clinical: tuple[float | None, ...]
     unknown_outcome: int
+    weights_warning: str | None = None  # e.g. trained on synthetic phantoms (core.provenance)
 
     @property
     def n(self) -> int:
@@ -275,7 +276,14 @@ def local_cohorts(summaries: Sequence[Any]) -> list[ScoredPatients]:
             continue
         group = groups.setdefault(
             latest.model_sha256,
-            {"name": latest.model_name, "labels": [], "dl": [], "clinical": [], "unknown": 0},
+            {
+                "name": latest.model_name,
+                "warning": getattr(latest, "weights_warning", None),
+                "labels": [],
+                "dl": [],
+                "clinical": [],
+                "unknown": 0,
+            },
         )
         known = case.outcome.early_recurrence if case.outcome else None
         if known is None:
@@ -285,7 +293,9 @@ def local_cohorts(summaries: Sequence[Any]) -> list[ScoredPatients]:
         group["dl"].append(latest.dl_risk.probability)
         group["clinical"].append(latest.clinical_risk.probability if latest.clinical_risk else None)
     cohorts = [
-        ScoredPatients(sha, g["name"], tuple(g["labels"]), tuple(g["dl"]), tuple(g["clinical"]), g["unknown"])
+        ScoredPatients(
+            sha, g["name"], tuple(g["labels"]), tuple(g["dl"]), tuple(g["clinical"]), g["unknown"], g["warning"]
+        )
         for sha, g in groups.items()
     ]
     return sorted(cohorts, key=lambda c: (-c.n, c.model_sha256))

@@ -57,6 +57,8 @@ st.markdown(
         else ""
     )
 )
+if cohort.weights_warning:
+    st.warning(f"{cohort.model_name}: {cohort.weights_warning}", icon=":material/warning:")
 if result.warning:
     st.warning(result.warning, icon=":material/warning:")
 st.dataframe(summary_rows(result), hide_index=True, width="stretch")

@@ -529,6 +529,7 @@ def test_validation_page_compares_both_models_on_the_saved_cases_with_known_outc
     assert not at.exception
     assert any(m.value.startswith("**16 patients, 8 with early recurrence**") for m in at.markdown)
     assert any("Only 8 patients with and 8 without early recurrence" in w.value for w in at.warning)
+    assert any(w.value.startswith("test: Untrained (random) weights") for w in at.warning)  # which model, and its warning
     [table] = at.dataframe
     assert list(table.value["model"]) == ["ResNet50 (mean patch probability)", "N-category logistic regression"]
     assert any(m.value.startswith("**DeLong test, AUC(deep learning) − AUC(clinical):**") for m in at.markdown)
