@@ -6,7 +6,10 @@ negative: counting them as negatives would bias every local validation towards s
 
 Privacy: the dates are used once, to compute intervals, and are not stored. Dates of an
 individual's care are identifiers (HIPAA Safe Harbor keeps only the year), and the validation
-needs only the intervals (days to recurrence, days followed) and the status.
+needs only the intervals (days to recurrence, days followed) and the status. Residual risk,
+stated rather than hidden: the time an outcome was entered is stored (outcome row and audit
+trail), so when it is entered on the day of the follow-up visit, that day minus the interval
+gives the surgery date. The database is protected as patient data for that reason too.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import numpy as np
 from core.metrics import AucDifference, AucEstimate, binary_metrics, delong_auc, delong_test, roc_curve
 
 MIN_EVENTS_PER_CLASS = 10
+MAX_PLAUSIBLE_SLOPE = 10.0  # beyond it the recalibration fit is running off to infinity (separation)
 DCA_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
 CALIBRATION_BINS = 5
 SMOOTHING_BANDWIDTH = 0.1  # Gaussian kernel width on the predicted probability (0–1 scale)
@@ -58,18 +59,24 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def _logistic_fit(x: np.ndarray, y: np.ndarray, offset: np.ndarray, iterations: int = 100) -> np.ndarray:
-    """Maximum-likelihood coefficients of y ~ x (design with its own intercept column) + offset, by IRLS."""
+    """Maximum-likelihood coefficients of y ~ x (design with its own intercept column) + offset, by IRLS.
+
+    NaN where there is no finite maximum: a singular design, or no convergence (separation,
+    where the likelihood keeps growing as a coefficient runs off to infinity).
+    """
     beta = np.zeros(x.shape[1])
     for _ in range(iterations):
-        p = 1 / (1 + np.exp(-(x @ beta + offset)))
+        p = 1 / (1 + np.exp(-np.clip(x @ beta + offset, -500, 500)))
         info = (x * (p * (1 - p))[:, None]).T @ x
-        step = np.linalg.solve(info + 1e-10 * np.eye(x.shape[1]), x.T @ (y - p))
+        if np.linalg.cond(info) > 1e12:
+            return np.full(x.shape[1], math.nan)
+        step = np.linalg.solve(info, x.T @ (y - p))
         beta = beta + step
         if not np.all(np.isfinite(beta)):
             return np.full(x.shape[1], math.nan)
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    return beta
+        if np.max(np.abs(step)) < 1e-8:
+            return beta
+    return np.full(x.shape[1], math.nan)
 
 
 def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> Calibration:
@@ -83,9 +90,13 @@ def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIB
         intercept = float(_logistic_fit(ones, y, lp)[0])
     except np.linalg.LinAlgError:
         slope = intercept = math.nan
-    order = np.argsort(p, kind="stable")
-    groups = [g for g in np.array_split(order, min(bins, len(p))) if len(g)]
-    binned = tuple((float(p[g].mean()), float(y[g].mean()), len(g)) for g in groups)
+    if not abs(slope) <= MAX_PLAUSIBLE_SLOPE:
+        slope = math.nan
+    # bins of distinct predicted values, so that tied predictions (a two-valued clinical model) share a bin
+    values = np.unique(p)
+    chunks = np.array_split(values, min(bins, len(values)))
+    members = [(p >= chunk[0]) & (p <= chunk[-1]) for chunk in chunks if len(chunk)]
+    binned = tuple((float(p[m].mean()), float(y[m].mean()), int(m.sum())) for m in members)
     grid = np.linspace(0, 1, 51)
     weights = np.exp(-0.5 * ((grid[:, None] - p[None, :]) / SMOOTHING_BANDWIDTH) ** 2)
     enough = weights.sum(axis=1) > 1.0  # less than about one patient's weight nearby: no curve there
@@ -159,6 +170,33 @@ def _model_validation(name: str, labels: np.ndarray, scores: np.ndarray, thresho
     )
 
 
+def _enough_per_class(y: np.ndarray) -> bool:
+    return min(int(y.sum()), int((~y).sum())) >= 2
+
+
+def can_validate(labels: Sequence[bool]) -> bool:
+    """Whether :func:`validate` has the 2 patients per class an AUC needs."""
+    return _enough_per_class(np.asarray(labels, dtype=bool))
+
+
+def format_p(p: float) -> str:
+    """A p-value as a page shows it: "< 0.001", three decimals, or "—" when undefined."""
+    if not math.isfinite(p):
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def format_auc(auc: AucEstimate) -> str:
+    """AUC with its DeLong CI, or the AUC alone when the CI is undefined (no spread, SE 0)."""
+    if not (math.isfinite(auc.se) and auc.se > 0):
+        return f"{auc.auc:.3f} (CI undefined: no spread in these patients' scores)"
+    return f"{auc.auc:.3f} ({auc.ci_low:.3f}–{auc.ci_high:.3f})"
+
+
+def _fixed(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "—"
+
+
 def too_few_sentence(n: int, events: int) -> str | None:
     """The warning below :data:`MIN_EVENTS_PER_CLASS` patients in either class; ``None`` above it."""
     smaller = min(events, n - events)
@@ -190,15 +228,17 @@ def validate(
     """
     y = np.asarray(labels, dtype=bool)
     dl = np.asarray(dl_scores, dtype=np.float64)
-    both = np.array([c is not None for c in clinical_scores])
-    if both.sum() >= 2 and not both.all():  # the same patients for both models
-        y, dl = y[both], dl[both]
-    clinical = np.array([c for c in clinical_scores if c is not None], dtype=np.float64)
-    if min(int(y.sum()), int((~y).sum())) < 2:
+    both = np.array([c is not None for c in clinical_scores], dtype=bool)
+    clinical = np.array([c if c is not None else math.nan for c in clinical_scores], dtype=np.float64)
+    # the clinical model is compared only where it can be: then on exactly its patients, DL included
+    comparable = _enough_per_class(y[both]) and len(np.unique(clinical[both])) > 1
+    if comparable:
+        y, dl, clinical = y[both], dl[both], clinical[both]
+    if not _enough_per_class(y):
         raise ValueError("at least 2 patients with and 2 without early recurrence are needed")
     dl_validation = _model_validation("ResNet50 (mean patch probability)", y, dl, threshold)
     clinical_validation = difference = None
-    if len(clinical) == len(y) and len(np.unique(clinical)) > 1:
+    if comparable:
         clinical_validation = _model_validation("N-category logistic regression", y, clinical, threshold)
         difference = delong_test(y, dl, clinical)
     return LocalValidation(
@@ -223,10 +263,10 @@ def summary_rows(result: LocalValidation) -> list[dict[str, Any]]:
         rows.append(
             {
                 "model": model.name,
-                "AUC (95% CI, DeLong)": f"{model.auc.auc:.3f} ({model.auc.ci_low:.3f}–{model.auc.ci_high:.3f})",
+                "AUC (95% CI, DeLong)": format_auc(model.auc),
                 "Brier": f"{c.brier:.3f}",
-                "calibration slope": f"{c.slope:.2f}",
-                "calibration intercept": f"{c.intercept:.2f}",
+                "calibration slope": _fixed(c.slope, 2),
+                "calibration intercept": _fixed(c.intercept, 2),
                 f"sensitivity at {result.threshold:g}": f"{m['sensitivity']:.0%}",
                 "specificity": f"{m['specificity']:.0%}",
                 "PPV": f"{m['ppv']:.0%}" if math.isfinite(m["ppv"]) else "—",

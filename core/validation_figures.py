@@ -81,7 +81,7 @@ def decision_curve_figure(result: LocalValidation) -> go.Figure:
     fig.add_trace(
         go.Scatter(x=DCA_THRESHOLDS, y=none, mode="lines", line={"color": "grey", "dash": "dash"}, name="treat none")
     )
-    floor = min(-0.05, float(np.min(result.dl.net_benefit)) - 0.02)
+    floor = min(-0.05, min(float(np.min(m.net_benefit)) for m in _models(result)) - 0.02)
     fig.update_layout(
         title="Decision curve",
         xaxis_title="threshold probability",

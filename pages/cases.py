@@ -118,7 +118,7 @@ def outcome_section(summary: CaseSummary) -> None:
             value=None,
             max_value=today,
             min_value=date(1990, 1, 1),
-            key=f"when_{key}",
+            key=f"when_{key}_{'recurrence' if event == 'recurrence' else 'follow_up'}",  # switching never relabels
         )
         st.caption(
             "Early recurrence means recurrence within 365 days of surgery; followed fewer than 365 days without "

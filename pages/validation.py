@@ -8,7 +8,7 @@ import streamlit as st
 from sqlalchemy.orm import Session
 
 from core.cases import list_case_summaries
-from core.validation import MIN_EVENTS_PER_CLASS, local_cohorts, summary_rows, validate
+from core.validation import MIN_EVENTS_PER_CLASS, can_validate, format_p, local_cohorts, summary_rows, validate
 from core.validation_figures import calibration_figure, decision_curve_figure, roc_figure
 from pages.common import DATABASE_DOWN, RESEARCH_NOTICE, engine, require_shell
 
@@ -28,7 +28,7 @@ except Exception as error:
     st.error(DATABASE_DOWN)
     st.stop()
 
-usable = [c for c in cohorts if min(c.events, c.n - c.events) >= 2]
+usable = [c for c in cohorts if can_validate(c.labels)]
 if not usable:
     st.info(
         "No model has yet scored at least 2 patients with and 2 without early recurrence among saved cases with a "
@@ -64,8 +64,18 @@ if result.warning:
 st.dataframe(summary_rows(result), hide_index=True, width="stretch")
 if result.difference is not None:
     d = result.difference
-    st.markdown(
-        f"**DeLong test, AUC(deep learning) − AUC(clinical):** {d.difference:+.3f} (SE {d.se:.3f}), p = {d.p_value:.3f}."
+    if d.se > 0:
+        st.markdown(
+            f"**DeLong test, AUC(deep learning) − AUC(clinical):** {d.difference:+.3f} (SE {d.se:.3f}), "
+            f"p = {format_p(d.p_value)}."
+        )
+    else:
+        st.markdown(
+            f"**AUC(deep learning) − AUC(clinical):** {d.difference:+.3f}; DeLong's test is undefined here (SE 0)."
+        )
+elif result.clinical is None:
+    st.caption(
+        "The clinical model is not compared: too few of these patients have an N category, or all have the same one."
     )
 roc_col, calibration_col = st.columns(2)
 roc_col.plotly_chart(roc_figure(result), width="stretch")

@@ -107,3 +107,64 @@ def test_cohorts_never_mix_models_and_leave_out_unknown_outcomes() -> None:
     a = cohorts[0]
     assert (a.n, a.events, a.unknown_outcome) == (2, 1, 2)
     assert a.labels == (True, False) and a.dl == (0.8, 0.2) and a.clinical == (0.85, 0.32)
+
+
+def _exact_r_by_2_p(table: np.ndarray) -> float:
+    """Exact p of an r × 2 table by enumerating every table with its margins (multivariate hypergeometric)."""
+    import itertools
+    from math import comb
+
+    rows, first = table.sum(axis=1), int(table[:, 0].sum())
+    n = int(table.sum())
+
+    def chi2(column: np.ndarray) -> float:
+        full = np.column_stack([column, rows - column])
+        expected = np.outer(rows, full.sum(axis=0)) / n
+        return float(((full - expected) ** 2 / expected).sum())
+
+    observed, p = chi2(table[:, 0]), 0.0
+    for column in itertools.product(*(range(int(r) + 1) for r in rows)):
+        if sum(column) != first:
+            continue
+        weight = np.prod([comb(int(r), c) for r, c in zip(rows, column, strict=True)]) / comb(n, first)
+        if chi2(np.array(column)) >= observed - 1e-9:
+            p += weight
+    return p
+
+
+def test_monte_carlo_p_matches_exact_enumeration() -> None:
+    from core.table1 import monte_carlo_exact_p
+
+    table = np.array([[5, 1], [2, 4], [1, 3]])
+    exact = _exact_r_by_2_p(table)
+    assert monte_carlo_exact_p(table) == pytest.approx(exact, abs=0.012)  # 3 Monte Carlo SEs at B = 20,000
+
+
+def test_calibration_intercept_is_positive_when_the_model_under_predicts() -> None:
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0.2, 0.8, 3000)
+    y = rng.random(3000) < p
+    assert calibration(y, p / 2).intercept > 0.5 and calibration(y, np.minimum(p * 1.2, 0.99)).intercept < 0
+
+
+def test_separated_or_constant_scores_give_no_slope_rather_than_a_wild_one() -> None:
+    y = np.array([0, 0, 0, 1, 1, 1], bool)
+    assert np.isnan(calibration(y, np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])).slope)  # perfect separation
+    assert np.isnan(calibration(y, np.full(6, 0.4)).slope)
+
+
+def test_tied_predictions_share_a_bin_whatever_the_case_order() -> None:
+    y = np.array([1, 0, 1, 0, 1, 1, 0, 0], bool)
+    p = np.array([0.32, 0.32, 0.85, 0.85, 0.32, 0.85, 0.32, 0.85])
+    bins = calibration(y, p).bins
+    assert bins == calibration(y[::-1], p[::-1]).bins
+    assert [(round(x, 2), n) for x, _, n in bins] == [(0.32, 4), (0.85, 4)]
+
+
+def test_the_clinical_model_is_left_out_rather_than_shrinking_the_dl_patients() -> None:
+    y = np.array([1, 1, 1, 0, 0, 0], bool)
+    dl = np.array([0.9, 0.8, 0.4, 0.3, 0.2, 0.6])
+    all_n0 = validate(y, dl, [0.32] * 6)  # one clinical value: nothing to compare
+    assert all_n0.clinical is None and all_n0.n == 6
+    few_n = validate(y, dl, [0.85, None, None, 0.32, 0.32, 0.32])  # 1 event with N: not comparable
+    assert few_n.clinical is None and few_n.n == 6

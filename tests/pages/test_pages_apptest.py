@@ -476,17 +476,18 @@ def test_a_follow_up_is_recorded_from_dates_as_intervals_and_unknown_is_not_nega
     surgery = date.today() - timedelta(days=400)
     at.date_input(key=f"surgery_{case_id}").set_value(surgery).run()
     at.radio(key=f"event_{case_id}").set_value("no recurrence so far").run()
-    at.date_input(key=f"when_{case_id}").set_value(surgery + timedelta(days=100)).run()
+    at.date_input(key=f"when_{case_id}_follow_up").set_value(surgery + timedelta(days=100)).run()
     at.button(key=f"save_outcome_{case_id}").click().run()
     assert not at.exception
     assert any(s.value.startswith("Outcome recorded: Unknown: followed 100 days") for s in at.success)
     assert at.dataframe[0].value["outcome"].tolist() == ["unknown"]
     # a recurrence 200 days after surgery: early; a date before surgery is refused in one sentence
     at.radio(key=f"event_{case_id}").set_value("recurrence").run()
-    at.date_input(key=f"when_{case_id}").set_value(surgery - timedelta(days=1)).run()
+    assert at.date_input(key=f"when_{case_id}_recurrence").value is None  # the follow-up date is not relabelled
+    at.date_input(key=f"when_{case_id}_recurrence").set_value(surgery - timedelta(days=1)).run()
     at.button(key=f"save_outcome_{case_id}").click().run()
     assert [e.value for e in at.error] == ["The recurrence date must be after the date of surgery."]
-    at.date_input(key=f"when_{case_id}").set_value(surgery + timedelta(days=200)).run()
+    at.date_input(key=f"when_{case_id}_recurrence").set_value(surgery + timedelta(days=200)).run()
     at.button(key=f"save_outcome_{case_id}").click().run()
     assert any("Early recurrence: recurrence 200 days after surgery." in s.value for s in at.success)
     with Session(engine) as session:
@@ -529,7 +530,9 @@ def test_validation_page_compares_both_models_on_the_saved_cases_with_known_outc
     assert not at.exception
     assert any(m.value.startswith("**16 patients, 8 with early recurrence**") for m in at.markdown)
     assert any("Only 8 patients with and 8 without early recurrence" in w.value for w in at.warning)
-    assert any(w.value.startswith("test: Untrained (random) weights") for w in at.warning)  # which model, and its warning
+    assert any(
+        w.value.startswith("test: Untrained (random) weights") for w in at.warning
+    )  # which model, and its warning
     [table] = at.dataframe
     assert list(table.value["model"]) == ["ResNet50 (mean patch probability)", "N-category logistic regression"]
     assert any(m.value.startswith("**DeLong test, AUC(deep learning) − AUC(clinical):**") for m in at.markdown)
