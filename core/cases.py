@@ -210,3 +210,64 @@ def save_case(
     case = db.add_case(session, new_case, new_analysis)
     session.flush()
     return SaveOutcome(case.id, case.case_key, "saved")
+
+
+CASE_TABLE_COLUMNS = (
+    "case_key",
+    "saved_utc",
+    "n_category",
+    "t_category",
+    "tumour_size_mm",
+    "number",
+    "outline_mm2",
+    "dl_mean_patch_probability",
+    "clinical_probability",
+    "clinical_ci_low",
+    "clinical_ci_high",
+    "model_name",
+    "model_sha256",
+    "training_data",
+    "outcome",
+    "days_to_recurrence",
+    "days_followed",
+)
+
+
+def case_table_csv(summaries: list[CaseSummary]) -> str:
+    """The case list as CSV (one row per case, its latest analysis), pseudonymised: the case key, never an ID.
+
+    Probabilities are fractions 0–1; sizes in mm and mm²; an empty cell is unknown.
+    """
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CASE_TABLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for case in summaries:
+        latest, outcome = case.latest, case.outcome
+        clinical = latest.clinical_risk if latest else None
+        writer.writerow(
+            {
+                "case_key": case.case_key,
+                "saved_utc": case.created_at.strftime("%Y-%m-%d %H:%M"),
+                "n_category": case.n_category,
+                "t_category": case.t_category or "",
+                "tumour_size_mm": case.tumour_size_mm if case.tumour_size_mm is not None else "",
+                "number": "" if case.solitary is None else ("solitary" if case.solitary else "multiple"),
+                "outline_mm2": f"{case.roi_area_mm2:.1f}" if case.roi_area_mm2 is not None else "",
+                "dl_mean_patch_probability": f"{latest.dl_risk.probability:.4f}" if latest else "",
+                "clinical_probability": f"{clinical.probability:.4f}" if clinical else "",
+                "clinical_ci_low": f"{clinical.ci_low:.4f}" if clinical else "",
+                "clinical_ci_high": f"{clinical.ci_high:.4f}" if clinical else "",
+                "model_name": latest.model_name if latest else "",
+                "model_sha256": latest.model_sha256 if latest else "",
+                "training_data": latest.training_data if latest else "",
+                "outcome": outcome.status if outcome else "not recorded",
+                "days_to_recurrence": outcome.days_to_recurrence
+                if outcome and outcome.days_to_recurrence is not None
+                else "",
+                "days_followed": outcome.days_followed if outcome and outcome.days_followed is not None else "",
+            }
+        )
+    return buffer.getvalue()

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from core import db
 from core.analysis import outline_coverage
-from core.cases import AnalysisSummary, CaseSummary, SavedCase, list_case_summaries, load_saved_case
+from core.cases import AnalysisSummary, CaseSummary, SavedCase, case_table_csv, list_case_summaries, load_saved_case
 from core.imaging import CtSlice, display_image
 from core.outcomes import OutcomeError, follow_up_from_dates
 from pages.common import (
@@ -201,6 +201,13 @@ if not cases:
     st.stop()
 
 st.dataframe([case_row(c) for c in cases], hide_index=True, width="stretch")
+st.download_button(
+    "Case table (CSV)",
+    data=case_table_csv(cases),
+    file_name="icca-cases.csv",
+    mime="text/csv",
+    help="One row per case with its latest analysis and outcome; pseudonymised (case keys, no patient IDs, no dates of care).",
+)
 labels = {c.case_id: f"#{c.case_id} · {c.case_key} · {c.created_at.strftime('%Y-%m-%d %H:%M')}" for c in cases}
 chosen = st.selectbox("Open case", list(labels), format_func=labels.__getitem__, key="open_case")
 

@@ -277,3 +277,26 @@ def test_an_outcome_change_adds_a_row_and_an_audit_event_with_old_and_new_interv
         ]
         with pytest.raises(LookupError):
             db.record_outcome(session, case_id + 99, short)
+
+
+def test_case_table_csv_is_pseudonymised_and_carries_the_outcome(engine) -> None:
+    import csv
+    import io
+
+    from core.cases import CASE_TABLE_COLUMNS, case_table_csv, list_case_summaries
+    from core.outcomes import FollowUp
+
+    with Session(engine) as session:
+        case = db.add_case(session, *_new_case("P-csv"))
+        db.add_case(session, *_new_case("P-csv-2"))
+        session.flush()
+        db.record_outcome(session, case.id, FollowUp(days_to_recurrence=120, days_followed=None))
+        session.commit()
+        text = case_table_csv(list_case_summaries(session))
+    rows = {row["case_key"]: row for row in csv.DictReader(io.StringIO(text))}
+    assert next(csv.reader(io.StringIO(text))) == list(CASE_TABLE_COLUMNS)
+    assert rows["P-csv"]["outcome"] == "early recurrence" and rows["P-csv"]["days_to_recurrence"] == "120"
+    assert rows["P-csv-2"]["outcome"] == "not recorded" and rows["P-csv-2"]["days_followed"] == ""
+    assert rows["P-csv"]["dl_mean_patch_probability"] == "0.7000" and rows["P-csv"]["clinical_probability"] == "0.8500"
+    assert rows["P-csv"]["model_sha256"] == "f" * 64
+    assert not {"patient_id", "patient_name", "birth_date"} & set(CASE_TABLE_COLUMNS)
