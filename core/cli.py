@@ -172,6 +172,25 @@ def cmd_clinical(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_cohort(args: argparse.Namespace) -> int:
+    from sqlalchemy.orm import Session
+
+    from core import db
+    from core.export_cohort import export_cohort
+
+    engine = db.make_engine(args.database)
+    try:
+        with Session(engine) as session:
+            summary = export_cohort(session, Path(args.out), args.data_source)
+    finally:
+        engine.dispose()
+    print(
+        f"wrote {summary.written} case(s) to {summary.manifest} ({summary.unknown_outcome} left out: outcome unknown "
+        f"or not recorded); train with: python -m core train --manifest {summary.manifest} --out RUN_DIR"
+    )
+    return 0
+
+
 def cmd_table1(args: argparse.Namespace) -> int:
     from core.table1 import format_table1, table1_from_csv
 
@@ -199,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("clinical", help="the N-category logistic regression: odds ratio, risks and their 95% CIs")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(handler=cmd_clinical)
+
+    p = sub.add_parser("export-cohort", help="write the saved cases with a known outcome as a training manifest")
+    p.add_argument("--out", required=True, help="folder for images/, masks/ and manifest.csv")
+    p.add_argument("--data-source", required=True, choices=["patients", "synthetic"], help="what the saved images are")
+    p.add_argument("--database", default=None, help="SQLAlchemy URL (default: $ICCA_DATABASE_URL or data/icca.db)")
+    p.set_defaults(handler=cmd_export_cohort)
 
     p = sub.add_parser("table1", help="the paper's Table 1 for a cohort CSV: two groups compared variable by variable")
     p.add_argument("--cohort", required=True, help="CSV, one row per patient, a header row")

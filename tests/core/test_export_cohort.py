@@ -1,0 +1,90 @@
+"""export-cohort: saved cases with a known outcome → a manifest ``core train`` accepts, pixels and masks exact."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy.orm import Session
+
+from core import db
+from core.cli import main
+from core.cohort import load_calibrated_image, load_mask, read_manifest
+from core.export_cohort import ExportError, export_cohort
+from core.imaging import load_slice
+from core.outcomes import FollowUp
+from core.phantom import dicom_bytes, iter_cohort
+from tests.core.test_db import _new_case
+
+
+def _save_phantoms(url: str, n: int) -> list:
+    """n phantom patients saved as analysed cases; all but the last get a known outcome."""
+    engine = db.make_engine(url)
+    db.migrate(engine)
+    patients = list(iter_cohort(n, seed=3))
+    _, analysis = _new_case()
+    with Session(engine) as session:
+        for i, patient in enumerate(patients):
+            ct = load_slice(dicom_bytes(patient, 3))
+            template, _ = _new_case(patient.key)
+            case = db.add_case(
+                session,
+                replace(
+                    template,
+                    pixels=ct.pixels,
+                    spacing_mm=ct.spacing_mm,
+                    mask=patient.mask,
+                    n_category=patient.n_category,
+                    t_category=patient.t_category,
+                ),
+                analysis,
+            )
+            session.flush()
+            if i < n - 1:
+                outcome = FollowUp(200, None) if patient.label else FollowUp(None, 500)
+                db.record_outcome(session, case.id, outcome)
+        session.commit()
+    engine.dispose()
+    return patients
+
+
+def test_export_writes_a_manifest_train_accepts_with_exact_pixels_and_masks(sqlite_url: str, tmp_path: Path) -> None:
+    patients = _save_phantoms(sqlite_url, 5)
+    out = tmp_path / "cohort"
+    assert main(["export-cohort", "--out", str(out), "--data-source", "synthetic", "--database", sqlite_url]) == 0
+    rows = {p.key: p for p in read_manifest(out / "manifest.csv")}  # the validation `core train` runs
+    assert sorted(rows) == sorted(p.key for p in patients[:-1])  # the unknown outcome is left out
+    for patient in patients[:-1]:
+        row = rows[patient.key]
+        assert row.label == patient.label and row.n_category == patient.n_category and row.data_source == "synthetic"
+        exported = load_calibrated_image(row)
+        np.testing.assert_array_equal(exported.pixels, load_slice(dicom_bytes(patient, 3)).pixels)
+        assert exported.spacing_mm == pytest.approx((patient.spacing_mm, patient.spacing_mm), abs=1e-6)
+        np.testing.assert_array_equal(load_mask(row.mask_path), patient.mask)
+
+
+def test_nothing_to_export_and_an_unknown_source_are_sentences(sqlite_url: str, tmp_path: Path) -> None:
+    engine = db.make_engine(sqlite_url)
+    db.migrate(engine)
+    with Session(engine) as session:
+        with pytest.raises(ExportError, match="No saved case has a known outcome yet"):
+            export_cohort(session, tmp_path, "patients")
+        with pytest.raises(ExportError, match="say what these images are"):
+            export_cohort(session, tmp_path, "hospital")
+    engine.dispose()
+
+
+def test_an_exported_cohort_trains_unchanged(sqlite_url: str, tmp_path: Path) -> None:
+    """The round trip a hospital makes to retrain: saved cases → export-cohort → core train (tiny recipe)."""
+    from models.checkpoint import load_checkpoint
+
+    _save_phantoms(sqlite_url, 9)
+    out = tmp_path / "cohort"
+    assert main(["export-cohort", "--out", str(out), "--data-source", "synthetic", "--database", sqlite_url]) == 0
+    run = tmp_path / "run"
+    args = ["train", "--manifest", str(out / "manifest.csv"), "--out", str(run), "--folds", "2", "--epochs", "1"]
+    assert main([*args, "--batch-size", "8", "--max-patches-per-patient", "4", "--input-px", "32"]) == 0
+    model = load_checkpoint(run / "model.pt")
+    assert model.card["training_data"] == "synthetic phantoms" and model.card["cohort"]["patients"] == 8
