@@ -172,6 +172,16 @@ def cmd_clinical(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from core.predict import predict_manifest
+    from models.checkpoint import load_checkpoint
+
+    model = load_checkpoint(Path(args.model) if args.model else None)
+    summary = predict_manifest(Path(args.manifest), Path(args.out), model)
+    print(f"scored {summary.scored} patient(s), {summary.reused} already in {summary.path}")
+    return 0
+
+
 def cmd_export_cohort(args: argparse.Namespace) -> int:
     from sqlalchemy.orm import Session
 
@@ -218,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("clinical", help="the N-category logistic regression: odds ratio, risks and their 95% CIs")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(handler=cmd_clinical)
+
+    p = sub.add_parser("predict", help="score every patient of a manifest with the installed model (resumable)")
+    p.add_argument("--manifest", required=True, help="cohort manifest CSV (as for train)")
+    p.add_argument("--out", required=True, help="folder for predictions.csv")
+    p.add_argument("--model", default=None, help="checkpoint (default: $ICCA_MODEL_PATH or models/weights/model.pt)")
+    p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("export-cohort", help="write the saved cases with a known outcome as a training manifest")
     p.add_argument("--out", required=True, help="folder for images/, masks/ and manifest.csv")

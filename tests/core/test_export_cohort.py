@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from core import db
+from core.analysis import analyze_case
 from core.cli import main
 from core.cohort import load_calibrated_image, load_mask, read_manifest
 from core.export_cohort import ExportError, export_cohort
@@ -88,3 +90,36 @@ def test_an_exported_cohort_trains_unchanged(sqlite_url: str, tmp_path: Path) ->
     assert main([*args, "--batch-size", "8", "--max-patches-per-patient", "4", "--input-px", "32"]) == 0
     model = load_checkpoint(run / "model.pt")
     assert model.card["training_data"] == "synthetic phantoms" and model.card["cohort"]["patients"] == 8
+    # … and predict scores the cohort with it, resumably, on the dashboard's code path
+    predictions = tmp_path / "predictions"
+    predict = [
+        "predict",
+        "--manifest",
+        str(out / "manifest.csv"),
+        "--out",
+        str(predictions),
+        "--model",
+        str(run / "model.pt"),
+    ]
+    assert main(predict) == 0
+    rows = list(csv.DictReader((predictions / "predictions.csv").open()))
+    assert len(rows) == 8 and {r["model_sha256"] for r in rows} == {model.sha256}
+    first = next(p for p in read_manifest(out / "manifest.csv") if p.key == rows[0]["patient_key"])
+    expected = analyze_case(load_calibrated_image(first), load_mask(first.mask_path), model).dl_risk.probability
+    assert float(rows[0]["dl_mean_patch_probability"]) == pytest.approx(expected, abs=1e-6)
+    assert main(predict) == 0  # resumed: nothing new to score, no duplicate rows
+    assert len(list(csv.DictReader((predictions / "predictions.csv").open()))) == 8
+    assert main([*predict[:-1], str(_other_checkpoint(tmp_path))]) == 2  # another model: refused, not mixed
+
+
+def _other_checkpoint(tmp_path: Path) -> Path:
+    """A second, untrained model (another sha256)."""
+    from core.preprocess import PreprocessConfig
+    from models.checkpoint import make_card, save_checkpoint
+    from models.resnet import build_resnet50
+
+    path = tmp_path / "other.pt"
+    save_checkpoint(
+        path, build_resnet50(), replace(PreprocessConfig(), input_px=32), make_card("other", "untrained", "untrained")
+    )
+    return path

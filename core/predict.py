@@ -1,0 +1,94 @@
+"""``python -m core predict --manifest CSV --out DIR``: score a cohort with the installed model.
+
+Every patient goes through the dashboard's own code path (:func:`core.analysis.analyze_case`:
+same lattice, same preprocessing, same case rule) on the plain fp32 engine, the reference
+every faster engine is checked against (within 0.02), beside the N-category risk and the
+model's sha256: the input of a local validation. Resumable: rows already in ``predictions.csv`` for the same model
+are kept and their patients skipped; a file written by another model is refused, never mixed.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.analysis import analyze_case, clinical_risk_for
+from core.cohort import load_calibrated_image, load_mask, read_manifest
+from core.errors import UserFacingError
+
+PREDICTION_COLUMNS = (
+    "patient_key",
+    "early_recurrence",
+    "n_category",
+    "dl_mean_patch_probability",
+    "dl_patches",
+    "clinical_probability",
+    "clinical_ci_low",
+    "clinical_ci_high",
+    "model_sha256",
+)
+
+
+@dataclass(frozen=True)
+class PredictionSummary:
+    """Where the predictions are, how many were scored now and how many were already there."""
+
+    path: Path
+    scored: int
+    reused: int
+
+
+def _done_rows(path: Path, model_sha256: str) -> dict[str, dict[str, str]]:
+    if not path.exists():
+        return {}
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    others = {row["model_sha256"] for row in rows} - {model_sha256}
+    if others:
+        raise UserFacingError(
+            f"{path} holds predictions of another model (sha256 {sorted(others)[0][:12]}); write to a new --out folder "
+            "so that two models' scores are never mixed."
+        )
+    return {row["patient_key"]: row for row in rows}
+
+
+def predict_manifest(manifest: Path, out: Path, model: Any, progress: bool = True) -> PredictionSummary:
+    """Score every patient of ``manifest`` into ``out/predictions.csv`` (appending; resumable).
+
+    Raises:
+        UserFacingError: a bad manifest (every problem listed), or predictions of another model in ``out``.
+    """
+    from tqdm import tqdm
+
+    patients = read_manifest(manifest, model.preprocess)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "predictions.csv"
+    done = _done_rows(path, model.sha256)
+    todo = [p for p in patients if p.key not in done]
+    new_file = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS)
+        if new_file:
+            writer.writeheader()
+        for patient in tqdm(todo, desc="patients", disable=not progress):
+            writer.writerow(_score(patient, model))
+            handle.flush()  # a killed run keeps every patient scored so far
+    return PredictionSummary(path, len(todo), len(patients) - len(todo))
+
+
+def _score(patient: Any, model: Any) -> dict[str, object]:
+    result = analyze_case(load_calibrated_image(patient), load_mask(patient.mask_path), model)
+    clinical = clinical_risk_for(patient.n_category)
+    return {
+        "patient_key": patient.key,
+        "early_recurrence": patient.label,
+        "n_category": patient.n_category,
+        "dl_mean_patch_probability": f"{result.dl_risk.probability:.6f}",
+        "dl_patches": result.dl_risk.n_patches,
+        "clinical_probability": f"{clinical.probability:.6f}" if clinical else "",
+        "clinical_ci_low": f"{clinical.ci_low:.6f}" if clinical else "",
+        "clinical_ci_high": f"{clinical.ci_high:.6f}" if clinical else "",
+        "model_sha256": model.sha256,
+    }
