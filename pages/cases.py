@@ -13,6 +13,7 @@ from core.analysis import outline_coverage
 from core.cases import AnalysisSummary, CaseSummary, SavedCase, case_table_csv, list_case_summaries, load_saved_case
 from core.imaging import CtSlice, display_image
 from core.outcomes import OutcomeError, follow_up_from_dates
+from core.pdf_report import case_report_pdf
 from pages.common import (
     DATABASE_DOWN,
     engine,
@@ -95,6 +96,14 @@ def show_case(saved: SavedCase) -> None:
         if sensitivity:
             show_sensitivity(sensitivity)
     analysis_details(summary.analyses)
+    st.download_button(
+        "Case report (PDF)",
+        data=lambda: case_report_pdf(saved),
+        file_name=f"icca-case-{summary.case_key}.pdf",
+        mime="application/pdf",
+        key=f"pdf_{summary.case_id}",
+        help="One page for the chart and the tumour board: slice, overlay, measurements, both risks, model, notice.",
+    )
 
 
 def outcome_section(summary: CaseSummary) -> None:
