@@ -90,7 +90,7 @@ def case_report_pdf(saved: Any) -> bytes:
             f"{dl.probability:.0%} mean patch probability (uncalibrated) over {dl.n_patches:,} patches",
         ],
         [
-            f"Clinical model (UICC {summary.n_category})",
+            f"Clinical model (UICC {summary.n_category})" if clinical else "Clinical model (N category unknown)",
             f"{clinical.probability:.0%} (95% CI {clinical.ci_low:.0%}–{clinical.ci_high:.0%})"
             if clinical
             else "not available (N category unknown)",
@@ -101,7 +101,7 @@ def case_report_pdf(saved: Any) -> bytes:
             + (f"{summary.tumour_size_mm:g} mm" if summary.tumour_size_mm else "not entered"),
         ],
         ["Outcome", summary.outcome.describe() if summary.outcome else "not recorded"],
-        ["Model", f"{latest.model_name} ({latest.training_data}); sha256 {latest.model_sha256[:16]}…"],
+        ["Model", f"{latest.model_name}; trained on: {latest.training_data}; sha256 {latest.model_sha256[:16]}…"],
     ]
     uncertainty = latest.uncertainty or {}
     headline = spread_headline(uncertainty.get("analysis", {}).get("spread"))
