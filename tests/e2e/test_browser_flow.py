@@ -29,7 +29,7 @@ from core import db
 from core.roi import polygon_area
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Locator, Page
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -166,10 +166,24 @@ def _idle(page: Page, timeout_ms: int = 180_000) -> None:
     )
 
 
+def _selectbox(page: Page, label: str) -> Locator:
+    """The one selectbox labelled ``label``, once the run's stale copy (if any) is gone.
+
+    After a rerun that moves an element (another element appeared above it), Streamlit shows
+    the old copy until the new page is complete; the browser can still hold both for a moment
+    after the run has finished, so wait until exactly one is left.
+    """
+    from playwright.sync_api import expect
+
+    _idle(page)
+    box = page.locator("[data-testid=stSelectbox]").filter(has_text=label)
+    expect(box).to_have_count(1, timeout=30_000)
+    return box
+
+
 def _choose(page: Page, label: str, option: str) -> None:
     """Pick ``option`` in the Streamlit selectbox labelled ``label``."""
-    _idle(page)
-    page.locator("[data-testid=stSelectbox]").filter(has_text=label).click()
+    _selectbox(page, label).click()
     page.get_by_role("option", name=option, exact=True).click()
 
 
@@ -396,15 +410,13 @@ def test_zip_with_two_shuffled_series_pick_slice_import_seg_analyze_save(
         page.locator("input[type=file]").first.set_input_files(str(archive))
         page.wait_for_selector("text=Series", timeout=60_000)
         expect(page.get_by_text("taken with contrast")).to_be_visible()  # the first listed is the contrast one
-        _idle(page)
-        page.locator("[data-testid=stSelectbox]").filter(has_text="Series").click()
+        _selectbox(page, "Series").click()
         page.get_by_role("option", name=re.compile("Plain abdomen")).click()
         expect(page.get_by_text("Slice 3 of 5", exact=False)).to_be_visible(timeout=30_000)
         page.get_by_role("slider").first.focus()
         page.keyboard.press("ArrowLeft")  # move to another slice
         expect(page.get_by_text("Slice 2 of 5", exact=False)).to_be_visible(timeout=30_000)
-        _idle(page)
-        page.locator("[data-testid=stSelectbox]").filter(has_text="An outline in this upload").click()
+        _selectbox(page, "An outline in this upload").click()
         page.get_by_role("option", name=re.compile("SEG0001")).click()
         _idle(page)
         page.get_by_role("button", name="Import outline").click()
