@@ -26,22 +26,19 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy.orm import Session
 
 from core import db
+from core.cohort import CALIBRATION_COLUMNS, DATA_SOURCE_COLUMN, REQUIRED_COLUMNS
 from core.errors import UserFacingError
 from core.outcomes import FollowUp
 from core.provenance import DATA_SOURCES
 
+# the manifest's own column names (core.cohort), so that an export is always what `core train` reads
 EXPORT_COLUMNS = (
-    "patient_key",
-    "image_path",
-    "mask_path",
-    "early_recurrence",
+    *REQUIRED_COLUMNS,
     "n_category",
     "t_category",
     "tumour_size_mm",
-    "data_source",
-    "pixel_spacing_mm",
-    "export_window_level",
-    "export_window_width",
+    DATA_SOURCE_COLUMN,
+    *CALIBRATION_COLUMNS,
 )
 
 
