@@ -50,11 +50,6 @@ PAPER_EPOCHS = 50
 STANDARD_SEED = 3614  # make_patient draws 0.70003 mm/px from this seed
 STANDARD_TUMOUR_MM = 55.0
 LARGE_TUMOUR_MM = 200.0  # nominal; the phantom's irregular outline gives 1,544 patches: the memory target's case
-QUICK_BUILD = ("torch-compile-fp32", "torch-compile-bf16", "onnxruntime-int8")  # slow to build: not tried by --quick
-
-
-def _device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _sync(device: torch.device) -> None:
@@ -125,8 +120,8 @@ def single_member(model: Any, engine: Any) -> tuple[Any, Any]:
     """(model, engine) restricted to the first member: the unit "single analysis" is measured in."""
     from dataclasses import replace
 
+    # replace() keeps cache_id: its patches are the ensemble's first member's
     one = replace(model, members=(), member_names=model.names[:1], engine=None)
-    one.cache_id = model.cache_id  # same identity: its patches are the ensemble's first member's
     return one, replace(engine, predictors=engine.predictors[:1])
 
 
@@ -218,7 +213,7 @@ def inference_benchmark(
     from core.uncertainty import outline_sensitivity
     from models.checkpoint import load_checkpoint
 
-    device = _device()
+    device = engines.default_device()
     members = members or (2 if quick else 5)
     model = load_checkpoint(model_path) if model_path else random_ensemble(members, cfg)
     cfg = model.preprocess
@@ -234,8 +229,8 @@ def inference_benchmark(
     }
 
     # the engine: this machine's cached ranking, or measured now (quick: without the slow-to-build backends)
-    backends = [b for b in engines.BACKENDS if not (quick and b.key in QUICK_BUILD)]
-    signature = engines.machine_signature(cfg, 2, device)
+    backends = [b for b in engines.BACKENDS if not (quick and b.key in engines.SLOW_TO_BUILD)]
+    signature = engines.machine_signature(cfg, len(cfg.labels), device, features)
     cached = engines.cached_choice(signature) is not None
     started = time.perf_counter()
     if backend_keys is not None:
@@ -458,7 +453,9 @@ def run_benchmarks(
     """
     results = inference_benchmark(quick=quick, members=members, model_path=model_path, log=log)
     if train:
-        device = _device()
+        from core.engine import default_device
+
+        device = default_device()
         repeats = 2 if quick else 5
         batch = 128 if device.type == "cuda" else 16
         rates = training_rates(batch, repeats * (5 if device.type == "cuda" else 1), device)

@@ -127,15 +127,8 @@ def _case_summary(case: db.Case) -> CaseSummary:
         roi_area_px=case.roi_area_px,
         roi_area_mm2=case.roi_area_mm2,
         analyses=tuple(_analysis_summary(case, a) for a in case.analyses),
-        outcome=_newest_outcome(case),
+        outcome=db.newest_outcome(case),
     )
-
-
-def _newest_outcome(case: db.Case) -> FollowUp | None:
-    if not case.outcomes:
-        return None
-    row = max(case.outcomes, key=lambda o: o.id)
-    return FollowUp(days_to_recurrence=row.days_to_recurrence, days_followed=row.days_followed)
 
 
 def list_case_summaries(session: Session) -> list[CaseSummary]:

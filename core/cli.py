@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from core.errors import UserFacingError
+from core.provenance import DATA_SOURCES
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export-cohort", help="write the saved cases with a known outcome as a training manifest")
     p.add_argument("--out", required=True, help="folder for images/, masks/ and manifest.csv")
-    p.add_argument("--data-source", required=True, choices=["patients", "synthetic"], help="what the saved images are")
+    p.add_argument("--data-source", required=True, choices=sorted(DATA_SOURCES), help="what the saved images are")
     p.add_argument("--database", default=None, help="SQLAlchemy URL (default: $ICCA_DATABASE_URL or data/icca.db)")
     p.set_defaults(handler=cmd_export_cohort)
 

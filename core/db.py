@@ -444,12 +444,21 @@ def delete_case(session: Session, case_id: int) -> DeletedCase | None:
     return deleted
 
 
-def latest_outcome(session: Session, case_id: int) -> FollowUp | None:
-    """The case's current follow-up (its newest outcome row), or ``None`` when none was recorded."""
-    row = session.scalars(select(Outcome).where(Outcome.case_id == case_id).order_by(Outcome.id.desc())).first()
-    if row is None:
+def newest_outcome(case: Case) -> FollowUp | None:
+    """The case's current follow-up (its newest outcome row), or ``None`` when none was recorded.
+
+    Reads ``case.outcomes`` (loaded with the case list in one query, see :func:`list_cases`).
+    """
+    if not case.outcomes:
         return None
+    row = max(case.outcomes, key=lambda o: o.id)
     return FollowUp(days_to_recurrence=row.days_to_recurrence, days_followed=row.days_followed)
+
+
+def latest_outcome(session: Session, case_id: int) -> FollowUp | None:
+    """:func:`newest_outcome` of the case with id ``case_id`` (``None`` also when there is no such case)."""
+    case = session.get(Case, case_id)
+    return newest_outcome(case) if case is not None else None
 
 
 def record_outcome(session: Session, case_id: int, follow_up: FollowUp) -> bool:
@@ -466,7 +475,7 @@ def record_outcome(session: Session, case_id: int, follow_up: FollowUp) -> bool:
     case = session.get(Case, case_id)
     if case is None:
         raise LookupError(f"no case {case_id}")
-    old = latest_outcome(session, case_id)
+    old = newest_outcome(case)
     if old == follow_up:
         return False
     session.add(

@@ -516,17 +516,6 @@ class Engine:
             parts.append(f"max |Δp| {self.max_abs_diff:.3f} vs fp32")
         return " · ".join(parts)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "name": self.name,
-            "device": str(self.device),
-            "how": self.how,
-            "max_abs_diff": self.max_abs_diff,
-            "patches_per_s": self.patches_per_s,
-            "members": len(self.predictors),
-        }
-
 
 def default_engine(
     networks: Sequence[Callable[[torch.Tensor], torch.Tensor]], device: torch.device | None = None
@@ -659,9 +648,6 @@ class Choice:
     def best(self) -> Candidate:
         """The fastest candidate accepted for the model measured (fp32 eager always is)."""
         return next(c for c in self.ranking() if c.accepted)
-
-    def speed_of(self, key: str) -> float | None:
-        return next((c.patches_per_s for c in self.candidates if c.key == key), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -958,7 +944,8 @@ def prepare_engine(
         model.engine = default_engine(networks, device)  # fake predictors: nothing to convert
         return model.engine
     num_classes = _num_classes(networks[0], cfg)
-    signature = machine_signature(cfg, num_classes, device)
+    features = detect_cpu_features()  # once: it reads /proc/cpuinfo
+    signature = machine_signature(cfg, num_classes, device, features)
     choice = cached_choice(signature, path)
     how = "chosen by measurement on this machine (cached)"
     if choice is None and measure:
@@ -979,7 +966,7 @@ def prepare_engine(
     model_id = getattr(model, "cache_id", None)
     for candidate in choice.ranking():
         backend = by_key.get(candidate.key)
-        if backend is None or backend.unusable(device, detect_cpu_features()) is not None:
+        if backend is None or backend.unusable(device, features) is not None:
             continue
         if candidate.key == engine.backend:
             engine.how, engine.patches_per_s = how, candidate.patches_per_s

@@ -109,7 +109,7 @@ def export_cohort(session: Session, out: Path, data_source: str) -> ExportSummar
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows, unknown = [], 0
     for case in db.list_cases(session):
-        label = _label(db.latest_outcome(session, case.id))
+        label = _label(db.newest_outcome(case))
         if label is None:
             unknown += 1
             continue

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from core.errors import RoiError
+from core.inference import quantise_grey
 from core.patches import PatchGrid, resample_scale
 from core.preprocess import PreprocessConfig
 
@@ -105,7 +106,7 @@ def cut_cells(
     height = (int(cells[:, 0].max()) - i0) * s + p
     width = (int(cells[:, 1].max()) - j0) * s + p
     region = resample_region(grey, i0 * s, j0 * s, height, width, sr, sc)
-    region = np.round(np.clip(region, 0.0, 1.0) * 255.0).astype(np.uint8)
+    region = quantise_grey(region)
     windows = np.lib.stride_tricks.sliding_window_view(region, (p, p))
     return windows[(cells[:, 0] - i0) * s, (cells[:, 1] - j0) * s].copy()  # one gather, no Python loop
 

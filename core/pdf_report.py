@@ -23,9 +23,8 @@ from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Tabl
 from core.heatmap import colour_bar, draw_outline, jet_overlay, roi_crop_box
 from core.imaging import CtSlice, display_image
 from core.outline import measure_outline
+from core.provenance import RESEARCH_NOTICE
 from core.uncertainty import sensitivity_table, spread_headline
-
-RESEARCH_NOTICE = "Research use only: not a medical device; do not base treatment decisions on these numbers."
 
 
 def _png(rgb: np.ndarray) -> io.BytesIO:

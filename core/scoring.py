@@ -81,8 +81,9 @@ def score_cells(
     n_members = len(engine.predictors)
     out = np.full((len(cells), n_members), np.nan, dtype=np.float64)
     prefix = (context.slice_key, context.cfg_key, getattr(model, "cache_id", id(model)))
-    keys = [[(*prefix, member, engine.backend, int(i), int(j)) for i, j in cells] for member in range(n_members)]
-    if cache is not None:
+    keys: list[list[tuple]] = []
+    if cache is not None:  # keys only where a cache will use them: M × K tuples are not free on large cases
+        keys = [[(*prefix, member, engine.backend, int(i), int(j)) for i, j in cells] for member in range(n_members)]
         for member in range(n_members):
             out[:, member] = cache.lookup(keys[member])
     todo = np.isnan(out)
@@ -103,7 +104,7 @@ def score_cells(
 
         probs = predict_patches(
             predictor,
-            patches[row_of[rows]],
+            patches if len(rows) == len(need_cut) else patches[row_of[rows]],  # no copy when every patch runs
             context.cfg,
             batch_size=batch_size,
             device=engine.device,

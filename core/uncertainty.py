@@ -287,9 +287,8 @@ def outline_sensitivity(
             rows.append(OffsetRisk(offset, None, 0, (), areas[offset], notes[offset]))
             continue
         member = probs[[index[(int(i), int(j))] for i, j in plans[offset].cells]]
-        risk = aggregate(member.mean(axis=1)).probability
-        member_risks = tuple(aggregate(member[:, k]).probability for k in range(member.shape[1]))
-        rows.append(OffsetRisk(offset, risk, len(member), member_risks, areas[offset]))
+        spread = ensemble_spread(member, model.names)
+        rows.append(OffsetRisk(offset, spread.mean, len(member), spread.risks, areas[offset]))
     return OutlineSensitivity(
         rows=tuple(rows),
         threshold=CASE_THRESHOLD,
@@ -304,12 +303,20 @@ def outline_sensitivity(
 # These read the saved form (``to_dict``), so a live analysis and a reopened case read alike.
 
 
-def spread_sentence(spread: dict[str, Any] | None) -> str | None:
-    """One sentence on the fold models' range, from :meth:`EnsembleSpread.to_dict`; ``None`` for one network."""
+def spread_of_folds(spread: dict[str, Any] | None) -> bool | None:
+    """Whether a saved spread (:meth:`EnsembleSpread.to_dict`) is across fold models (members "fold k");
+    ``None`` when there is no spread to show (one network)."""
     if not spread or len(spread["risks"]) < 2:
         return None
+    return all(str(name).startswith("fold ") for name in spread.get("names", ()))
+
+
+def spread_sentence(spread: dict[str, Any] | None) -> str | None:
+    """One sentence on the fold models' range, from :meth:`EnsembleSpread.to_dict`; ``None`` for one network."""
+    folds = spread_of_folds(spread)
+    if folds is None:
+        return None
     k = len(spread["risks"])
-    folds = all(str(name).startswith("fold ") for name in spread.get("names", ()))
     noun = "fold models" if folds else "member networks"
     sentence = f"Across its {k} {noun}: {spread['low']:.0%}–{spread['high']:.0%} (min–max, SD {spread['sd'] * 100:.0f} "
     if folds:
@@ -326,9 +333,9 @@ def spread_sentence(spread: dict[str, Any] | None) -> str | None:
 
 def spread_headline(spread: dict[str, Any] | None) -> str | None:
     """The spread in one short line for beside the risk (:func:`spread_sentence` explains it); ``None`` for one network."""
-    if not spread or len(spread["risks"]) < 2:
+    folds = spread_of_folds(spread)
+    if folds is None:
         return None
-    folds = all(str(name).startswith("fold ") for name in spread.get("names", ()))
     noun = "fold models" if folds else "member networks"
     line = f"Across its {len(spread['risks'])} {noun}: {spread['low']:.0%}–{spread['high']:.0%} (min–max); not a confidence interval."
     if spread.get("members_disagree"):

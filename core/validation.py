@@ -85,11 +85,8 @@ def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIB
     p = np.asarray(probabilities, dtype=np.float64)
     lp = _logit(p)
     ones = np.ones((len(y), 1))
-    try:
-        slope = float(_logistic_fit(np.column_stack([ones, lp]), y, np.zeros(len(y)))[1])
-        intercept = float(_logistic_fit(ones, y, lp)[0])
-    except np.linalg.LinAlgError:
-        slope = intercept = math.nan
+    slope = float(_logistic_fit(np.column_stack([ones, lp]), y, np.zeros(len(y)))[1])
+    intercept = float(_logistic_fit(ones, y, lp)[0])
     if not abs(slope) <= MAX_PLAUSIBLE_SLOPE:
         slope = math.nan
     # bins of distinct predicted values, so that tied predictions (a two-valued clinical model) share a bin
@@ -318,7 +315,7 @@ def local_cohorts(summaries: Sequence[Any]) -> list[ScoredPatients]:
             latest.model_sha256,
             {
                 "name": latest.model_name,
-                "warning": getattr(latest, "weights_warning", None),
+                "warning": latest.weights_warning,
                 "labels": [],
                 "dl": [],
                 "clinical": [],

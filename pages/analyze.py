@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import streamlit as st
@@ -42,6 +44,7 @@ from core.imaging import (
     lossy_note,
     window_presets,
 )
+from core.inference import ProgressFn
 from core.modelcard import performance_sentence
 from core.outline import count_regions, keep_largest_region, mask_to_fabric, measure_outline
 from core.preprocess import PreprocessConfig
@@ -49,6 +52,7 @@ from core.pseudonym import case_key
 from core.roi import FABRIC_VERSION, CanvasView, canvas_view_for, mask_from_fabric
 from core.segmentation import export_png, export_seg, read_outline
 from core.series import (
+    SeriesSlice,
     SeriesSummary,
     UploadScan,
     is_raster,
@@ -88,6 +92,7 @@ FIELD_NAMES = {
 }
 UNKNOWN = "unknown"
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def load_sample() -> None:
@@ -124,15 +129,28 @@ def upload_widget() -> None:
     box = upload_col.expander(f"Loaded: {source['name']} · upload another CT", expanded=False) if source else upload_col
     with box:
         uploaded = upload_files()
-    if uploaded:
+    # the uploader hands back the same files on every rerun: read and hash them only when they change
+    file_ids = tuple(item.file_id for item in uploaded or ())
+    if file_ids and st.session_state.get("case_source", {}).get("file_ids") != file_ids:
         files = [(item.name, item.getvalue()) for item in uploaded]
         digest = upload_hash(files)
-        if st.session_state.get("case_source", {}).get("hash") != digest:
+        st.session_state.setdefault("case_source", {})["file_ids"] = file_ids
+        if st.session_state["case_source"].get("hash") != digest:
             name = files[0][0] if len(files) == 1 else f"{len(files)} files"
-            st.session_state["case_source"] = {"name": name, "files": files, "hash": digest}
+            st.session_state["case_source"] = {"name": name, "files": files, "hash": digest, "file_ids": file_ids}
             st.session_state.pop("initial_outlines", None)
             st.session_state.pop("imported", None)
             st.rerun()  # the uploader folds away around the new case
+
+
+def loaded_slice(scan: UploadScan, upload: str, series_key: str, index: int) -> SeriesSlice:
+    """The decoded slice on screen, kept across reruns (a widget change must not decode it again)."""
+    where = (upload, series_key, index)
+    cached = st.session_state.get("slice_cache")
+    if cached is None or cached[0] != where:
+        cached = (where, load_series_slice(scan, series_key, index))
+        st.session_state["slice_cache"] = cached  # only the slice on screen: memory stays bounded
+    return cached[1]
 
 
 def upload_files() -> list:
@@ -181,7 +199,7 @@ def choose_slice(source: dict) -> tuple[CtSlice, SeriesSummary | None, str]:
         st.session_state.setdefault(slider_key, series.slice_count // 2 + 1)
         number = st.slider("Slice", 1, series.slice_count, key=slider_key, label_visibility="collapsed")
         index = number - 1
-    loaded = load_series_slice(scan, key, index)
+    loaded = loaded_slice(scan, source["hash"], key, index)
     position = f", at {loaded.position_mm:+.1f} mm along the stack" if loaded.position_mm is not None else ""
     st.caption(f"Slice {index + 1} of {series.slice_count}{position}.")
     return loaded.ct, series, f"{source['hash'][:12]}:{key}:{index}"
@@ -224,7 +242,7 @@ def apply_import(source: dict, series: SeriesSummary | None, ct: CtSlice, slot: 
             name, data = picked, scan.file_bytes(index)
         else:
             raise UserFacingError("Choose an outline file, or one from this upload, then press Import outline.")
-        digest = hashlib.sha256(data).hexdigest()
+        digest = content_hash(data)
         previous = st.session_state.get("import_segments") or {}
         # the segment picked applies to the same file only (by content: Slicer names every export alike)
         same_file = previous.get("tag") == tag and previous.get("digest") == digest
@@ -373,13 +391,14 @@ def show_measurements(mask: np.ndarray, ct: CtSlice, cfg: PreprocessConfig, bloc
 def export_buttons(mask: np.ndarray, ct: CtSlice) -> None:
     """Download the outline as DICOM SEG (referencing its source slice, for 3D Slicer) and as PNG."""
     seg_col, png_col = st.columns(2)
+    ref = ct.source_ref
     # a SEG needs the slice's frame of reference (export_seg refuses without one): no button that cannot work
-    if ct.source_ref is not None and ct.source_ref.geometry is not None and not ct.source_ref.frame_of_reference_uid:
+    if ref is not None and ref.geometry is not None and not ref.frame_of_reference_uid:
         seg_col.caption(
             "No DICOM SEG export: this slice has no frame of reference (FrameOfReferenceUID), which a SEG needs "
             "to be placed on the series; the PNG export works."
         )
-    if ct.source_ref is not None and ct.source_ref.geometry is not None and ct.source_ref.frame_of_reference_uid:
+    elif ref is not None and ref.geometry is not None:
         seg_col.download_button(
             "Outline as DICOM SEG",
             data=lambda: export_seg(mask, ct.source_ref),
@@ -433,20 +452,30 @@ def evaluations_text(model: LoadedModel, done: int, total: int) -> str:
     return f"{unit.capitalize()}: {done:,} of {total:,}"
 
 
-def run_analysis(ct: CtSlice, mask: np.ndarray, model: LoadedModel, engine: Engine) -> CaseAnalysis | None:
-    """Run the model with a progress bar; ``None`` (and a sentence on the page) when it cannot."""
-    bar = st.progress(0.0, text="Running the ResNet50 over the patch grid…")
+def with_progress(start_text: str, prefix: str, model: LoadedModel, run: Callable[[ProgressFn], T]) -> T | None:
+    """``run(report)`` under a progress bar of patch evaluations; ``None`` (and its sentence) on a user-facing error."""
+    bar = st.progress(0.0, text=start_text)
 
     def report(done: int, total: int) -> None:
-        bar.progress(done / total, text=evaluations_text(model, done, total))
+        bar.progress(done / total, text=prefix + evaluations_text(model, done, total))
 
     try:
-        return analyze_case(ct, mask, model, engine=engine, progress=report)
+        return run(report)
     except UserFacingError as error:
         st.error(str(error))
         return None
     finally:
         bar.empty()
+
+
+def run_analysis(ct: CtSlice, mask: np.ndarray, model: LoadedModel, engine: Engine) -> CaseAnalysis | None:
+    """Run the model with a progress bar; ``None`` (and a sentence on the page) when it cannot."""
+    return with_progress(
+        "Running the ResNet50 over the patch grid…",
+        "",
+        model,
+        lambda report: analyze_case(ct, mask, model, engine=engine, progress=report),
+    )
 
 
 def run_sensitivity(
@@ -457,18 +486,12 @@ def run_sensitivity(
     ``engine`` is the one that ran the analysis: its "as drawn" row is then the number shown
     above (and its patches come from the cache), even if a faster engine was installed since.
     """
-    bar = st.progress(0.0, text="Scoring the patches the tighter and wider outlines add…")
-
-    def report(done: int, total: int) -> None:
-        bar.progress(done / total, text="New " + evaluations_text(model, done, total).lower())
-
-    try:
-        return outline_sensitivity(ct, mask, model, engine=engine, progress=report)
-    except UserFacingError as error:
-        st.error(str(error))
-        return None
-    finally:
-        bar.empty()
+    return with_progress(
+        "Scoring the patches the tighter and wider outlines add…",
+        "New: ",
+        model,
+        lambda report: outline_sensitivity(ct, mask, model, engine=engine, progress=report),
+    )
 
 
 def sensitivity_section(ct: CtSlice, mask: np.ndarray, model: LoadedModel, stored: dict) -> None:

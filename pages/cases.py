@@ -212,7 +212,7 @@ if not cases:
 st.dataframe([case_row(c) for c in cases], hide_index=True, width="stretch")
 st.download_button(
     "Case table (CSV)",
-    data=case_table_csv(cases),
+    data=lambda: case_table_csv(cases),  # built on click, not on every rerun
     file_name="icca-cases.csv",
     mime="text/csv",
     help="One row per case with its latest analysis and outcome; pseudonymised (case keys, no patient IDs, no dates of care).",

@@ -21,7 +21,7 @@ from core.errors import UserFacingError
 from core.heatmap import colour_bar, draw_outline, jet_overlay, roi_crop_box
 from core.inference import CaseRisk
 from core.provenance import RESEARCH_NOTICE
-from core.uncertainty import sensitivity_table, spread_headline, spread_sentence
+from core.uncertainty import sensitivity_table, spread_headline, spread_of_folds, spread_sentence
 from models.checkpoint import LoadedModel, configured_model_path, load_checkpoint
 
 SHELL_FLAG = "shell_ran"
@@ -178,8 +178,8 @@ def show_dl_risk(
     _metric("Deep learning (ResNet50 patches)", "Mean patch probability (uncalibrated)", f"{dl.probability:.0%}")
     headline = spread_headline(spread)
     if headline:
-        folds = all(str(name).startswith("fold ") for name in spread.get("names", ()))
-        st.markdown(f"**{'Fold spread' if folds else 'Spread'}:** {headline}", help=spread_sentence(spread))
+        label = "Fold spread" if spread_of_folds(spread) else "Spread"
+        st.markdown(f"**{label}:** {headline}", help=spread_sentence(spread))
     if weights_warning:
         st.caption(f":material/warning: {weights_warning}")
     if details:
@@ -254,11 +254,12 @@ def sample_session_state() -> dict[str, object]:
     sample = sample_case()
     files = [("sample.dcm", sample.dicom_bytes)]
     digest = upload_digest(files)
-    series_key = scan_upload(files).ct_series[0].key
+    scan = scan_upload(files)
     drawing = sample.fabric_json(canvas_view_for(sample.shape, CANVAS_WIDTH_PX))
     return {
         "case_source": {"name": "sample.dcm", "files": files, "hash": digest},
-        "initial_outlines": {f"{digest[:12]}:{series_key}:0": {**drawing, "version": FABRIC_VERSION}},
+        "scan": {"hash": digest, "scan": scan},  # as pages/analyze.scanned keeps it: not scanned twice
+        "initial_outlines": {f"{digest[:12]}:{scan.ct_series[0].key}:0": {**drawing, "version": FABRIC_VERSION}},
         "imported": None,
     }
 

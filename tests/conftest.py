@@ -18,6 +18,16 @@ TEST_MODEL_NAME = "untrained test model"
 TEST_ENSEMBLE_NAME = "untrained test ensemble"
 
 
+@pytest.fixture(autouse=True)
+def _engine_choice_of_the_test_session(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Tests never read the machine's own ranking (data/engine-choice.json): what runs must not depend on it."""
+    from core.engine import ENGINE_CACHE_ENV
+
+    monkeypatch.setenv(ENGINE_CACHE_ENV, str(tmp_path_factory.getbasetemp() / "engine-choice.json"))
+
+
 @pytest.fixture(scope="session")
 def test_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real ResNet50 with random weights (seed 0) and the paper's default preprocessing."""

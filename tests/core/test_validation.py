@@ -87,7 +87,11 @@ def test_few_events_are_said_and_enough_are_not() -> None:
 def _summary(sha: str, dl: float, clinical: float | None, outcome: FollowUp | None) -> SimpleNamespace:
     risk = SimpleNamespace(probability=clinical) if clinical is not None else None
     latest = SimpleNamespace(
-        model_sha256=sha, model_name=f"model {sha}", dl_risk=SimpleNamespace(probability=dl), clinical_risk=risk
+        model_sha256=sha,
+        model_name=f"model {sha}",
+        dl_risk=SimpleNamespace(probability=dl),
+        clinical_risk=risk,
+        weights_warning=None,
     )
     return SimpleNamespace(latest=latest, outcome=outcome)
 
@@ -107,37 +111,6 @@ def test_cohorts_never_mix_models_and_leave_out_unknown_outcomes() -> None:
     a = cohorts[0]
     assert (a.n, a.events, a.unknown_outcome) == (2, 1, 2)
     assert a.labels == (True, False) and a.dl == (0.8, 0.2) and a.clinical == (0.85, 0.32)
-
-
-def _exact_r_by_2_p(table: np.ndarray) -> float:
-    """Exact p of an r × 2 table by enumerating every table with its margins (multivariate hypergeometric)."""
-    import itertools
-    from math import comb
-
-    rows, first = table.sum(axis=1), int(table[:, 0].sum())
-    n = int(table.sum())
-
-    def chi2(column: np.ndarray) -> float:
-        full = np.column_stack([column, rows - column])
-        expected = np.outer(rows, full.sum(axis=0)) / n
-        return float(((full - expected) ** 2 / expected).sum())
-
-    observed, p = chi2(table[:, 0]), 0.0
-    for column in itertools.product(*(range(int(r) + 1) for r in rows)):
-        if sum(column) != first:
-            continue
-        weight = np.prod([comb(int(r), c) for r, c in zip(rows, column, strict=True)]) / comb(n, first)
-        if chi2(np.array(column)) >= observed - 1e-9:
-            p += weight
-    return p
-
-
-def test_monte_carlo_p_matches_exact_enumeration() -> None:
-    from core.table1 import monte_carlo_exact_p
-
-    table = np.array([[5, 1], [2, 4], [1, 3]])
-    exact = _exact_r_by_2_p(table)
-    assert monte_carlo_exact_p(table) == pytest.approx(exact, abs=0.012)  # 3 Monte Carlo SEs at B = 20,000
 
 
 def test_calibration_intercept_is_positive_when_the_model_under_predicts() -> None:

@@ -166,6 +166,21 @@ def _idle(page: Page, timeout_ms: int = 180_000) -> None:
     )
 
 
+def _press(page: Page, button: str, then: str, timeout_ms: int = 60_000) -> None:
+    """Click the button named ``button`` once the run has finished, and wait for the text ``then``."""
+    _idle(page)
+    page.get_by_role("button", name=button).click()
+    page.wait_for_selector(f"text={then}", timeout=timeout_ms)
+
+
+def _load_sample(page: Page) -> None:
+    _press(page, "Load sample", "largest diameter")
+
+
+def _analyze(page: Page) -> None:
+    _press(page, "Analyze", "Deep learning (ResNet50 patches)", timeout_ms=180_000)
+
+
 def _selectbox(page: Page, label: str) -> Locator:
     """The one selectbox labelled ``label``, once the run's stale copy (if any) is gone.
 
@@ -202,9 +217,7 @@ def test_outline_analyze_then_inputs_are_saved_as_shown(app_url: tuple[str, str]
             page.mouse.click(box["x"] + x, box["y"] + y)
             page.wait_for_timeout(250)
         page.wait_for_selector("text=largest diameter", timeout=30_000)
-        _idle(page)
-        page.get_by_role("button", name="Analyze").click()
-        page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
+        _analyze(page)
         expect(page.get_by_text("Clinical model (N category unknown)")).to_be_visible()
         page.get_by_text("N1", exact=True).click()
         expect(page.get_by_text("Clinical model (UICC N1)")).to_be_visible()
@@ -214,9 +227,7 @@ def test_outline_analyze_then_inputs_are_saved_as_shown(app_url: tuple[str, str]
         page.get_by_label("Tumour size (mm)", exact=True).press("Enter")
         _choose(page, "Tumour number", "solitary")
         page.wait_for_timeout(1_000)
-        _idle(page)
-        page.get_by_role("button", name="Save case").click()
-        page.wait_for_selector("text=Saved as case", timeout=30_000)
+        _press(page, "Save case", "Saved as case", timeout_ms=30_000)
         _idle(page)
         page.get_by_role("button", name="Save case").click()
         page.wait_for_selector("text=Already saved as case", timeout=30_000)
@@ -248,9 +259,7 @@ def test_sample_replaces_an_upload_and_clearing_the_canvas_clears_the_outline(ap
     with browser_page(base) as page:
         page.locator("input[type=file]").first.set_input_files(get_testdata_file("CT_small.dcm"))
         expect(page.get_by_text("CT_small.dcm")).to_be_visible(timeout=30_000)
-        _idle(page)
-        page.get_by_role("button", name="Load sample").click()
-        page.wait_for_selector("text=largest diameter", timeout=60_000)
+        _load_sample(page)
         expect(page.get_by_text("CT_small.dcm")).to_have_count(0)  # the uploader let go of the upload
         page.get_by_label("Tumour size (mm)", exact=True).fill("30")  # any rerun: the sample must stay
         page.get_by_label("Tumour size (mm)", exact=True).press("Enter")
@@ -294,12 +303,8 @@ def test_sample_case_with_a_fold_ensemble_shows_and_saves_its_spread_and_outline
 
     base, db_url = ensemble_app_url
     with browser_page(base) as page:
-        _idle(page)
-        page.get_by_role("button", name="Load sample").click()
-        page.wait_for_selector("text=largest diameter", timeout=60_000)
-        _idle(page)
-        page.get_by_role("button", name="Analyze").click()
-        page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
+        _load_sample(page)
+        _analyze(page)
         expect(page.get_by_text("not available", exact=True)).to_be_visible()  # N category left unknown
         expect(page.get_by_text("Across its 2 fold models", exact=False)).to_be_visible()
         _idle(page)
@@ -307,9 +312,7 @@ def test_sample_case_with_a_fold_ensemble_shows_and_saves_its_spread_and_outline
         page.wait_for_selector("text=Outline sensitivity:", timeout=180_000)
         table = page.locator("[data-testid=stDataFrame]").filter(has_text="")
         expect(table.first).to_be_visible()
-        _idle(page)
-        page.get_by_role("button", name="Save case").click()
-        page.wait_for_selector("text=Saved as case", timeout=30_000)
+        _press(page, "Save case", "Saved as case", timeout_ms=30_000)
         page.get_by_role("link", name="Cases").first.click()
         page.wait_for_selector("text=Saved cases", timeout=60_000)
         expect(page.get_by_text("Across its 2 fold models", exact=False)).to_be_visible(timeout=60_000)
@@ -340,12 +343,8 @@ def test_on_a_1400_by_900_screen_the_overlay_and_both_risks_are_visible_without_
     """Issue 7's layout: slice and outline on the left; the overlay and both risks together on the right."""
     base, _ = app_url
     with browser_page(base, height=900) as page:
-        _idle(page)
-        page.get_by_role("button", name="Load sample").click()
-        page.wait_for_selector("text=largest diameter", timeout=60_000)
-        _idle(page)
-        page.get_by_role("button", name="Analyze").click()
-        page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
+        _load_sample(page)
+        _analyze(page)
         page.wait_for_timeout(1_000)  # let the page settle after the rerun
         scroller = page.locator("[data-testid=stMain]")
         scroller.evaluate("element => element.scrollTo(0, 0)")
@@ -422,12 +421,8 @@ def test_zip_with_two_shuffled_series_pick_slice_import_seg_analyze_save(
         page.get_by_role("button", name="Import outline").click()
         expect(page.get_by_text("Slice 4 of 5", exact=False)).to_be_visible(timeout=30_000)
         expect(page.get_by_text("Imported outline: DICOM SEG", exact=False)).to_be_visible()
-        _idle(page)
-        page.get_by_role("button", name="Analyze").click()
-        page.wait_for_selector("text=Deep learning (ResNet50 patches)", timeout=180_000)
-        _idle(page)
-        page.get_by_role("button", name="Save case").click()
-        page.wait_for_selector("text=Saved as case", timeout=30_000)
+        _analyze(page)
+        _press(page, "Save case", "Saved as case", timeout_ms=30_000)
 
     engine = db.make_engine(db_url)
     with Session(engine) as session:
