@@ -20,10 +20,11 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# Chromium drives the browser tests; pdftotext (poppler-utils) reads the PDF reports back.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "Installing Debian's chromium for the browser tests…"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@{ command -v chromium && command -v pdftotext; } >/dev/null 2>&1 || { \
+	  echo "Installing Debian's chromium and poppler-utils for the browser and report tests…"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils >/dev/null; }
 
 $(MODEL): | $(STAMP)
 	@echo "No model installed at $(MODEL): building the demo model (synthetic phantoms, ~15 min on 2 cores)…"

@@ -22,6 +22,7 @@ navigation = st.navigation(
         st.Page("pages/analyze.py", title="Analyze", icon=":material/biotech:", default=True),
         st.Page("pages/cases.py", title="Cases", icon=":material/folder_open:"),
         st.Page("pages/validation.py", title="Validation", icon=":material/monitoring:"),
+        st.Page("pages/cohort.py", title="Cohort", icon=":material/groups:"),
         st.Page("pages/model_card.py", title="Model card", icon=":material/badge:"),
     ],
     position="top",

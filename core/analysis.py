@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from core import clinical, db
+from core.clinical_refit import PAPER_CLINICAL_MODEL, ClinicalModelInUse
 from core.engine import Engine, engine_of
 from core.errors import ModelOutputError, NotCalibratedError
 from core.heatmap import probability_map
@@ -35,7 +36,7 @@ from core.scoring import score_cells, slice_context
 from core.uncertainty import EnsembleSpread, OutlineSensitivity, ensemble_spread
 from models.checkpoint import LoadedModel
 
-CLINICAL_MODEL_NAME = "Logistic regression on UICC N category (paper Table 1, n = 41)"
+CLINICAL_MODEL_NAME = clinical.PAPER_MODEL_NAME
 
 
 @dataclass(frozen=True)
@@ -123,11 +124,11 @@ class CaseAnalysis:
         }
 
 
-def clinical_risk_for(n_category: str) -> clinical.ClinicalRisk | None:
-    """Risk from the paper's N-category model, or ``None`` for an unknown category."""
-    if n_category not in clinical.N_CATEGORIES:
-        return None
-    return clinical.paper_model().risk(n_category)
+def clinical_risk_for(
+    n_category: str, model: ClinicalModelInUse = PAPER_CLINICAL_MODEL
+) -> clinical.ClinicalRisk | None:
+    """Risk from the clinical model in use (default: the paper's), or ``None`` for an unknown category."""
+    return model.risk(n_category)
 
 
 def outline_coverage(pmap: np.ndarray, mask: np.ndarray, pixel_area_mm2: float | None) -> Coverage:
@@ -239,9 +240,11 @@ def analysis_record(
     model: LoadedModel,
     clinical_risk: clinical.ClinicalRisk | None,
     sensitivity: OutlineSensitivity | None = None,
+    clinical_model: ClinicalModelInUse = PAPER_CLINICAL_MODEL,
 ) -> db.NewAnalysis:
     """The database record of one analysis, with the model's identity and preprocessing, its fold
-    spread and engine, and the outline sensitivity when it was computed."""
+    spread and engine, the outline sensitivity when it was computed, and which clinical model
+    gave ``clinical_risk``."""
     return db.NewAnalysis(
         model_sha256=model.sha256,
         model_name=model.name,
@@ -252,7 +255,7 @@ def analysis_record(
         dl_share_above=result.dl_risk.share_above,
         dl_threshold=result.dl_risk.threshold,
         aggregation_rule=result.dl_risk.rule,
-        clinical_model=CLINICAL_MODEL_NAME,
+        clinical_model=clinical_model.name,
         clinical_probability=clinical_risk.probability if clinical_risk else None,
         clinical_ci_low=clinical_risk.ci_low if clinical_risk else None,
         clinical_ci_high=clinical_risk.ci_high if clinical_risk else None,
@@ -263,9 +266,11 @@ def analysis_record(
     )
 
 
-def clinical_update(inputs: ClinicalInputs) -> db.ClinicalUpdate:
-    """The inputs and the clinical risk they give, to update a saved case."""
-    risk = clinical_risk_for(inputs.n_category)
+def clinical_update(
+    inputs: ClinicalInputs, clinical_model: ClinicalModelInUse = PAPER_CLINICAL_MODEL
+) -> db.ClinicalUpdate:
+    """The inputs and the clinical risk the model in use gives them, to update a saved case."""
+    risk = clinical_risk_for(inputs.n_category, clinical_model)
     return db.ClinicalUpdate(
         n_category=inputs.n_category,
         t_category=inputs.t_category,
@@ -274,4 +279,5 @@ def clinical_update(inputs: ClinicalInputs) -> db.ClinicalUpdate:
         clinical_probability=risk.probability if risk else None,
         clinical_ci_low=risk.ci_low if risk else None,
         clinical_ci_high=risk.ci_high if risk else None,
+        clinical_model=clinical_model.name,
     )

@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from core import db, provenance
-from core.clinical import ClinicalRisk
+from core.clinical import N_CATEGORIES, PAPER_MODEL_NAME, ClinicalRisk
 from core.heatmap import probability_map
 from core.inference import CaseRisk
 from core.outcomes import FollowUp
@@ -32,6 +32,7 @@ class AnalysisSummary:
     model_sha256: str
     training_data: str
     uncertainty: dict[str, Any] | None = None  # core.analysis.uncertainty_record; None before migration 0004
+    clinical_model: str = PAPER_MODEL_NAME  # which clinical model gave clinical_risk
 
     @property
     def weights_warning(self) -> str | None:
@@ -112,6 +113,7 @@ def _analysis_summary(case: db.Case, analysis: db.Analysis) -> AnalysisSummary:
         model_sha256=analysis.model_sha256,
         training_data=analysis.training_data,
         uncertainty=analysis.uncertainty,
+        clinical_model=analysis.clinical_model,
     )
 
 
@@ -264,3 +266,26 @@ def case_table_csv(summaries: list[CaseSummary]) -> str:
             }
         )
     return buffer.getvalue()
+
+
+def cohort_rows(summaries: list[CaseSummary]) -> list[dict[str, str]]:
+    """Saved cases with a known outcome as rows of a Table 1 (:func:`core.table1.table1_from_rows`).
+
+    The keys are a cohort CSV's column names; "" where a value was not entered. The outline's
+    own largest diameter is not used for size: the entered tumour size is what the paper reports.
+    """
+    rows = []
+    for case in summaries:
+        known = case.outcome.early_recurrence if case.outcome else None
+        if known is None:
+            continue
+        rows.append(
+            {
+                "early_recurrence": "early recurrence" if known else "no early recurrence",
+                "n_category": case.n_category if case.n_category in N_CATEGORIES else "",
+                "t_category": case.t_category or "",
+                "tumour_size_mm": f"{case.tumour_size_mm:g}" if case.tumour_size_mm else "",
+                "tumour_number": "" if case.solitary is None else ("solitary" if case.solitary else "multiple"),
+            }
+        )
+    return rows

@@ -155,24 +155,6 @@ def _inspect_upload(files: list[tuple[str, bytes]], source: str, args: argparse.
     return 0
 
 
-def cmd_clinical(args: argparse.Namespace) -> int:
-    from core.clinical import model_summary, paper_model
-
-    summary = model_summary(paper_model())
-    if args.json:
-        print(json.dumps(summary))
-        return 0
-    low, high = summary["odds_ratio_ci"]
-    print(f"{summary['model']}, fitted to {summary['fitted_to']}")
-    print(
-        f"odds ratio N1 vs N0: {summary['odds_ratio']:.3f} (95% CI {low:.3f}–{high:.3f}), Wald p = {summary['wald_p']:.4f}"
-    )
-    for category, risk in summary["risk"].items():
-        r_low, r_high = summary["risk_ci"][category]
-        print(f"risk of early recurrence, {category}: {risk:.1%} (95% CI {r_low:.1%}–{r_high:.1%})")
-    return 0
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from core.predict import predict_manifest
     from models.checkpoint import load_checkpoint
@@ -220,15 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headers-only", action="store_true", help="folder / ZIP: read headers, decode no pixels")
     p.set_defaults(handler=cmd_inspect)
 
-    from core import analysis_cli, bench, figures, training_cli  # analyze; figures; phantom / train / demo-model
+    from core import (
+        analysis_cli,
+        bench,
+        clinical_cli,
+        figures,
+        training_cli,
+    )  # analyze; figures; phantom / train / demo-model
 
     p = sub.add_parser("bench", help="measure inference speed against the fp32 eager baseline, in one run")
     bench.add_arguments(p)
     p.set_defaults(handler=bench.cmd_bench)
 
-    p = sub.add_parser("clinical", help="the N-category logistic regression: odds ratio, risks and their 95% CIs")
-    p.add_argument("--json", action="store_true", help="one JSON object")
-    p.set_defaults(handler=cmd_clinical)
+    clinical_cli.register(sub)
 
     p = sub.add_parser("predict", help="score every patient of a manifest with the installed model (resumable)")
     p.add_argument("--manifest", required=True, help="cohort manifest CSV (as for train)")

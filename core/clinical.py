@@ -14,12 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.logistic import fit_logistic, sigmoid
+
 # The one list of N categories: pages, manifests, training and reports import these.
 N_CATEGORIES = ("N0", "N1")
 UNKNOWN_N = "unknown"
 N_CHOICES = (*N_CATEGORIES, UNKNOWN_N)
 T_CATEGORIES = ("T1a", "T1b", "T2", "T3", "T4")  # UICC 8th edition, intrahepatic bile ducts
 Z_95 = 1.959963984540054
+PAPER_MODEL_NAME = "Logistic regression on UICC N category (paper Table 1, n = 41)"
 
 # (N category, early recurrence 0/1) → number of patients, from Table 1 of the paper.
 PAPER_TABLE1_COUNTS: dict[tuple[str, int], int] = {("N0", 0): 19, ("N0", 1): 9, ("N1", 0): 2, ("N1", 1): 11}
@@ -36,7 +39,7 @@ class ClinicalRisk:
 
 
 class NCategoryLogisticRegression:
-    """P(early recurrence) = sigmoid(b0 + b1 · [N = N1]), maximum likelihood by IRLS.
+    """P(early recurrence) = sigmoid(b0 + b1 · [N = N1]), maximum likelihood (:func:`core.logistic.fit_logistic`).
 
     A tiny ridge term keeps the fit finite when a small training fold is perfectly
     separated (e.g. every N1 patient recurred); on the paper's counts it moves the
@@ -50,20 +53,10 @@ class NCategoryLogisticRegression:
     ) -> NCategoryLogisticRegression:
         """Fit on (n,) 0/1 N1 indicators and (n,) 0/1 outcomes (optional case weights)."""
         x = np.column_stack([np.ones(len(n1)), np.asarray(n1, dtype=np.float64)])
-        yv = np.asarray(y, dtype=np.float64)
-        w = np.ones(len(yv)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        beta = np.zeros(2)
-        for _ in range(100):
-            p = _sigmoid(x @ beta)
-            info = (x * (w * p * (1 - p))[:, None]).T @ x + self.ridge * np.eye(2)
-            step = np.linalg.solve(info, x.T @ (w * (yv - p)) - self.ridge * beta)
-            beta = beta + step
-            if np.max(np.abs(step)) < 1e-10:
-                break
-        p = _sigmoid(x @ beta)
-        self.coef_ = beta
-        self.covariance_ = np.linalg.inv((x * (w * p * (1 - p))[:, None]).T @ x + self.ridge * np.eye(2))
-        self.n_samples_ = float(w.sum())
+        fit = fit_logistic(x, y, weights=sample_weight, ridge=self.ridge)
+        self.coef_ = fit.coef
+        self.covariance_ = fit.covariance
+        self.n_samples_ = float(len(x) if sample_weight is None else np.sum(sample_weight))
         return self
 
     @property
@@ -85,7 +78,7 @@ class NCategoryLogisticRegression:
     def predict_proba_n1(self, n1: np.ndarray) -> np.ndarray:
         """(n,) probabilities for (n,) 0/1 N1 indicators."""
         x = np.column_stack([np.ones(len(n1)), np.asarray(n1, dtype=np.float64)])
-        return _sigmoid(x @ self.coef_)
+        return sigmoid(x @ self.coef_)
 
     def risk(self, n_category: str) -> ClinicalRisk:
         """Risk for "N0" or "N1" with a Wald 95% CI of the linear predictor.
@@ -99,9 +92,9 @@ class NCategoryLogisticRegression:
         eta = float(x @ self.coef_)
         se = float(np.sqrt(x @ self.covariance_ @ x))
         return ClinicalRisk(
-            probability=float(_sigmoid(eta)),
-            ci_low=float(_sigmoid(eta - Z_95 * se)),
-            ci_high=float(_sigmoid(eta + Z_95 * se)),
+            probability=float(sigmoid(eta)),
+            ci_low=float(sigmoid(eta - Z_95 * se)),
+            ci_high=float(sigmoid(eta + Z_95 * se)),
             n_category=n_category,
         )
 
@@ -138,10 +131,6 @@ UNKNOWN_N_REASON = (
     "The N category is unknown, and the clinical model uses nothing else "
     "(lymph-node status is only certain after surgery; enter the radiological N category if there is one)."
 )
-
-
-def _sigmoid(z: np.ndarray | float) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
 def model_summary(model: NCategoryLogisticRegression) -> dict[str, object]:

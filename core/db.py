@@ -170,6 +170,22 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class ClinicalModelVersion(Base):
+    """A clinical model refitted on local patients (:mod:`core.clinical_refit`); the id is its version.
+
+    At most one row is in use; with none, the dashboard uses the paper's N-category model.
+    """
+
+    __tablename__ = "clinical_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    formula: Mapped[str] = mapped_column(String(32))
+    fitted_to: Mapped[str] = mapped_column(String(128))
+    fit: Mapped[dict[str, Any]] = mapped_column(JSON)
+    in_use: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 # ---------------------------------------------------------------- engine
 
 
@@ -347,6 +363,7 @@ class ClinicalUpdate:
     clinical_probability: float | None
     clinical_ci_low: float | None
     clinical_ci_high: float | None
+    clinical_model: str | None = None  # the clinical model that gave the risk; None leaves the saved name
 
 
 def update_saved_case(
@@ -394,6 +411,8 @@ def update_saved_case(
         latest.clinical_probability = update.clinical_probability
         latest.clinical_ci_low = update.clinical_ci_low
         latest.clinical_ci_high = update.clinical_ci_high
+        if update.clinical_model is not None:
+            latest.clinical_model = update.clinical_model
     session.add(AuditEvent(action="case_updated", case_key=case.case_key, detail={"fields": changed}))
     return changed
 
@@ -494,3 +513,57 @@ def record_outcome(session: Session, case_id: int, follow_up: FollowUp) -> bool:
         )
     )
     return True
+
+
+# ---------------------------------------------------------------- clinical model versions
+
+
+def add_clinical_model(session: Session, fit: dict[str, Any], fitted_to: str) -> ClinicalModelVersion:
+    """Store a refitted clinical model (``ClinicalRefit.to_dict()``) as a new version, not in use. Caller commits."""
+    row = ClinicalModelVersion(formula=fit["formula"], fitted_to=fitted_to[:128], fit=fit, in_use=False)
+    session.add(row)
+    session.flush()
+    session.add(
+        AuditEvent(
+            action="clinical_model_fitted",
+            detail={"version": row.id, "formula": row.formula, "n": fit["n"], "events": fit["events"]},
+        )
+    )
+    return row
+
+
+def list_clinical_models(session: Session) -> list[ClinicalModelVersion]:
+    """Every stored clinical model version, newest first."""
+    return list(session.scalars(select(ClinicalModelVersion).order_by(ClinicalModelVersion.id.desc())))
+
+
+def clinical_model_in_use(session: Session) -> ClinicalModelVersion | None:
+    """The local clinical model in use, or ``None`` for the paper's."""
+    return session.scalars(select(ClinicalModelVersion).where(ClinicalModelVersion.in_use.is_(True))).first()
+
+
+def use_clinical_model(session: Session, version: int | None) -> None:
+    """Put version ``version`` in use (``None``: back to the paper's model), with an audit event. Caller commits.
+
+    Raises:
+        LookupError: no such version.
+        ValueError: the version is not a preoperative model (it uses the surgical margin).
+    """
+    row = None
+    if version is not None:
+        row = session.get(ClinicalModelVersion, version)
+        if row is None:
+            raise LookupError(f"no clinical model version {version}")
+        if not row.fit.get("preoperative", False):
+            raise ValueError(f"clinical model version {version} ({row.formula}) needs data known only after surgery")
+    previous = clinical_model_in_use(session)
+    for other in session.scalars(select(ClinicalModelVersion).where(ClinicalModelVersion.in_use.is_(True))):
+        other.in_use = False
+    if row is not None:
+        row.in_use = True
+    session.add(
+        AuditEvent(
+            action="clinical_model_in_use",
+            detail={"old": previous.id if previous else None, "new": version},
+        )
+    )

@@ -119,8 +119,8 @@ def case_report_pdf(saved: Any) -> bytes:
     story += [
         Spacer(1, 3 * mm),
         Paragraph(
-            "The deep-learning number ranks cases; it is not a calibrated risk. The clinical risk is a logistic "
-            "regression on N category fitted to the source paper's 41 patients (Wakiya et al., Sci Rep 2022).",
+            "The deep-learning number ranks cases; it is not a calibrated risk. Clinical model: "
+            f"{latest.clinical_model} (the paper: Wakiya et al., Sci Rep 2022).",
             small,
         ),
     ]

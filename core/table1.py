@@ -250,3 +250,30 @@ def format_table1(table: Table1) -> str:
         for level, cells in row.cells.items():
             lines.append(f"  {level:32} {cells['all']:18} {cells[a]:18} {cells[b]:18}")
     return "\n".join(lines)
+
+
+def table1_display_rows(table: Table1) -> list[dict[str, str]]:
+    """One row per variable level for a page's table: the cells, then p and its test on the variable's first row."""
+    a, b = table.groups
+    columns = {
+        "all": f"all (n={sum(table.groups.values())})",
+        a: f"{a} (n={table.groups[a]})",
+        b: f"{b} (n={table.groups[b]})",
+    }
+    rows = []
+    for variable in table.variables:
+        p = "> 0.999" if variable.p_value > 0.999 else f"{variable.p_value:.3f}"
+        missing = sum(variable.missing.values())
+        for i, (level, cells) in enumerate(variable.cells.items()):
+            first = i == 0
+            rows.append(
+                {
+                    "variable": variable.name if first else "",
+                    "level": level,
+                    **{title: cells[key] for key, title in columns.items()},
+                    "p": p if first else "",
+                    "test": variable.test if first else "",
+                    "not entered": str(missing) if first and missing else "",
+                }
+            )
+    return rows

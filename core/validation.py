@@ -21,11 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from core.clinical import PAPER_MODEL_NAME
+from core.logistic import fit_logistic
 from core.metrics import AucDifference, AucEstimate, binary_metrics, delong_auc, delong_test, roc_curve
 
 MIN_EVENTS_PER_CLASS = 10
 MAX_PLAUSIBLE_SLOPE = 10.0  # beyond it the recalibration fit is running off to infinity (separation)
 DCA_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+DECISION_CURVE_REPORT_THRESHOLDS = np.array([0.1, 0.2, 0.3, 0.4, 0.5])  # the report's table: the plausible range
 CALIBRATION_BINS = 5
 SMOOTHING_BANDWIDTH = 0.1  # Gaussian kernel width on the predicted probability (0–1 scale)
 _EPS = 1e-6
@@ -58,25 +61,14 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def _logistic_fit(x: np.ndarray, y: np.ndarray, offset: np.ndarray, iterations: int = 100) -> np.ndarray:
-    """Maximum-likelihood coefficients of y ~ x (design with its own intercept column) + offset, by IRLS.
+def _logistic_fit(x: np.ndarray, y: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Maximum-likelihood coefficients of y ~ x (design with its own intercept column) + offset.
 
     NaN where there is no finite maximum: a singular design, or no convergence (separation,
     where the likelihood keeps growing as a coefficient runs off to infinity).
     """
-    beta = np.zeros(x.shape[1])
-    for _ in range(iterations):
-        p = 1 / (1 + np.exp(-np.clip(x @ beta + offset, -500, 500)))
-        info = (x * (p * (1 - p))[:, None]).T @ x
-        if np.linalg.cond(info) > 1e12:
-            return np.full(x.shape[1], math.nan)
-        step = np.linalg.solve(info, x.T @ (y - p))
-        beta = beta + step
-        if not np.all(np.isfinite(beta)):
-            return np.full(x.shape[1], math.nan)
-        if np.max(np.abs(step)) < 1e-8:
-            return beta
-    return np.full(x.shape[1], math.nan)
+    fit = fit_logistic(x, y, offset=offset)
+    return fit.coef if fit.converged else np.full(x.shape[1], math.nan)
 
 
 def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> Calibration:
@@ -250,6 +242,19 @@ def validate(
     )
 
 
+def difference_sentence(result: LocalValidation) -> str:
+    """DeLong's test of AUC(DL) − AUC(clinical) in words, or why there is none."""
+    d = result.difference
+    if d is None:
+        return "The clinical model is not compared: too few of these patients have an N category, or all have the same one."
+    if d.se > 0:
+        return (
+            f"DeLong test, AUC(deep learning) − AUC(clinical): {d.difference:+.3f} (SE {d.se:.3f}), "
+            f"p = {format_p(d.p_value)}."
+        )
+    return f"AUC(deep learning) − AUC(clinical): {d.difference:+.3f}; DeLong's test is undefined here (SE 0)."
+
+
 def summary_rows(result: LocalValidation) -> list[dict[str, Any]]:
     """One row per model for the page's table: AUC with CI, Brier, calibration, rates at the threshold."""
     rows = []
@@ -275,7 +280,7 @@ def summary_rows(result: LocalValidation) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class ScoredPatients:
-    """The saved cases with a known outcome whose latest analysis was scored by one model.
+    """The saved cases with a known outcome whose latest analysis was scored by one model and one clinical model.
 
     Attributes:
         labels: early recurrence per case; dl: the deep-learning risk; clinical: the clinical
@@ -290,6 +295,12 @@ class ScoredPatients:
     clinical: tuple[float | None, ...]
     unknown_outcome: int
     weights_warning: str | None = None  # e.g. trained on synthetic phantoms (core.provenance)
+    clinical_model: str = PAPER_MODEL_NAME  # the clinical model that gave ``clinical``
+
+    @property
+    def key(self) -> str:
+        """What identifies the group: the checkpoint's sha256 and the clinical model's name."""
+        return f"{self.model_sha256}|{self.clinical_model}"
 
     @property
     def n(self) -> int:
@@ -301,10 +312,12 @@ class ScoredPatients:
 
 
 def local_cohorts(summaries: Sequence[Any]) -> list[ScoredPatients]:
-    """Saved cases (:class:`core.cases.CaseSummary`) grouped by the model of their latest analysis, largest first.
+    """Saved cases (:class:`core.cases.CaseSummary`) grouped by the models of their latest analysis, largest first.
 
-    A case counts once, with its latest analysis; cases whose outcome is unknown or not
-    recorded are counted per model but left out of its patients.
+    A group is one checkpoint (sha256) and one clinical model (the paper's, or a local
+    version): cases scored by different models are never pooled. A case counts once, with
+    its latest analysis; cases whose outcome is unknown or not recorded are counted per group
+    but left out of its patients.
     """
     groups: dict[str, dict[str, Any]] = {}
     for case in summaries:
@@ -312,7 +325,7 @@ def local_cohorts(summaries: Sequence[Any]) -> list[ScoredPatients]:
         if latest is None:
             continue
         group = groups.setdefault(
-            latest.model_sha256,
+            (latest.model_sha256, latest.clinical_model),
             {
                 "name": latest.model_name,
                 "warning": latest.weights_warning,
@@ -331,8 +344,25 @@ def local_cohorts(summaries: Sequence[Any]) -> list[ScoredPatients]:
         group["clinical"].append(latest.clinical_risk.probability if latest.clinical_risk else None)
     cohorts = [
         ScoredPatients(
-            sha, g["name"], tuple(g["labels"]), tuple(g["dl"]), tuple(g["clinical"]), g["unknown"], g["warning"]
+            sha,
+            g["name"],
+            tuple(g["labels"]),
+            tuple(g["dl"]),
+            tuple(g["clinical"]),
+            g["unknown"],
+            g["warning"],
+            clinical_model,
         )
-        for sha, g in groups.items()
+        for (sha, clinical_model), g in groups.items()
     ]
-    return sorted(cohorts, key=lambda c: (-c.n, c.model_sha256))
+    return sorted(cohorts, key=lambda c: (-c.n, c.key))
+
+
+def cohort_sentence(cohort: ScoredPatients, result: LocalValidation) -> str:
+    """Who is in the validation and who was left out, e.g. "40 patients, 12 with early recurrence · …"."""
+    parts = [f"{result.n} patients, {result.events} with early recurrence"]
+    if cohort.unknown_outcome:
+        parts.append(f"{cohort.unknown_outcome} case(s) of this model left out: outcome unknown or not recorded")
+    if cohort.n > result.n:
+        parts.append(f"{cohort.n - result.n} left out: N category unknown (both models on the same patients)")
+    return " · ".join(parts)

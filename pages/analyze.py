@@ -32,6 +32,7 @@ from core.analysis import (
 )
 from core.cases import save_case
 from core.clinical import N_CHOICES, T_CATEGORIES, UNKNOWN_N
+from core.clinical_refit import ClinicalModelInUse
 from core.engine import Engine, engine_of
 from core.errors import UserFacingError
 from core.imaging import (
@@ -66,6 +67,7 @@ from core.uncertainty import OutlineSensitivity, outline_sensitivity
 from models.checkpoint import LoadedModel
 from pages.common import (
     CANVAS_WIDTH_PX,
+    clinical_model_now,
     content_hash,
     current_model,
     engine,
@@ -517,8 +519,9 @@ def save(
     patient_id: str,
     inputs: ClinicalInputs,
     window: tuple[float, float],
+    clinical: ClinicalModelInUse,
 ) -> None:
-    """Save what is on screen once; a second press updates the same case or says it is saved."""
+    """Save what is on screen once (with the clinical model on screen); a second press updates the same case."""
     patient_digest = hashlib.sha256(patient_id.encode()).hexdigest()
     previous = st.session_state.get("saved")
     same_analysis = bool(previous) and previous["signature"] == signature
@@ -531,8 +534,8 @@ def save(
             outcome = save_case(
                 session,
                 case_record(ct, mask, key, inputs, window, secret),
-                analysis_record(analysis, model, clinical_risk_for(inputs.n_category), sensitivity),
-                clinical_update(inputs),
+                analysis_record(analysis, model, clinical_risk_for(inputs.n_category, clinical), sensitivity, clinical),
+                clinical_update(inputs, clinical),
                 previous["case_id"] if same_analysis else None,
             )
             session.commit()
@@ -624,6 +627,7 @@ with right:
     analysis: CaseAnalysis = stored["analysis"]
     if model.weights_warning is None:  # otherwise the warning sits with the risk itself
         model_banner(model.name, model.provenance, None)
+    clinical_model = clinical_model_now()
     overlay_col, risks_col = st.columns([1, 1])
     with overlay_col:
         show_overlay(display, analysis.pmap, mask, analysis.coverage, key="analyze")
@@ -637,8 +641,9 @@ with right:
             analysis.dl_risk,
             performance_sentence(model.card),
             model.weights_warning,
-            clinical_risk_for(inputs.n_category),
+            clinical_risk_for(inputs.n_category, clinical_model),
             inputs.n_category,
+            clinical_model.name,
             stacked=True,
             spread=analysis.spread.to_dict() if analysis.spread else None,
         )
@@ -649,7 +654,9 @@ with right:
     )
     sensitivity_section(ct, mask, model, stored)
     if st.button("Save case", type="primary", key="save"):
-        save(ct, mask, model, analysis, stored.get("sensitivity"), signature, patient_id, inputs, window)
+        save(
+            ct, mask, model, analysis, stored.get("sensitivity"), signature, patient_id, inputs, window, clinical_model
+        )
     saved = st.session_state.get("saved")
     changed_id = saved and saved["patient"] != hashlib.sha256(patient_id.encode()).hexdigest()
     if saved and saved["signature"] == signature and (saved["inputs"] != inputs or changed_id):

@@ -90,6 +90,7 @@ def show_case(saved: SavedCase) -> None:
             latest.weights_warning,
             latest.clinical_risk,
             summary.n_category,
+            latest.clinical_model,
             spread=(latest.uncertainty or {}).get("analysis", {}).get("spread"),
         )
         sensitivity = (latest.uncertainty or {}).get("sensitivity")

@@ -6,16 +6,19 @@ Pages stay thin: they read widgets, call ``core`` and render with these helpers.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import streamlit as st
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from core import db, pseudonym
 from core.analysis import Coverage
 from core.clinical import UNKNOWN_N_REASON, ClinicalRisk
+from core.clinical_refit import PAPER_CLINICAL_MODEL, ClinicalModelInUse, model_in_use
 from core.engine import prepare_engine_in_background
 from core.errors import UserFacingError
 from core.heatmap import colour_bar, draw_outline, jet_overlay, roi_crop_box
@@ -24,6 +27,7 @@ from core.provenance import RESEARCH_NOTICE
 from core.uncertainty import sensitivity_table, spread_headline, spread_of_folds, spread_sentence
 from models.checkpoint import LoadedModel, configured_model_path, load_checkpoint
 
+log = logging.getLogger(__name__)
 SHELL_FLAG = "shell_ran"
 REQUESTED_PAGE = "requested_page"
 CANVAS_WIDTH_PX = 480  # fits the left column of a 1400-px-wide screen beside the sidebar
@@ -81,6 +85,19 @@ def current_model() -> tuple[LoadedModel | None, str | None]:
         return _cached_model(str(path), mtime), None
     except UserFacingError as error:
         return None, str(error)
+
+
+def clinical_model_now() -> ClinicalModelInUse:
+    """The clinical model in use (a stored local version, or the paper's); the paper's if the database is down.
+
+    Read on every run, so that a version put in use with ``python -m core clinical --use`` applies at once.
+    """
+    try:
+        with Session(engine()) as session:
+            return model_in_use(db.clinical_model_in_use(session))
+    except Exception as error:
+        log.error("reading the clinical model in use failed: %s", type(error).__name__)
+        return PAPER_CLINICAL_MODEL
 
 
 def pseudonym_secret() -> bytes:
@@ -194,8 +211,8 @@ def dl_details(dl: CaseRisk, performance: str) -> str:
     )
 
 
-def show_clinical_risk(clinical: ClinicalRisk | None, n_category: str) -> None:
-    """The N-category model's fitted probability with its 95% CI, or why there is none."""
+def show_clinical_risk(clinical: ClinicalRisk | None, n_category: str, model_name: str) -> None:
+    """The clinical model's fitted probability with its 95% CI and the model's name, or why there is none."""
     if clinical is None:
         _metric("Clinical model (N category unknown)", "Fitted probability of early recurrence", "not available")
         st.caption(UNKNOWN_N_REASON)
@@ -203,10 +220,7 @@ def show_clinical_risk(clinical: ClinicalRisk | None, n_category: str) -> None:
     _metric(
         f"Clinical model (UICC {n_category})", "Fitted probability of early recurrence", f"{clinical.probability:.0%}"
     )
-    st.caption(
-        f"95% CI {clinical.ci_low:.0%}–{clinical.ci_high:.0%}: logistic regression on N category alone, "
-        "fitted to the paper's Table 1 (41 patients)."
-    )
+    st.caption(f"95% CI {clinical.ci_low:.0%}–{clinical.ci_high:.0%} · {model_name}.")
 
 
 def show_risks(
@@ -215,20 +229,21 @@ def show_risks(
     weights_warning: str | None,
     clinical: ClinicalRisk | None,
     n_category: str,
+    clinical_model: str,
     stacked: bool = False,
     spread: dict[str, Any] | None = None,
 ) -> None:
     """Deep-learning number beside (or, ``stacked``, above) the clinical risk, then the research-use notice once."""
     if stacked:  # both numbers first: on a 1400 × 900 screen they must show together, without scrolling
         show_dl_risk(dl, performance, weights_warning, spread, details=False)
-        show_clinical_risk(clinical, n_category)
+        show_clinical_risk(clinical, n_category, clinical_model)
         st.caption(f"**Deep-learning number:** {dl_details(dl, performance)}")
     else:
         left, right = st.columns(2)
         with left:
             show_dl_risk(dl, performance, weights_warning, spread)
         with right:
-            show_clinical_risk(clinical, n_category)
+            show_clinical_risk(clinical, n_category, clinical_model)
     st.caption(RESEARCH_NOTICE)
 
 

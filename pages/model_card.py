@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
-import streamlit as st
+import logging
 
+import streamlit as st
+from sqlalchemy.orm import Session
+
+from core import db
+from core.clinical_refit import version_rows
 from core.modelcard import cohort_noun, patient_level_auc, same_patients_comparison
 from core.report import card_metric_rows
-from pages.common import RESEARCH_NOTICE, current_model, require_shell
+from pages.common import RESEARCH_NOTICE, clinical_model_now, current_model, engine, require_shell
+
+log = logging.getLogger(__name__)
+
+
+def clinical_section() -> None:
+    """The clinical model in use and the stored local versions."""
+    st.subheader("Clinical model")
+    st.markdown(f"**In use:** {clinical_model_now().name}")
+    try:
+        with Session(engine()) as session:
+            rows = version_rows(db.list_clinical_models(session))
+    except Exception as error:
+        log.error("listing clinical model versions failed: %s", type(error).__name__)
+        rows = []
+    if rows:
+        st.dataframe(rows, hide_index=True, width="stretch")
+    st.caption(
+        "Refit on your own patients with `python -m core clinical --refit N --saved-cases --store` (or `--cohort CSV`), "
+        "then `--use VERSION` (or `--use paper`). N + T + margin describes the cohort; the margin is known only after "
+        "resection, so only an N-only model gives the preoperative risk. AUCs here are apparent: on the patients the "
+        "model was fitted to."
+    )
+
 
 require_shell("pages/model_card.py")
 st.title("Model card")
 model, problem = current_model()
 if model is None:
     st.error(problem)
+    clinical_section()
     st.stop()
 
 card = model.card
@@ -60,5 +89,6 @@ if metrics:
             f"Cohort: {cohort['patients']} patients, {cohort['early_recurrence']} with early recurrence, "
             f"{cohort['patches']:,} patches."
         )
+clinical_section()
 st.subheader("Full card")
 st.json(card, expanded=False)

@@ -8,8 +8,17 @@ import streamlit as st
 from sqlalchemy.orm import Session
 
 from core.cases import list_case_summaries
-from core.validation import MIN_EVENTS_PER_CLASS, can_validate, format_p, local_cohorts, summary_rows, validate
+from core.validation import (
+    MIN_EVENTS_PER_CLASS,
+    can_validate,
+    cohort_sentence,
+    difference_sentence,
+    local_cohorts,
+    summary_rows,
+    validate,
+)
 from core.validation_figures import calibration_figure, decision_curve_figure, roc_figure
+from core.validation_report import validation_report_pdf
 from pages.common import DATABASE_DOWN, RESEARCH_NOTICE, engine, require_shell
 
 log = logging.getLogger(__name__)
@@ -35,48 +44,25 @@ if not usable:
         f"known outcome (about {MIN_EVENTS_PER_CLASS} of each are needed for more than a description)."
     )
     st.stop()
-labels = {c.model_sha256: f"{c.model_name} · sha256 {c.model_sha256[:12]} · {c.n} patients" for c in usable}
+labels = {c.key: f"{c.model_name} · sha256 {c.model_sha256[:12]} · {c.n} patients" for c in usable}
+if len({c.clinical_model for c in usable}) > 1:  # say which clinical model only where it tells groups apart
+    labels = {c.key: f"{labels[c.key]} · clinical: {c.clinical_model}" for c in usable}
 chosen = st.selectbox(
     "Model (cases scored by different models are never pooled)",
     list(labels),
     format_func=labels.__getitem__,
     key="validation_model",
 )
-cohort = next(c for c in usable if c.model_sha256 == chosen)
+cohort = next(c for c in usable if c.key == chosen)
 result = validate(cohort.labels, cohort.dl, cohort.clinical)
-st.markdown(
-    f"**{result.n} patients, {result.events} with early recurrence**"
-    + (
-        f" · {cohort.unknown_outcome} case(s) of this model left out: outcome unknown or not recorded"
-        if cohort.unknown_outcome
-        else ""
-    )
-    + (
-        f" · {cohort.n - result.n} left out: N category unknown (both models on the same patients)"
-        if cohort.n > result.n
-        else ""
-    )
-)
+st.markdown(f"**{cohort_sentence(cohort, result)}**")
 if cohort.weights_warning:
     st.warning(f"{cohort.model_name}: {cohort.weights_warning}", icon=":material/warning:")
 if result.warning:
     st.warning(result.warning, icon=":material/warning:")
 st.dataframe(summary_rows(result), hide_index=True, width="stretch")
-if result.difference is not None:
-    d = result.difference
-    if d.se > 0:
-        st.markdown(
-            f"**DeLong test, AUC(deep learning) − AUC(clinical):** {d.difference:+.3f} (SE {d.se:.3f}), "
-            f"p = {format_p(d.p_value)}."
-        )
-    else:
-        st.markdown(
-            f"**AUC(deep learning) − AUC(clinical):** {d.difference:+.3f}; DeLong's test is undefined here (SE 0)."
-        )
-elif result.clinical is None:
-    st.caption(
-        "The clinical model is not compared: too few of these patients have an N category, or all have the same one."
-    )
+st.caption(f"Clinical model: {cohort.clinical_model}.")
+st.markdown(difference_sentence(result))
 roc_col, calibration_col = st.columns(2)
 roc_col.plotly_chart(roc_figure(result), width="stretch")
 calibration_col.plotly_chart(calibration_figure(result), width="stretch")
@@ -84,4 +70,11 @@ st.plotly_chart(decision_curve_figure(result), width="stretch")
 st.caption(
     "The deep-learning number is an uncalibrated mean patch probability: its calibration shows how far it is from a "
     f"risk on these patients. {RESEARCH_NOTICE}"
+)
+st.download_button(
+    "Validation report (PDF)",
+    data=lambda: validation_report_pdf(cohort, result),  # built on click, not on every rerun
+    file_name=f"icca-validation-{cohort.model_sha256[:12]}.pdf",
+    mime="application/pdf",
+    help="This page for the department's files: both models' figures, ROC curves, calibration bins, net benefit.",
 )

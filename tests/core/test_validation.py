@@ -84,7 +84,9 @@ def test_few_events_are_said_and_enough_are_not() -> None:
     assert too_few_sentence(40, 20) is None
 
 
-def _summary(sha: str, dl: float, clinical: float | None, outcome: FollowUp | None) -> SimpleNamespace:
+def _summary(
+    sha: str, dl: float, clinical: float | None, outcome: FollowUp | None, clinical_model: str = "paper"
+) -> SimpleNamespace:
     risk = SimpleNamespace(probability=clinical) if clinical is not None else None
     latest = SimpleNamespace(
         model_sha256=sha,
@@ -92,6 +94,7 @@ def _summary(sha: str, dl: float, clinical: float | None, outcome: FollowUp | No
         dl_risk=SimpleNamespace(probability=dl),
         clinical_risk=risk,
         weights_warning=None,
+        clinical_model=clinical_model,
     )
     return SimpleNamespace(latest=latest, outcome=outcome)
 
@@ -105,9 +108,14 @@ def test_cohorts_never_mix_models_and_leave_out_unknown_outcomes() -> None:
             _summary("a", 0.5, None, short),  # followed 100 days: unknown, left out
             _summary("a", 0.5, None, None),  # not recorded: left out
             _summary("b", 0.7, 0.85, early),
+            _summary("a", 0.9, 0.7, early, clinical_model="local version 1"),  # another clinical model: its own group
         ]
     )
-    assert [c.model_sha256 for c in cohorts] == ["a", "b"]
+    assert [(c.model_sha256, c.clinical_model) for c in cohorts] == [
+        ("a", "paper"),
+        ("a", "local version 1"),
+        ("b", "paper"),
+    ]
     a = cohorts[0]
     assert (a.n, a.events, a.unknown_outcome) == (2, 1, 2)
     assert a.labels == (True, False) and a.dl == (0.8, 0.2) and a.clinical == (0.85, 0.32)

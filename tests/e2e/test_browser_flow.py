@@ -438,3 +438,94 @@ def test_zip_with_two_shuffled_series_pick_slice_import_seg_analyze_save(
     hu = plain[3].pixel_array.astype(np.float32) + float(plain[3].RescaleIntercept)
     np.testing.assert_array_equal(pixels, hu)  # the 4th slice (each slice's HU differ by its index)
     assert "Plain" not in str(ref) and all(len(str(v)) < 40 for v in ref.values())  # hashes, no UIDs
+
+
+def _type_date(page: Page, label: str, value: str) -> None:
+    """Type ``value`` (YYYY/MM/DD) into the Streamlit date input labelled ``label`` and close its calendar."""
+    _idle(page)
+    field = page.get_by_label(label, exact=True)
+    field.click()
+    field.fill(value)
+    field.press("Enter")
+    page.keyboard.press("Escape")
+
+
+def _download(page: Page, button: str) -> bytes:
+    """Press a download button and return the file the browser received."""
+    _idle(page)
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name=button).click()
+    return Path(download.value.path()).read_bytes()
+
+
+def test_outcome_recorded_in_the_browser_enters_the_validation_page_and_both_pdfs_read_back(
+    app_url: tuple[str, str],
+) -> None:
+    """Save a phantom case, record its outcome by dates, open the validation page, download both PDFs."""
+    from dataclasses import replace
+
+    from playwright.sync_api import expect
+
+    from core.outcomes import FollowUp
+    from tests.core.test_db import _new_case
+    from tests.core.test_validation_report import pdftotext
+
+    base, db_url = app_url
+    with browser_page(base) as page:
+        _load_sample(page)
+        _analyze(page)
+        page.get_by_text("N1", exact=True).click()
+        _press(page, "Save case", "Saved as case", timeout_ms=30_000)
+
+    # Four more patients scored by the same model, saved through core (the page's own save path),
+    # so that the validation page has 2 per class; the browser's case is the fifth.
+    engine = db.make_engine(db_url)
+    with Session(engine) as session:
+        [first] = db.list_cases(session)
+        scored = first.analyses[0]
+        for i, (early, dl) in enumerate([(True, 0.7), (False, 0.2), (False, 0.4), (True, 0.9)]):
+            new_case, analysis = _new_case(f"P-e2e-{i}")
+            analysis = replace(
+                analysis,
+                model_sha256=scored.model_sha256,
+                model_name=scored.model_name,
+                training_data=scored.training_data,
+                dl_probability=dl,
+                clinical_probability=11 / 13 if early else 9 / 28,
+            )
+            case = db.add_case(session, replace(new_case, n_category="N1" if early else "N0"), analysis)
+            session.flush()
+            db.record_outcome(session, case.id, FollowUp(120, None) if early else FollowUp(None, 700))
+        session.commit()
+        first_key, first_id = first.case_key, first.id
+
+    with browser_page(base, "cases") as page:
+        page.get_by_role("heading", name="Saved cases").wait_for(timeout=60_000)
+        _choose(page, "Open case", next(o for o in _options(page, "Open case") if f"#{first_id} " in o))
+        _type_date(page, "Date of surgery", "2025/01/10")
+        _type_date(page, "Date of recurrence", "2025/06/10")  # 151 days: early recurrence
+        _press(page, "Save outcome", "Outcome recorded", timeout_ms=30_000)
+        expect(page.get_by_text("recurrence 151 days after surgery").first).to_be_visible()
+        case_text = pdftotext(_download(page, "Case report (PDF)"))
+        assert first_key in case_text and "Research use only" in case_text
+        assert "151 days" in case_text and "Clinical model (UICC N1)" in case_text
+
+        page.goto(f"{base}/validation")
+        page.get_by_role("heading", name="Local validation").wait_for(timeout=60_000)
+        expect(page.get_by_text("5 patients, 3 with early recurrence").first).to_be_visible()
+        report = pdftotext(_download(page, "Validation report (PDF)"))
+    assert "local validation report" in report and "5 patients, 3 with early recurrence" in report
+    assert scored.model_sha256[:16] in report and "N-category logistic regression" in report
+    assert first_key not in report  # counts only: no case key in the validation report
+    with Session(engine) as session:
+        outcome = db.latest_outcome(session, first_id)
+        assert outcome is not None and outcome.days_to_recurrence == 151
+    engine.dispose()
+
+
+def _options(page: Page, label: str) -> list[str]:
+    """The option texts of the selectbox labelled ``label`` (opens and closes it)."""
+    _selectbox(page, label).click()
+    texts = page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    return texts

@@ -535,5 +535,67 @@ def test_validation_page_compares_both_models_on_the_saved_cases_with_known_outc
     )  # which model, and its warning
     [table] = at.dataframe
     assert list(table.value["model"]) == ["ResNet50 (mean patch probability)", "N-category logistic regression"]
-    assert any(m.value.startswith("**DeLong test, AUC(deep learning) − AUC(clinical):**") for m in at.markdown)
+    assert any(m.value.startswith("DeLong test, AUC(deep learning) − AUC(clinical):") for m in at.markdown)
+    engine.dispose()
+
+
+def test_cohort_page_shows_table1_of_saved_cases_with_a_known_outcome(app_env: None, sqlite_url: str) -> None:
+    from dataclasses import replace
+
+    from core.outcomes import FollowUp
+    from tests.core.test_db import _new_case
+
+    engine = db.make_engine(sqlite_url)
+    db.migrate(engine)
+    at = _page("cohort.py").run()
+    assert any("Table 1 needs patients with and without" in i.value for i in at.info)
+    with Session(engine) as session:
+        patients = [(True, "N1", 60.0), (True, "N1", 45.0), (True, "N0", 70.0), (False, "N0", 30.0), (False, "N0", 25.0)]
+        patients.append((False, "N1", 35.0))  # six sizes: a continuous variable (core.table1.MIN_CONTINUOUS_LEVELS)
+        for i, (early, n_category, size) in enumerate(patients):
+            new_case, analysis = _new_case(f"P-t1-{i}")
+            case = db.add_case(session, replace(new_case, n_category=n_category, tumour_size_mm=size), analysis)
+            session.flush()
+            db.record_outcome(session, case.id, FollowUp(100, None) if early else FollowUp(None, 500))
+        unknown, analysis = _new_case("P-t1-unknown")  # no outcome: not in Table 1
+        db.add_case(session, unknown, analysis)
+        session.commit()
+    at = _page("cohort.py").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table.columns[:5]) == [
+        "variable",
+        "level",
+        "all (n=6)",
+        "early recurrence (n=3)",
+        "no early recurrence (n=3)",
+    ]
+    size = table[table["variable"] == "tumour_size_mm"].iloc[0]
+    assert size["level"] == "median (range)" and size["early recurrence (n=3)"] == "60 (45–70)"
+    assert size["test"] == "Mann-Whitney U (two-sided)"
+    n_rows = table[table["level"].isin(["N0", "N1"])]
+    assert list(n_rows["all (n=6)"]) == ["3 (50.0)", "3 (50.0)"]
+    assert list(n_rows["early recurrence (n=3)"]) == ["1 (33.3)", "2 (66.7)"]
+    engine.dispose()
+
+
+def test_model_card_names_the_clinical_model_in_use_and_lists_local_versions(app_env: None, sqlite_url: str) -> None:
+    from core.clinical_refit import refit
+    from tests.core.test_clinical_refit import paper_patients
+
+    engine = db.make_engine(sqlite_url)
+    db.migrate(engine)
+    at = _page("model_card.py").run()
+    assert any(
+        "**In use:** Logistic regression on UICC N category (paper Table 1, n = 41)" in m.value for m in at.markdown
+    )
+    with Session(engine) as session:
+        row = db.add_clinical_model(session, refit(paper_patients(), "N").to_dict(), "41 saved cases")
+        db.use_clinical_model(session, row.id)
+        session.commit()
+    at = _page("model_card.py").run()
+    assert not at.exception
+    assert any("local version 1: 41 patients, 20 events" in m.value for m in at.markdown)
+    versions = at.dataframe[-1].value
+    assert list(versions["in use"]) == ["yes"] and list(versions["patients"]) == [41]
     engine.dispose()

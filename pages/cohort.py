@@ -1,0 +1,45 @@
+"""Cohort: the paper's Table 1 for the saved cases with a known outcome, early recurrence against none."""
+
+from __future__ import annotations
+
+import logging
+
+import streamlit as st
+from sqlalchemy.orm import Session
+
+from core.cases import cohort_rows, list_case_summaries
+from core.table1 import table1_display_rows, table1_from_rows
+from pages.common import DATABASE_DOWN, RESEARCH_NOTICE, engine, require_shell
+
+log = logging.getLogger(__name__)
+
+require_shell("pages/cohort.py")
+st.title("Cohort (Table 1)")
+st.caption(
+    "The saved cases with a known outcome, one row per case, compared as in the paper's Table 1: early recurrence "
+    "against none. Record outcomes on the Cases page."
+)
+try:
+    with Session(engine()) as session:
+        rows = cohort_rows(list_case_summaries(session))
+except Exception as error:
+    log.error("loading cases for Table 1 failed: %s", type(error).__name__)
+    st.error(DATABASE_DOWN)
+    st.stop()
+
+groups = {row["early_recurrence"] for row in rows}
+if len(groups) < 2:
+    st.info(
+        f"{len(rows)} saved case(s) have a known outcome, all in one group: Table 1 needs patients with and without "
+        "early recurrence."
+    )
+    st.stop()
+table = table1_from_rows(rows, "early_recurrence")
+st.dataframe(table1_display_rows(table), hide_index=True, width="stretch")
+st.caption(
+    "Categorical: n (%), Pearson's χ² without continuity correction when every expected count is ≥ 5, else Fisher's "
+    "exact test (2 × 2) or an exact test by Monte Carlo (larger tables). Tumour size: median (range) in mm, "
+    "Mann–Whitney U. Values not entered are left out of that variable only. "
+    "The same table for a cohort CSV: `python -m core table1 --cohort CSV --group early_recurrence`. "
+    f"{RESEARCH_NOTICE}"
+)
