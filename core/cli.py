@@ -156,12 +156,21 @@ def _inspect_upload(files: list[tuple[str, bytes]], source: str, args: argparse.
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
     from core.predict import predict_manifest
+    from core.training import init_distributed, world
     from models.checkpoint import load_checkpoint
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
+    init_distributed(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_checkpoint(Path(args.model) if args.model else None)
     summary = predict_manifest(Path(args.manifest), Path(args.out), model)
-    print(f"scored {summary.scored} patient(s), {summary.reused} already in {summary.path}")
+    if world()[0] == 0:
+        print(f"scored {summary.scored} patient(s), {summary.reused} already in {summary.path}")
     return 0
 
 

@@ -5,6 +5,11 @@ same lattice, same preprocessing, same case rule) on the plain fp32 engine, the 
 every faster engine is checked against (within 0.02), beside the N-category risk and the
 model's sha256: the input of a local validation. Resumable: rows already in ``predictions.csv`` for the same model
 are kept and their patients skipped; a file written by another model is refused, never mixed.
+
+Data-parallel like ``core train``: under ``torchrun --nproc-per-node K -m core predict …`` each
+process scores every K-th patient still to do into its own ``predictions.part<rank>.csv``; the
+first process then merges the parts into ``predictions.csv`` (also the parts a killed run left,
+at the next start), so the file is the same as one process would write, rows in another order.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 from core.analysis import analyze_case, clinical_risk_for
 from core.cohort import load_calibrated_image, load_mask, read_manifest
 from core.errors import UserFacingError
+from core.training import barrier, world
 
 PREDICTION_COLUMNS = (
     "patient_key",
@@ -55,27 +61,57 @@ def _done_rows(path: Path, model_sha256: str) -> dict[str, dict[str, str]]:
 
 
 def predict_manifest(manifest: Path, out: Path, model: Any, progress: bool = True) -> PredictionSummary:
-    """Score every patient of ``manifest`` into ``out/predictions.csv`` (appending; resumable).
+    """Score every patient of ``manifest`` into ``out/predictions.csv`` (appending; resumable; one shard per process).
 
     Raises:
         UserFacingError: a bad manifest (every problem listed), or predictions of another model in ``out``.
     """
     from tqdm import tqdm
 
+    rank, size = world()
     patients = read_manifest(manifest, model.preprocess)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "predictions.csv"
+    if rank == 0:
+        _merge_parts(out, path, model.sha256)
+    barrier()
     done = _done_rows(path, model.sha256)
     todo = [p for p in patients if p.key not in done]
+    mine = todo[rank::size]
+    target = path if size == 1 else out / f"predictions.part{rank}.csv"
+    new_file = not target.exists()
+    with target.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS)
+        if new_file:
+            writer.writeheader()
+        for patient in tqdm(mine, desc="patients", disable=not progress or rank != 0):
+            writer.writerow(_score(patient, model))
+            handle.flush()  # a killed run keeps every patient scored so far
+    barrier()
+    if rank == 0:
+        _merge_parts(out, path, model.sha256)
+    barrier()
+    return PredictionSummary(path, len(todo), len(patients) - len(todo))
+
+
+def _merge_parts(out: Path, path: Path, model_sha256: str) -> None:
+    """Append the rows of every ``predictions.part*.csv`` not yet in ``path``, then delete the parts."""
+    parts = sorted(out.glob("predictions.part*.csv"))
+    if not parts:
+        return
+    done = _done_rows(path, model_sha256)
     new_file = not path.exists()
     with path.open("a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS)
         if new_file:
             writer.writeheader()
-        for patient in tqdm(todo, desc="patients", disable=not progress):
-            writer.writerow(_score(patient, model))
-            handle.flush()  # a killed run keeps every patient scored so far
-    return PredictionSummary(path, len(todo), len(patients) - len(todo))
+        for part in parts:
+            for key, row in _done_rows(part, model_sha256).items():
+                if key not in done:
+                    writer.writerow({column: row[column] for column in PREDICTION_COLUMNS})
+                    done[key] = row
+    for part in parts:
+        part.unlink()
 
 
 def _score(patient: Any, model: Any) -> dict[str, object]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,6 +113,24 @@ def test_an_exported_cohort_trains_unchanged(sqlite_url: str, tmp_path: Path) ->
     assert main(predict) == 0  # resumed: nothing new to score, no duplicate rows
     assert len(list(csv.DictReader((predictions / "predictions.csv").open()))) == 8
     assert main([*predict[:-1], str(_other_checkpoint(tmp_path))]) == 2  # another model: refused, not mixed
+    # data-parallel, as core train: two processes under torchrun write the same predictions
+    parallel = tmp_path / "parallel"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "core"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*torchrun, *predict[:4], str(parallel), *predict[5:]], env=env, capture_output=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert not list(parallel.glob("predictions.part*.csv"))  # merged into one file
+    by_key = {r["patient_key"]: r for r in rows}
+    parallel_rows = list(csv.DictReader((parallel / "predictions.csv").open()))
+    assert sorted(r["patient_key"] for r in parallel_rows) == sorted(by_key)
+    for row in parallel_rows:  # the same scores (to fp32 rounding: the processes run one thread each)
+        single = by_key[row["patient_key"]]
+        assert float(row["dl_mean_patch_probability"]) == pytest.approx(
+            float(single["dl_mean_patch_probability"]), abs=1e-5
+        )
+        assert row["clinical_probability"] == single["clinical_probability"] and row["model_sha256"] == model.sha256
 
 
 def _other_checkpoint(tmp_path: Path) -> Path:
