@@ -5,6 +5,7 @@ Reopening a case rebuilds its overlay from the database, without running the mod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -219,6 +220,7 @@ CASE_TABLE_COLUMNS = (
     "clinical_probability",
     "clinical_ci_low",
     "clinical_ci_high",
+    "clinical_model",
     "model_name",
     "model_sha256",
     "training_data",
@@ -255,6 +257,7 @@ def case_table_csv(summaries: list[CaseSummary]) -> str:
                 "clinical_probability": f"{clinical.probability:.4f}" if clinical else "",
                 "clinical_ci_low": f"{clinical.ci_low:.4f}" if clinical else "",
                 "clinical_ci_high": f"{clinical.ci_high:.4f}" if clinical else "",
+                "clinical_model": latest.clinical_model if clinical and latest else "",
                 "model_name": latest.model_name if latest else "",
                 "model_sha256": latest.model_sha256 if latest else "",
                 "training_data": latest.training_data if latest else "",
@@ -268,14 +271,31 @@ def case_table_csv(summaries: list[CaseSummary]) -> str:
     return buffer.getvalue()
 
 
-def cohort_rows(summaries: list[CaseSummary]) -> list[dict[str, str]]:
+def one_case_per_patient(summaries: Sequence[CaseSummary]) -> list[CaseSummary]:
+    """Each patient (case key) once: their newest case with a known outcome, else their newest case.
+
+    A patient saved twice (another slice, a corrected outline) would otherwise count twice in
+    a cohort: twice the events, narrower CIs than the patients warrant.
+    """
+    chosen: dict[str, CaseSummary] = {}
+    for case in sorted(summaries, key=lambda c: c.case_id):
+        known = case.outcome is not None and case.outcome.early_recurrence is not None
+        held = chosen.get(case.case_key)
+        held_known = held is not None and held.outcome is not None and held.outcome.early_recurrence is not None
+        if held is None or known or not held_known:
+            chosen[case.case_key] = case
+    return sorted(chosen.values(), key=lambda c: c.case_id)
+
+
+def cohort_rows(summaries: Sequence[CaseSummary]) -> list[dict[str, str]]:
     """Saved cases with a known outcome as rows of a Table 1 (:func:`core.table1.table1_from_rows`).
 
     The keys are a cohort CSV's column names; "" where a value was not entered. The outline's
     own largest diameter is not used for size: the entered tumour size is what the paper reports.
+    One case per patient (:func:`one_case_per_patient`).
     """
     rows = []
-    for case in summaries:
+    for case in one_case_per_patient(summaries):
         known = case.outcome.early_recurrence if case.outcome else None
         if known is None:
             continue

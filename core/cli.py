@@ -166,9 +166,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
-    init_distributed(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    init_distributed(device)
     model = load_checkpoint(Path(args.model) if args.model else None)
-    summary = predict_manifest(Path(args.manifest), Path(args.out), model)
+    summary = predict_manifest(Path(args.manifest), Path(args.out), model, device=device)
     if world()[0] == 0:
         print(f"scored {summary.scored} patient(s), {summary.reused} already in {summary.path}")
     return 0

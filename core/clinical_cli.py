@@ -30,6 +30,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_clinical(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+    try:
+        return _dispatch(args)
+    except IntegrityError:
+        raise UserFacingError(
+            "Another change to the clinical models was saved at the same moment; try again."
+        ) from None
+    except SQLAlchemyError as error:  # the type only: a driver's message can carry the URL
+        raise UserFacingError(
+            f"The case database cannot be reached ({type(error).__name__}); check --database or ICCA_DATABASE_URL. "
+            "Nothing was changed."
+        ) from None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.refit:
         return _refit(args)
     if args.use is not None:
@@ -80,6 +96,12 @@ def _refit(args: argparse.Namespace) -> int:
         fitted_to = f"cohort CSV {path.name} (sha256 {digest}…)"
     elif args.saved_cases:
         from core.cases import list_case_summaries
+
+        if "R1" in FORMULAS[args.refit]:
+            raise UserFacingError(
+                f"Saved cases record no surgical margin, which {args.refit} needs; refit it on a cohort CSV with a "
+                "margin column (--cohort), or refit N alone on the saved cases."
+            )
 
         with _session(args) as session:
             observations = observations_from_cases(list_case_summaries(session))

@@ -15,7 +15,9 @@ Choices, and why:
   the smaller outcome group per variable (Peduzzi et al. 1996), so N alone needs 10 and
   N + T + margin 30. Below that the coefficients, and their CIs, are not worth printing.
 - **Separation** (e.g. every N1 patient recurred, so maximum likelihood runs off to an infinite
-  odds ratio) is handled by Firth's penalised likelihood, and the result says so.
+  odds ratio) is handled by Firth's penalised likelihood, and the result says so; its CIs and
+  p-values are then profile penalised-likelihood ones (Heinze & Schemper 2002), not Wald's.
+  Firth's estimates are shrunk towards zero: a Firth version put in use says "Firth" in its name.
 - The **margin is known only after resection**: an N + T + margin model describes the cohort,
   but cannot give a preoperative risk, so only an N-only model can be put in use on the
   dashboard (:data:`PREOPERATIVE_FORMULAS`).
@@ -35,8 +37,8 @@ from scipy import stats
 
 from core.clinical import N_CATEGORIES, PAPER_MODEL_NAME, Z_95, ClinicalRisk, paper_model, parse_n_category
 from core.errors import UserFacingError
-from core.logistic import fit_logistic, sigmoid
-from core.metrics import AucEstimate, delong_auc
+from core.logistic import LogisticFit, fit_logistic, profile_interval, sigmoid
+from core.metrics import AucEstimate, delong_auc, risk_groups
 
 EVENTS_PER_VARIABLE = 10
 HOSMER_LEMESHOW_GROUPS = 10
@@ -222,22 +224,34 @@ def events_needed(formula: str) -> int:
 
 
 def hosmer_lemeshow(y: np.ndarray, p: np.ndarray, groups: int = HOSMER_LEMESHOW_GROUPS) -> HosmerLemeshow | None:
-    """The Hosmer–Lemeshow test over up to ``groups`` groups of predicted risk (ties kept together).
+    """The Hosmer–Lemeshow test over up to ``groups`` groups of about equal size by predicted risk.
 
-    ``None`` when the model has fewer than 3 distinct predicted risks: with g groups the test
-    has g − 2 degrees of freedom (an N-only model has 2 risks, so none).
+    Groups as :func:`core.metrics.risk_groups` makes them (ties together). ``None`` when fewer
+    than 3 groups result: with g groups the test has g − 2 degrees of freedom (an N-only model
+    has 2 risks, so none).
     """
-    values = np.unique(p)
-    if len(values) < 3:
+    group = risk_groups(p, groups)
+    labels = np.unique(group)
+    if len(labels) < 3:
         return None
-    chunks = [c for c in np.array_split(values, min(groups, len(values))) if len(c)]
     chi2 = 0.0
-    for chunk in chunks:
-        member = (p >= chunk[0]) & (p <= chunk[-1])
+    for label in labels:
+        member = group == label
         n, observed, expected = int(member.sum()), float(y[member].sum()), float(p[member].sum())
         chi2 += (observed - expected) ** 2 / (expected * (1 - expected / n))
-    df = len(chunks) - 2
-    return HosmerLemeshow(float(chi2), df, float(stats.chi2.sf(chi2, df)), len(chunks))
+    df = len(labels) - 2
+    return HosmerLemeshow(float(chi2), df, float(stats.chi2.sf(chi2, df)), len(labels))
+
+
+def _coefficient(x: np.ndarray, y: np.ndarray, fit: LogisticFit, i: int, name: str) -> Coefficient:
+    """Coefficient ``i``: Wald CI and p for maximum likelihood (as the paper's SPSS), profile ones for Firth."""
+    estimate, se = float(fit.coef[i]), float(fit.standard_errors()[i])
+    if fit.firth:
+        low, high, p_value = profile_interval(x, y, fit, i)
+    else:
+        low, high = estimate - Z_95 * se, estimate + Z_95 * se
+        p_value = float(stats.chi2.sf((estimate / se) ** 2, df=1))
+    return Coefficient(name, estimate, se, math.exp(estimate), math.exp(low), math.exp(high), p_value)
 
 
 def refit(observations: Iterable[ClinicalObservation], formula: str = "N") -> ClinicalRefit:
@@ -267,29 +281,21 @@ def refit(observations: Iterable[ClinicalObservation], formula: str = "N") -> Cl
             f"early recurrence" + (f" ({left_out} more lack a variable of the model)." if left_out else ".")
         )
     x = np.column_stack([np.ones(n), np.asarray(rows)])
+    constant = [VARIABLE_LABELS[v] for i, v in enumerate(variables, start=1) if np.ptp(x[:, i]) == 0]
+    if constant:
+        raise RefitError(f"{formula} cannot be fitted to these patients: {constant[0]} is the same for all of them.")
     fit = fit_logistic(x, y)
     if not fit.converged:  # separation: the maximum likelihood does not exist
         fit = fit_logistic(x, y, firth=True)
-    if not np.isfinite(fit.covariance).all():
+    if not fit.converged or not np.isfinite(fit.covariance).all():
         raise RefitError(
-            f"{formula} cannot be fitted to these patients: a variable does not vary (e.g. every patient is N0)."
+            f"{formula} could not be fitted to these patients, even by Firth's penalised likelihood; "
+            "check the data for a variable that (almost) duplicates another."
         )
     null = fit_logistic(x[:, :1], y, firth=fit.firth)
     # with Firth's penalty the test compares penalised likelihoods, as logistf does
     lr_chi2 = max(0.0, 2 * (fit.objective - null.objective))
-    se = fit.standard_errors()
-    coefficients = tuple(
-        Coefficient(
-            variable=name,
-            estimate=float(fit.coef[i]),
-            se=float(se[i]),
-            odds_ratio=float(np.exp(fit.coef[i])),
-            ci_low=float(np.exp(fit.coef[i] - Z_95 * se[i])),
-            ci_high=float(np.exp(fit.coef[i] + Z_95 * se[i])),
-            p_value=float(stats.chi2.sf((fit.coef[i] / se[i]) ** 2, df=1)),
-        )
-        for i, name in enumerate(variables, start=1)
-    )
+    coefficients = tuple(_coefficient(x, y, fit, i, name) for i, name in enumerate(variables, start=1))
     p = sigmoid(x @ fit.coef)
     predicted, observed = p >= CLASSIFICATION_THRESHOLD, y == 1
     hl = hosmer_lemeshow(y, p)
@@ -356,9 +362,11 @@ def observations_from_csv(path: Path) -> list[ClinicalObservation]:
 
 
 def observations_from_cases(summaries: Iterable[Any]) -> list[ClinicalObservation]:
-    """Saved cases (:class:`core.cases.CaseSummary`) with a known outcome; cases record no margin."""
+    """Saved cases (:class:`core.cases.CaseSummary`) with a known outcome, one per patient; cases record no margin."""
+    from core.cases import one_case_per_patient
+
     out = []
-    for case in summaries:
+    for case in one_case_per_patient(list(summaries)):
         known = case.outcome.early_recurrence if case.outcome else None
         if known is not None:
             out.append(ClinicalObservation(bool(known), case.n_category, case.t_category, None))
@@ -428,9 +436,13 @@ class ClinicalModelInUse:
 PAPER_CLINICAL_MODEL = ClinicalModelInUse(PAPER_MODEL_NAME)
 
 
-def local_model_name(version: int, n: int, events: int, created: str) -> str:
+def local_model_name(version: int, n: int, events: int, created: str, firth: bool = False) -> str:
     """e.g. "Logistic regression on UICC N category (local version 3: 64 patients, 21 events, 2026-12-02)"."""
-    return f"Logistic regression on UICC N category (local version {version}: {n} patients, {events} events, {created})"
+    method = ", Firth" if firth else ""
+    return (
+        f"Logistic regression on UICC N category (local version {version}: {n} patients, {events} events, "
+        f"{created}{method})"
+    )
 
 
 def model_in_use(row: Any | None) -> ClinicalModelInUse:
@@ -439,7 +451,7 @@ def model_in_use(row: Any | None) -> ClinicalModelInUse:
         return PAPER_CLINICAL_MODEL
     fit = ClinicalRefit.from_dict(row.fit)
     return ClinicalModelInUse(
-        local_model_name(row.id, fit.n, fit.events, row.created_at.strftime("%Y-%m-%d")), row.id, fit
+        local_model_name(row.id, fit.n, fit.events, row.created_at.strftime("%Y-%m-%d"), fit.firth), row.id, fit
     )
 
 

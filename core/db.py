@@ -26,12 +26,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
@@ -177,6 +179,16 @@ class ClinicalModelVersion(Base):
     """
 
     __tablename__ = "clinical_models"
+    # at most one version in use, even when two people switch at once
+    __table_args__ = (
+        Index(
+            "ix_clinical_models_one_in_use",
+            "in_use",
+            unique=True,
+            sqlite_where=text("in_use"),
+            postgresql_where=text("in_use"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -397,8 +409,15 @@ def update_saved_case(
     ]
     latest = case.analyses[-1] if case.analyses else None
     new_uncertainty = latest is not None and uncertainty is not None and latest.uncertainty != uncertainty
+    # another clinical model in use since the save: the risk is recomputed with it, and said so
+    new_clinical_model = (
+        latest is not None and update.clinical_model is not None and latest.clinical_model != update.clinical_model
+    )
     changed = (
-        (["case_key"] if case.case_key != case_key else []) + fields + (["uncertainty"] if new_uncertainty else [])
+        (["case_key"] if case.case_key != case_key else [])
+        + fields
+        + (["uncertainty"] if new_uncertainty else [])
+        + (["clinical_model"] if new_clinical_model else [])
     )
     if not changed:
         return []
@@ -539,11 +558,15 @@ def list_clinical_models(session: Session) -> list[ClinicalModelVersion]:
 
 def clinical_model_in_use(session: Session) -> ClinicalModelVersion | None:
     """The local clinical model in use, or ``None`` for the paper's."""
-    return session.scalars(select(ClinicalModelVersion).where(ClinicalModelVersion.in_use.is_(True))).first()
+    query = select(ClinicalModelVersion).where(ClinicalModelVersion.in_use.is_(True))
+    return session.scalars(query.order_by(ClinicalModelVersion.id.desc())).first()
 
 
 def use_clinical_model(session: Session, version: int | None) -> None:
     """Put version ``version`` in use (``None``: back to the paper's model), with an audit event. Caller commits.
+
+    A unique partial index keeps one version in use: of two switches at once, the second to
+    commit fails with an ``IntegrityError`` rather than leaving two.
 
     Raises:
         LookupError: no such version.
@@ -559,6 +582,7 @@ def use_clinical_model(session: Session, version: int | None) -> None:
     previous = clinical_model_in_use(session)
     for other in session.scalars(select(ClinicalModelVersion).where(ClinicalModelVersion.in_use.is_(True))):
         other.in_use = False
+    session.flush()  # the old version leaves use before the new one enters it (one in use at a time)
     if row is not None:
         row.in_use = True
     session.add(

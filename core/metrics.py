@@ -235,3 +235,24 @@ def delong_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) 
     z = diff / se if se > 0 else math.nan
     p = math.erfc(abs(z) / math.sqrt(2.0)) if math.isfinite(z) else math.nan
     return AucDifference(float(aucs[0]), float(aucs[1]), diff, se, z, p)
+
+
+def risk_groups(probabilities: np.ndarray, groups: int) -> np.ndarray:
+    """(n,) int group of each of (n,) predicted risks: up to ``groups`` groups of about n / groups patients.
+
+    Patients are taken in order of risk and a group closes once the running count reaches its
+    share; tied risks always share a group, so a model with few distinct risks (the two of an
+    N-only model) gives fewer, larger groups, never a split tie. Groups are numbered 0, 1, …
+    from the lowest risk. Used by the calibration bins and the Hosmer–Lemeshow test.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    values, counts = np.unique(p, return_counts=True)
+    share = len(p) / max(1, groups)
+    labels = np.zeros(len(values), dtype=np.int64)
+    group, seen = 0, 0
+    for i, count in enumerate(counts):
+        labels[i] = group
+        seen += count
+        if seen >= share * (group + 1) - 1e-9:
+            group += 1
+    return labels[np.searchsorted(values, p)]

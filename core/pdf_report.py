@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from typing import Any
+from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
@@ -59,7 +60,7 @@ def case_report_pdf(saved: Any) -> bytes:
         ),
     ]
     if latest.weights_warning:
-        story.append(Paragraph(f"<b>Model warning:</b> {latest.weights_warning}", body))
+        story.append(Paragraph(f"<b>Model warning:</b> {escape(latest.weights_warning)}", body))
     whole, overlay, bar = _images(saved)
     story += [
         Spacer(1, 4 * mm),
@@ -106,7 +107,9 @@ def case_report_pdf(saved: Any) -> bytes:
     headline = spread_headline(uncertainty.get("analysis", {}).get("spread"))
     if headline:
         rows.insert(2, ["Spread", headline])
-    table = Table([[Paragraph(a, body), Paragraph(b, body)] for a, b in rows], colWidths=[45 * mm, 125 * mm])
+    table = Table(
+        [[Paragraph(escape(a), body), Paragraph(escape(b), body)] for a, b in rows], colWidths=[45 * mm, 125 * mm]
+    )
     table.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.3, colors.grey), ("VALIGN", (0, 0), (-1, -1), "TOP")]))
     story.append(table)
     sensitivity = uncertainty.get("sensitivity")
@@ -120,7 +123,7 @@ def case_report_pdf(saved: Any) -> bytes:
         Spacer(1, 3 * mm),
         Paragraph(
             "The deep-learning number ranks cases; it is not a calibrated risk. Clinical model: "
-            f"{latest.clinical_model} (the paper: Wakiya et al., Sci Rep 2022).",
+            f"{escape(latest.clinical_model)} (the paper: Wakiya et al., Sci Rep 2022).",
             small,
         ),
     ]

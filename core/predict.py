@@ -2,14 +2,17 @@
 
 Every patient goes through the dashboard's own code path (:func:`core.analysis.analyze_case`:
 same lattice, same preprocessing, same case rule) on the plain fp32 engine, the reference
-every faster engine is checked against (within 0.02), beside the N-category risk and the
-model's sha256: the input of a local validation. Resumable: rows already in ``predictions.csv`` for the same model
+every faster engine is checked against (within 0.02), on this process's device (its own GPU
+under torchrun on a GPU machine), beside the paper's N-category risk (named in the file) and
+the model's sha256: the input of a local validation. Resumable: rows already in ``predictions.csv`` for the same model
 are kept and their patients skipped; a file written by another model is refused, never mixed.
 
 Data-parallel like ``core train``: under ``torchrun --nproc-per-node K -m core predict …`` each
 process scores every K-th patient still to do into its own ``predictions.part<rank>.csv``; the
 first process then merges the parts into ``predictions.csv`` (also the parts a killed run left,
 at the next start), so the file is the same as one process would write, rows in another order.
+On a CPU machine torchrun gives each process one thread unless ``OMP_NUM_THREADS`` says
+otherwise: set it to the cores divided by K.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from core.analysis import analyze_case, clinical_risk_for
+from core.clinical import PAPER_MODEL_NAME
 from core.cohort import load_calibrated_image, load_mask, read_manifest
+from core.engine import Engine, default_engine
 from core.errors import UserFacingError
 from core.training import barrier, world
 
@@ -34,6 +41,7 @@ PREDICTION_COLUMNS = (
     "clinical_ci_low",
     "clinical_ci_high",
     "model_sha256",
+    "clinical_model",
 )
 
 
@@ -47,10 +55,20 @@ class PredictionSummary:
 
 
 def _done_rows(path: Path, model_sha256: str) -> dict[str, dict[str, str]]:
+    """The complete rows of ``path`` by patient key (a row a killed run cut short is left out, to be scored again).
+
+    Raises:
+        UserFacingError: rows of another model, or a file of an older version without every column.
+    """
     if not path.exists():
         return {}
     with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is not None and list(reader.fieldnames) != list(PREDICTION_COLUMNS):
+            raise UserFacingError(
+                f"{path} was written with other columns (an older version); write to a new --out folder."
+            )
+        rows = [row for row in reader if len(row.get("model_sha256") or "") == 64 and row.get("clinical_model")]
     others = {row["model_sha256"] for row in rows} - {model_sha256}
     if others:
         raise UserFacingError(
@@ -60,7 +78,9 @@ def _done_rows(path: Path, model_sha256: str) -> dict[str, dict[str, str]]:
     return {row["patient_key"]: row for row in rows}
 
 
-def predict_manifest(manifest: Path, out: Path, model: Any, progress: bool = True) -> PredictionSummary:
+def predict_manifest(
+    manifest: Path, out: Path, model: Any, progress: bool = True, device: torch.device | None = None
+) -> PredictionSummary:
     """Score every patient of ``manifest`` into ``out/predictions.csv`` (appending; resumable; one shard per process).
 
     Raises:
@@ -79,13 +99,14 @@ def predict_manifest(manifest: Path, out: Path, model: Any, progress: bool = Tru
     todo = [p for p in patients if p.key not in done]
     mine = todo[rank::size]
     target = path if size == 1 else out / f"predictions.part{rank}.csv"
+    engine = default_engine(model.ensemble, device)
     new_file = not target.exists()
     with target.open("a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS)
         if new_file:
             writer.writeheader()
         for patient in tqdm(mine, desc="patients", disable=not progress or rank != 0):
-            writer.writerow(_score(patient, model))
+            writer.writerow(_score(patient, model, engine))
             handle.flush()  # a killed run keeps every patient scored so far
     barrier()
     if rank == 0:
@@ -114,8 +135,8 @@ def _merge_parts(out: Path, path: Path, model_sha256: str) -> None:
         part.unlink()
 
 
-def _score(patient: Any, model: Any) -> dict[str, object]:
-    result = analyze_case(load_calibrated_image(patient), load_mask(patient.mask_path), model)
+def _score(patient: Any, model: Any, engine: Engine) -> dict[str, object]:
+    result = analyze_case(load_calibrated_image(patient), load_mask(patient.mask_path), model, engine=engine)
     clinical = clinical_risk_for(patient.n_category)
     return {
         "patient_key": patient.key,
@@ -127,4 +148,5 @@ def _score(patient: Any, model: Any) -> dict[str, object]:
         "clinical_ci_low": f"{clinical.ci_low:.6f}" if clinical else "",
         "clinical_ci_high": f"{clinical.ci_high:.6f}" if clinical else "",
         "model_sha256": model.sha256,
+        "clinical_model": PAPER_MODEL_NAME,
     }

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,15 +168,18 @@ def _percent(count: int, total: int) -> str:
     return f"{count} ({100 * count / total:.1f})" if total else "0"
 
 
-def compare_variable(name: str, values: list[str], groups: list[str], labels: tuple[str, str]) -> VariableRow:
-    """The row of one column, ``values[i]`` belonging to group ``groups[i]``."""
+def compare_variable(
+    name: str, values: list[str], groups: list[str], labels: tuple[str, str], continuous: bool = False
+) -> VariableRow:
+    """The row of one column, ``values[i]`` belonging to group ``groups[i]``; ``continuous`` forces a numeric
+    column with few distinct values (a small cohort's sizes) to be compared as numbers."""
     present = [(v.strip(), g) for v, g in zip(values, groups, strict=True) if not _is_missing(v)]
     missing = {
         label: sum(1 for v, g in zip(values, groups, strict=True) if g == label and _is_missing(v)) for label in labels
     }
     numbers = [_as_number(v) for v, _ in present]
-    continuous = bool(present) and all(n is not None for n in numbers) and len(set(numbers)) >= MIN_CONTINUOUS_LEVELS
-    if continuous:
+    numeric = bool(present) and all(n is not None for n in numbers)
+    if numeric and (continuous or len(set(numbers)) >= MIN_CONTINUOUS_LEVELS):
         by_group = [np.array([n for n, (_, g) in zip(numbers, present, strict=True) if g == label]) for label in labels]
         if min(len(b) for b in by_group) == 0:
             test, p = NOT_TESTABLE, 1.0
@@ -200,8 +204,10 @@ def compare_variable(name: str, values: list[str], groups: list[str], labels: tu
     return VariableRow(name, "categorical", test, p, pearson_p, min_expected, cells, missing)
 
 
-def table1_from_rows(rows: list[dict[str, str]], group: str) -> Table1:
+def table1_from_rows(rows: list[dict[str, str]], group: str, continuous: Collection[str] = ()) -> Table1:
     """Table 1 of ``rows`` (one dict per patient) split by the two values of column ``group``.
+
+    ``continuous`` names numeric columns to compare as numbers whatever their number of values.
 
     Raises:
         Table1Error: no such column, or it does not hold exactly two values.
@@ -216,7 +222,7 @@ def table1_from_rows(rows: list[dict[str, str]], group: str) -> Table1:
         )
     members = [g for _, g in grouped]
     variables = tuple(
-        compare_variable(name, [row.get(name) or "" for row, _ in grouped], members, labels)  # type: ignore[arg-type]
+        compare_variable(name, [row.get(name) or "" for row, _ in grouped], members, labels, name in continuous)
         for name in rows[0]
         if name != group
     )
@@ -264,6 +270,10 @@ def table1_display_rows(table: Table1) -> list[dict[str, str]]:
     for variable in table.variables:
         p = "> 0.999" if variable.p_value > 0.999 else f"{variable.p_value:.3f}"
         missing = sum(variable.missing.values())
+        if not variable.cells:  # nothing entered for anyone
+            rows.append({"variable": variable.name, "level": "—", **dict.fromkeys(columns.values(), "—")})
+            rows[-1].update({"p": "—", "test": "", "not entered": str(missing)})
+            continue
         for i, (level, cells) in enumerate(variable.cells.items()):
             first = i == 0
             rows.append(

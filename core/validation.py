@@ -21,9 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from core.cases import one_case_per_patient
 from core.clinical import PAPER_MODEL_NAME
 from core.logistic import fit_logistic
-from core.metrics import AucDifference, AucEstimate, binary_metrics, delong_auc, delong_test, roc_curve
+from core.metrics import (
+    AucDifference,
+    AucEstimate,
+    binary_metrics,
+    delong_auc,
+    delong_test,
+    risk_groups,
+    roc_curve,
+)
 
 MIN_EVENTS_PER_CLASS = 10
 MAX_PLAUSIBLE_SLOPE = 10.0  # beyond it the recalibration fit is running off to infinity (separation)
@@ -81,10 +90,9 @@ def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIB
     intercept = float(_logistic_fit(ones, y, lp)[0])
     if not abs(slope) <= MAX_PLAUSIBLE_SLOPE:
         slope = math.nan
-    # bins of distinct predicted values, so that tied predictions (a two-valued clinical model) share a bin
-    values = np.unique(p)
-    chunks = np.array_split(values, min(bins, len(values)))
-    members = [(p >= chunk[0]) & (p <= chunk[-1]) for chunk in chunks if len(chunk)]
+    # quantile bins of patients, tied predictions (a two-valued clinical model) always in one bin
+    group = risk_groups(p, bins)
+    members = [group == g for g in np.unique(group)]
     binned = tuple((float(p[m].mean()), float(y[m].mean()), int(m.sum())) for m in members)
     grid = np.linspace(0, 1, 51)
     weights = np.exp(-0.5 * ((grid[:, None] - p[None, :]) / SMOOTHING_BANDWIDTH) ** 2)
@@ -315,12 +323,13 @@ def local_cohorts(summaries: Sequence[Any]) -> list[ScoredPatients]:
     """Saved cases (:class:`core.cases.CaseSummary`) grouped by the models of their latest analysis, largest first.
 
     A group is one checkpoint (sha256) and one clinical model (the paper's, or a local
-    version): cases scored by different models are never pooled. A case counts once, with
+    version): cases scored by different models are never pooled. A patient counts once
+    (:func:`core.cases.one_case_per_patient`), with
     its latest analysis; cases whose outcome is unknown or not recorded are counted per group
     but left out of its patients.
     """
-    groups: dict[str, dict[str, Any]] = {}
-    for case in summaries:
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for case in one_case_per_patient(summaries):
         latest = case.latest
         if latest is None:
             continue

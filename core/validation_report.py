@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime
 from typing import Any
+from xml.sax.saxutils import escape
 
 import numpy as np
 from reportlab.graphics.charts.legends import LineLegend
@@ -120,19 +121,19 @@ def validation_report_pdf(
     story: list[Any] = [
         Paragraph("Early recurrence of intrahepatic cholangiocarcinoma: local validation report", styles["Title"]),
         Paragraph(f"<b>{RESEARCH_NOTICE}</b>", body),
-        Paragraph(f"Generated {when} · model {cohort.model_name} · sha256 {cohort.model_sha256[:16]}…", body),
-        Paragraph(cohort_sentence(cohort, result), body),
-        Paragraph(f"Clinical model: {cohort.clinical_model}.", body),
+        Paragraph(f"Generated {when} · model {escape(cohort.model_name)} · sha256 {cohort.model_sha256[:16]}…", body),
+        Paragraph(escape(cohort_sentence(cohort, result)), body),
+        Paragraph(f"Clinical model: {escape(cohort.clinical_model)}.", body),
     ]
     for warning in (cohort.weights_warning, result.warning):
         if warning:
-            story.append(Paragraph(f"<b>Warning:</b> {warning}", body))
+            story.append(Paragraph(f"<b>Warning:</b> {escape(warning)}", body))
     story += [Spacer(1, 3 * mm), _summary_table(result), Spacer(1, 2 * mm)]
-    story.append(Paragraph(difference_sentence(result), body))
+    story.append(Paragraph(escape(difference_sentence(result)), body))
     story += [
         Paragraph("ROC curves (patient level)", heading),
         _roc_drawing(result),
-        Paragraph("Calibration (quantile bins)", heading),
+        Paragraph("Calibration (bins of about equal numbers of patients by predicted risk, ties together)", heading),
         _calibration_table(result),
         Paragraph("Decision curve: net benefit", heading),
         _decision_curve_table(result, thresholds),

@@ -91,6 +91,7 @@ FIELD_NAMES = {
     "tumour_size_mm": "size",
     "solitary": "number",
     "uncertainty": "outline sensitivity",
+    "clinical_model": "clinical model (another is in use)",
 }
 UNKNOWN = "unknown"
 log = logging.getLogger(__name__)
@@ -627,7 +628,7 @@ with right:
     analysis: CaseAnalysis = stored["analysis"]
     if model.weights_warning is None:  # otherwise the warning sits with the risk itself
         model_banner(model.name, model.provenance, None)
-    clinical_model = clinical_model_now()
+    clinical_model, clinical_problem = clinical_model_now()
     overlay_col, risks_col = st.columns([1, 1])
     with overlay_col:
         show_overlay(display, analysis.pmap, mask, analysis.coverage, key="analyze")
@@ -637,6 +638,8 @@ with right:
             st.warning("This risk comes from a contrast series; the model was trained on plain CT.")
         if raw.lossy is not None:
             st.warning(f"This risk comes from a slice stored with {raw.lossy}: its HU are approximate.")
+        if clinical_problem:
+            st.caption(clinical_problem)
         show_risks(
             analysis.dl_risk,
             performance_sentence(model.card),

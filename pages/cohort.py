@@ -34,7 +34,7 @@ if len(groups) < 2:
         "early recurrence."
     )
     st.stop()
-table = table1_from_rows(rows, "early_recurrence")
+table = table1_from_rows(rows, "early_recurrence", continuous={"tumour_size_mm"})
 st.dataframe(table1_display_rows(table), hide_index=True, width="stretch")
 st.caption(
     "Categorical: n (%), Pearson's χ² without continuity correction when every expected count is ≥ 5, else Fisher's "

@@ -87,17 +87,21 @@ def current_model() -> tuple[LoadedModel | None, str | None]:
         return None, str(error)
 
 
-def clinical_model_now() -> ClinicalModelInUse:
-    """The clinical model in use (a stored local version, or the paper's); the paper's if the database is down.
+def clinical_model_now() -> tuple[ClinicalModelInUse, str | None]:
+    """(the clinical model in use, ``None``), or (the paper's model, why) when the database cannot be read.
 
-    Read on every run, so that a version put in use with ``python -m core clinical --use`` applies at once.
+    Read on every run (one small query), so that a version put in use with
+    ``python -m core clinical --use`` applies at once.
     """
     try:
         with Session(engine()) as session:
-            return model_in_use(db.clinical_model_in_use(session))
+            return model_in_use(db.clinical_model_in_use(session)), None
     except Exception as error:
         log.error("reading the clinical model in use failed: %s", type(error).__name__)
-        return PAPER_CLINICAL_MODEL
+        return PAPER_CLINICAL_MODEL, (
+            "The case database cannot be read, so a local clinical model in use there cannot be found; the risk "
+            "shown is the paper's model."
+        )
 
 
 def pseudonym_secret() -> bytes:

@@ -19,7 +19,10 @@ log = logging.getLogger(__name__)
 def clinical_section() -> None:
     """The clinical model in use and the stored local versions."""
     st.subheader("Clinical model")
-    st.markdown(f"**In use:** {clinical_model_now().name}")
+    in_use, problem = clinical_model_now()
+    if problem:
+        st.warning(problem)
+    st.markdown(f"**In use:** {in_use.name}")
     try:
         with Session(engine()) as session:
             rows = version_rows(db.list_clinical_models(session))

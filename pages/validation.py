@@ -19,7 +19,7 @@ from core.validation import (
 )
 from core.validation_figures import calibration_figure, decision_curve_figure, roc_figure
 from core.validation_report import validation_report_pdf
-from pages.common import DATABASE_DOWN, RESEARCH_NOTICE, engine, require_shell
+from pages.common import DATABASE_DOWN, RESEARCH_NOTICE, content_hash, engine, require_shell
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ st.caption(
 st.download_button(
     "Validation report (PDF)",
     data=lambda: validation_report_pdf(cohort, result),  # built on click, not on every rerun
-    file_name=f"icca-validation-{cohort.model_sha256[:12]}.pdf",
+    file_name=f"icca-validation-{cohort.model_sha256[:12]}-{content_hash(cohort.clinical_model.encode())[:6]}.pdf",
     mime="application/pdf",
     help="This page for the department's files: both models' figures, ROC curves, calibration bins, net benefit.",
 )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -72,14 +74,38 @@ def test_refit_of_n_on_the_papers_patients_is_the_papers_model() -> None:
     assert again.risk("N1") == fit.risk("N1") and again.auc.auc == fit.auc.auc
 
 
-def test_separated_local_data_are_fitted_by_firth_and_say_so() -> None:
+def test_separated_local_data_are_fitted_by_firth_with_profile_intervals_and_say_so() -> None:
+    from scipy import optimize
+
     rows = [ClinicalObservation(True, "N1")] * 12 + [ClinicalObservation(True, "N0")] * 10
     rows += [ClinicalObservation(False, "N0")] * 25
     fit = refit(rows, "N")
     assert fit.firth
     [n1] = fit.coefficients
     assert n1.odds_ratio == pytest.approx(12.5 * 25.5 / (0.5 * 10.5), rel=1e-5)  # Haldane: 0.5 added to each cell
-    assert math.isfinite(n1.ci_high) and n1.ci_low > 1
+
+    # the profile penalised-likelihood interval, by an independent brute force with scipy
+    x = np.column_stack([np.ones(47), [1.0] * 12 + [0.0] * 35])
+    y = np.array([1.0] * 22 + [0.0] * 25)
+
+    def penalised(beta: np.ndarray) -> float:
+        p = 1 / (1 + np.exp(-(x @ beta)))
+        info = (x * (p * (1 - p))[:, None]).T @ x
+        return float(np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)) + 0.5 * np.linalg.slogdet(info)[1])
+
+    def profile(b1: float) -> float:
+        return -optimize.minimize_scalar(lambda b0: -penalised(np.array([b0, b1]))).fun
+
+    top = penalised(np.array([fit.intercept, math.log(n1.odds_ratio)]))
+    low, high = (
+        optimize.brentq(lambda b: 2 * (top - profile(b)) - 3.841458820694124, a, b)
+        for a, b in ((-5.0, math.log(n1.odds_ratio)), (math.log(n1.odds_ratio), 15.0))
+    )
+    assert math.log(n1.ci_low) == pytest.approx(low, abs=1e-3) and math.log(n1.ci_high) == pytest.approx(high, abs=1e-3)
+    assert n1.p_value == pytest.approx(stats.chi2.sf(2 * (top - profile(0.0)), 1), rel=1e-3)
+    again = ClinicalRefit.from_dict(fit.to_dict())
+    assert "Firth" in model_in_use(SimpleNamespace(id=2, fit=fit.to_dict(), created_at=datetime(2026, 12, 2))).name
+    assert again.firth
 
 
 def test_too_few_events_per_variable_are_refused_with_the_number_needed() -> None:
@@ -103,8 +129,9 @@ def test_n_t_margin_recovers_a_known_model_and_is_not_preoperative() -> None:
     assert estimates["R1"] == pytest.approx(1.0, abs=0.35)
     assert fit.intercept == pytest.approx(-2.0, abs=0.5)
     assert fit.lr_df == 3 and fit.lr_p < 1e-6 and not fit.preoperative
-    assert fit.hosmer_lemeshow is not None and fit.hosmer_lemeshow.groups == 10 and fit.hosmer_lemeshow.df == 8
-    assert fit.hosmer_lemeshow.p_value > 0.01  # the model is the true one
+    hl = fit.hosmer_lemeshow
+    assert hl is not None and 8 <= hl.groups <= 10 and hl.df == hl.groups - 2  # 16 distinct risks, ties kept together
+    assert hl.p_value > 0.01  # the model is the true one
     with pytest.raises(ValueError):
         fit.risk("N1")
 
@@ -204,3 +231,28 @@ def test_cli_refits_stores_uses_and_lists(tmp_path: Path, sqlite_url: str, capsy
     assert main(["clinical", "--use", "7", *database]) == 2
     assert main(["clinical", "--refit", "N", *database]) == 2  # no patients named
     assert main(["clinical", "--refit", "N", "--saved-cases", *database]) == 2  # no saved cases: too few events
+    assert main(["clinical", "--refit", "N+T+margin", "--saved-cases", *database]) == 2
+    assert "Saved cases record no surgical margin" in capsys.readouterr().err
+    assert main(["clinical", "--versions", "--database", "postgresql+psycopg://nobody@127.0.0.1:1/none"]) == 2
+    assert "cannot be reached" in capsys.readouterr().err
+
+
+def test_a_variable_the_same_for_everyone_is_named() -> None:
+    rows = [ClinicalObservation(bool(i % 2), "N0", "T2", "R0") for i in range(80)]
+    with pytest.raises(RefitError, match=r"UICC N1 \(vs N0\) is the same for all of them"):
+        refit(rows, "N")
+
+
+def test_only_one_version_is_ever_in_use(engine) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    fit = refit(paper_patients(), "N").to_dict()
+    with Session(engine) as session:
+        first, second = db.add_clinical_model(session, fit, "a"), db.add_clinical_model(session, fit, "b")
+        db.use_clinical_model(session, second.id)
+        db.use_clinical_model(session, first.id)  # the switch back clears the other before setting
+        session.commit()
+        assert [v.in_use for v in db.list_clinical_models(session)] == [False, True]
+        second.in_use = True  # as a second switch committed at the same moment would
+        with pytest.raises(IntegrityError):
+            session.commit()

@@ -152,3 +152,19 @@ def test_monte_carlo_p_matches_exact_enumeration() -> None:
     table = np.array([[5, 1], [2, 4], [1, 3]])
     exact = _exact_r_by_2_p(table)
     assert monte_carlo_exact_p(table) == pytest.approx(exact, abs=0.012)  # 3 Monte Carlo SEs at B = 20,000
+
+
+def test_a_named_column_is_compared_as_numbers_and_an_empty_one_still_has_a_row() -> None:
+    from core.table1 import table1_display_rows
+
+    rows = [
+        {"group": g, "size": size, "margin": ""}
+        for g, size in [("a", "30"), ("a", "40"), ("b", "60"), ("b", "60"), ("b", "30")]
+    ]
+    auto = table1_from_rows(rows, "group")
+    assert auto.variables[0].kind == "categorical"  # three distinct sizes: categories unless told
+    forced = table1_from_rows(rows, "group", continuous={"size"})
+    assert forced.variables[0].kind == "continuous" and forced.variables[0].cells["median (range)"]["b"] == "60 (30–60)"
+    shown = table1_display_rows(forced)
+    empty = next(r for r in shown if r["variable"] == "margin")
+    assert empty["level"] == "—" and empty["not entered"] == "5"

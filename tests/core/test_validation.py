@@ -96,7 +96,9 @@ def _summary(
         weights_warning=None,
         clinical_model=clinical_model,
     )
-    return SimpleNamespace(latest=latest, outcome=outcome)
+    _summary.count = getattr(_summary, "count", 0) + 1  # type: ignore[attr-defined]
+    case_id = _summary.count  # type: ignore[attr-defined]
+    return SimpleNamespace(latest=latest, outcome=outcome, case_id=case_id, case_key=f"P-{case_id}")
 
 
 def test_cohorts_never_mix_models_and_leave_out_unknown_outcomes() -> None:
@@ -149,3 +151,13 @@ def test_the_clinical_model_is_left_out_rather_than_shrinking_the_dl_patients() 
     assert all_n0.clinical is None and all_n0.n == 6
     few_n = validate(y, dl, [0.85, None, None, 0.32, 0.32, 0.32])  # 1 event with N: not comparable
     assert few_n.clinical is None and few_n.n == 6
+
+
+def test_a_patient_saved_twice_counts_once_with_their_case_that_has_an_outcome() -> None:
+    early = FollowUp(100, None)
+    first = _summary("a", 0.8, 0.85, early)
+    again = _summary("a", 0.6, 0.85, None)  # the same patient saved again later, no outcome yet
+    again.case_key = first.case_key
+    other = _summary("a", 0.2, 0.32, FollowUp(None, 400))
+    [cohort] = local_cohorts([first, again, other])
+    assert cohort.n == 2 and cohort.dl == (0.8, 0.2) and cohort.unknown_outcome == 0

@@ -550,7 +550,13 @@ def test_cohort_page_shows_table1_of_saved_cases_with_a_known_outcome(app_env: N
     at = _page("cohort.py").run()
     assert any("Table 1 needs patients with and without" in i.value for i in at.info)
     with Session(engine) as session:
-        patients = [(True, "N1", 60.0), (True, "N1", 45.0), (True, "N0", 70.0), (False, "N0", 30.0), (False, "N0", 25.0)]
+        patients = [
+            (True, "N1", 60.0),
+            (True, "N1", 45.0),
+            (True, "N0", 70.0),
+            (False, "N0", 30.0),
+            (False, "N0", 25.0),
+        ]
         patients.append((False, "N1", 35.0))  # six sizes: a continuous variable (core.table1.MIN_CONTINUOUS_LEVELS)
         for i, (early, n_category, size) in enumerate(patients):
             new_case, analysis = _new_case(f"P-t1-{i}")

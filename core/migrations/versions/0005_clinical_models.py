@@ -26,7 +26,16 @@ def upgrade() -> None:
         sa.Column('in_use', sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint('id'),
     )
+    op.create_index(
+        'ix_clinical_models_one_in_use',
+        'clinical_models',
+        ['in_use'],
+        unique=True,
+        sqlite_where=sa.text('in_use'),
+        postgresql_where=sa.text('in_use'),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index('ix_clinical_models_one_in_use', table_name='clinical_models')
     op.drop_table('clinical_models')
