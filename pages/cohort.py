@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 require_shell("pages/cohort.py")
 st.title("Cohort (Table 1)")
 st.caption(
-    "The saved cases with a known outcome, one row per case, compared as in the paper's Table 1: early recurrence "
-    "against none. Record outcomes on the Cases page."
+    "The saved cases with a known outcome, one row per patient (their newest case with an outcome), compared as in "
+    "the paper's Table 1: early recurrence against none. Record outcomes on the Cases page."
 )
 try:
     with Session(engine()) as session:
