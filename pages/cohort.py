@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 import streamlit as st
-from sqlalchemy.orm import Session
 
-from core.cases import cohort_rows, list_case_summaries
+from core.cases import cohort_rows
 from core.table1 import table1_display_rows, table1_from_rows
-from pages.common import DATABASE_DOWN, RESEARCH_NOTICE, engine, require_shell
-
-log = logging.getLogger(__name__)
+from pages.common import RESEARCH_NOTICE, require_shell, saved_case_summaries
 
 require_shell("pages/cohort.py")
 st.title("Cohort (Table 1)")
@@ -19,13 +14,7 @@ st.caption(
     "The saved cases with a known outcome, one row per patient (their newest case with an outcome), compared as in "
     "the paper's Table 1: early recurrence against none. Record outcomes on the Cases page."
 )
-try:
-    with Session(engine()) as session:
-        rows = cohort_rows(list_case_summaries(session))
-except Exception as error:
-    log.error("loading cases for Table 1 failed: %s", type(error).__name__)
-    st.error(DATABASE_DOWN)
-    st.stop()
+rows = cohort_rows(saved_case_summaries("Table 1"))
 
 groups = {row["early_recurrence"] for row in rows}
 if len(groups) < 2:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from core import db, pseudonym
 from core.analysis import Coverage
+from core.cases import CaseSummary, list_case_summaries
 from core.clinical import UNKNOWN_N_REASON, ClinicalRisk
 from core.clinical_refit import PAPER_CLINICAL_MODEL, ClinicalModelInUse, model_in_use
 from core.engine import prepare_engine_in_background
@@ -102,6 +103,17 @@ def clinical_model_now() -> tuple[ClinicalModelInUse, str | None]:
             "The case database cannot be read, so a local clinical model in use there cannot be found; the risk "
             "shown is the paper's model."
         )
+
+
+def saved_case_summaries(purpose: str) -> list[CaseSummary]:
+    """Every saved case's summary; when the database cannot be read, its sentence and the page stops there."""
+    try:
+        with Session(engine()) as session:
+            return list_case_summaries(session)
+    except Exception as error:  # the type only: a driver's message can carry the URL
+        log.error("loading cases for %s failed: %s", purpose, type(error).__name__)
+        st.error(DATABASE_DOWN)
+        st.stop()
 
 
 def pseudonym_secret() -> bytes:

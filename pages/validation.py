@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 import streamlit as st
-from sqlalchemy.orm import Session
 
-from core.cases import list_case_summaries
 from core.validation import (
     MIN_EVENTS_PER_CLASS,
     can_validate,
@@ -19,9 +15,7 @@ from core.validation import (
 )
 from core.validation_figures import calibration_figure, decision_curve_figure, roc_figure
 from core.validation_report import validation_report_pdf
-from pages.common import DATABASE_DOWN, RESEARCH_NOTICE, content_hash, engine, require_shell
-
-log = logging.getLogger(__name__)
+from pages.common import RESEARCH_NOTICE, content_hash, require_shell, saved_case_summaries
 
 require_shell("pages/validation.py")
 st.title("Local validation")
@@ -29,13 +23,7 @@ st.caption(
     "Saved cases with a known outcome, one per patient (its latest analysis), scored by one model: the deep-learning "
     "risk and the N-category risk on the same patients. Record outcomes on the Cases page."
 )
-try:
-    with Session(engine()) as session:
-        cohorts = local_cohorts(list_case_summaries(session))
-except Exception as error:
-    log.error("loading cases for validation failed: %s", type(error).__name__)
-    st.error(DATABASE_DOWN)
-    st.stop()
+cohorts = local_cohorts(saved_case_summaries("validation"))
 
 usable = [c for c in cohorts if can_validate(c.labels)]
 if not usable:
