@@ -251,7 +251,7 @@ def case_table_csv(summaries: list[CaseSummary]) -> str:
                 "n_category": case.n_category,
                 "t_category": case.t_category or "",
                 "tumour_size_mm": case.tumour_size_mm if case.tumour_size_mm is not None else "",
-                "number": "" if case.solitary is None else ("solitary" if case.solitary else "multiple"),
+                "number": tumour_number(case.solitary),
                 "outline_mm2": f"{case.roi_area_mm2:.1f}" if case.roi_area_mm2 is not None else "",
                 "dl_mean_patch_probability": f"{latest.dl_risk.probability:.4f}" if latest else "",
                 "clinical_probability": f"{clinical.probability:.4f}" if clinical else "",
@@ -269,6 +269,11 @@ def case_table_csv(summaries: list[CaseSummary]) -> str:
             }
         )
     return buffer.getvalue()
+
+
+def tumour_number(solitary: bool | None) -> str:
+    """ "solitary", "multiple", or "" when not entered: how the case CSV and Table 1 write the number."""
+    return "" if solitary is None else ("solitary" if solitary else "multiple")
 
 
 def one_case_per_patient(summaries: Sequence[CaseSummary]) -> list[CaseSummary]:
@@ -305,7 +310,7 @@ def cohort_rows(summaries: Sequence[CaseSummary]) -> list[dict[str, str]]:
                 "n_category": case.n_category if case.n_category in N_CATEGORIES else "",
                 "t_category": case.t_category or "",
                 "tumour_size_mm": f"{case.tumour_size_mm:g}" if case.tumour_size_mm else "",
-                "tumour_number": "" if case.solitary is None else ("solitary" if case.solitary else "multiple"),
+                "tumour_number": tumour_number(case.solitary),
             }
         )
     return rows

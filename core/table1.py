@@ -243,6 +243,11 @@ def table1_from_csv(path: Path, group: str) -> Table1:
     return table1_from_rows(rows, group)
 
 
+def format_table_p(p: float) -> str:
+    """A Table 1 p-value as the paper prints it: three decimals, "> 0.999" above that."""
+    return "> 0.999" if p > 0.999 else f"{p:.3f}"
+
+
 def format_table1(table: Table1) -> str:
     """The table as text: one line per variable (and per level), p with the test used."""
     a, b = table.groups
@@ -251,7 +256,7 @@ def format_table1(table: Table1) -> str:
         f"{a + ' (n=' + str(table.groups[a]) + ')':18} {b + ' (n=' + str(table.groups[b]) + ')':18} p"
     ]
     for row in table.variables:
-        p = "> 0.999" if row.p_value > 0.999 else f"{row.p_value:.3f}"
+        p = format_table_p(row.p_value)
         lines.append(f"{row.name:34} {'':18} {'':18} {'':18} {p}  [{row.test}]")
         for level, cells in row.cells.items():
             lines.append(f"  {level:32} {cells['all']:18} {cells[a]:18} {cells[b]:18}")
@@ -268,7 +273,7 @@ def table1_display_rows(table: Table1) -> list[dict[str, str]]:
     }
     rows = []
     for variable in table.variables:
-        p = "> 0.999" if variable.p_value > 0.999 else f"{variable.p_value:.3f}"
+        p = format_table_p(variable.p_value)
         missing = sum(variable.missing.values())
         if not variable.cells:  # nothing entered for anyone
             rows.append({"variable": variable.name, "level": "—", **dict.fromkeys(columns.values(), "—")})

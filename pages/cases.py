@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 
 from core import db
 from core.analysis import outline_coverage
-from core.cases import AnalysisSummary, CaseSummary, SavedCase, case_table_csv, list_case_summaries, load_saved_case
+from core.cases import (
+    AnalysisSummary,
+    CaseSummary,
+    SavedCase,
+    case_table_csv,
+    list_case_summaries,
+    load_saved_case,
+    tumour_number,
+)
 from core.imaging import CtSlice, display_image
 from core.outcomes import OutcomeError, follow_up_from_dates
 from core.pdf_report import case_report_pdf
@@ -28,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def _number(solitary: bool | None) -> str:
-    return "—" if solitary is None else ("solitary" if solitary else "multiple")
+    return tumour_number(solitary) or "—"
 
 
 def case_row(case: CaseSummary) -> dict[str, object]:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -184,14 +184,25 @@ def _analyze(page: Page) -> None:
     button's value is true for one run only); the analysis itself runs inside the script's run,
     so once the app is idle again the result is there or the click was lost.
     """
+    _press_until_shown(page, "Analyze", "Deep learning (ResNet50 patches)")
+
+
+def _press_until_shown(page: Page, button: str, text: str, before: Callable[[], None] | None = None) -> None:
+    """Press ``button`` (after ``before``, e.g. filling a form) until ``text`` shows: at most 3 presses.
+
+    The press's work runs inside the script's run, so once the app is idle again ``text`` is
+    there, or a rerun that started just before swallowed the click (a button is true for one run).
+    """
     for _ in range(3):
+        if before is not None:
+            before()
         _idle(page)
-        page.get_by_role("button", name="Analyze").click()
+        page.get_by_role("button", name=button).click()
         page.wait_for_timeout(1_000)
         _idle(page)
-        if page.locator("text=Deep learning (ResNet50 patches)").count():
+        if page.get_by_text(text).count():
             return
-    raise AssertionError("three presses of Analyze gave no result")
+    raise AssertionError(f"three presses of {button!r} did not show {text!r}")
 
 
 def _selectbox(page: Page, label: str) -> Locator:
@@ -537,15 +548,12 @@ def test_outcome_recorded_in_the_browser_enters_the_validation_page_and_both_pdf
         page.get_by_role("link", name="Cases").first.click()
         page.get_by_role("heading", name="Saved cases").wait_for(timeout=60_000)
         _choose(page, "Open case", next(o for o in _options(page, "Open case") if f"#{first_id} " in o))
-        for _ in range(3):  # a rerun from the date fields' commit can swallow the click; the dates stay typed
+
+        def type_dates() -> None:
             _type_date(page, "Date of surgery", "2025/01/10")
             _type_date(page, "Date of recurrence", "2025/06/10")  # 151 days: early recurrence
-            _idle(page)
-            page.get_by_role("button", name="Save outcome").click()
-            page.wait_for_timeout(1_000)
-            _idle(page)
-            if page.get_by_text("recurrence 151 days after surgery").count():
-                break
+
+        _press_until_shown(page, "Save outcome", "recurrence 151 days after surgery", before=type_dates)
         expect(page.get_by_text("recurrence 151 days after surgery").first).to_be_visible()
         case_text = pdftotext(_download(page, "Case report (PDF)"))
         assert first_key in case_text and "Research use only" in case_text
