@@ -6,6 +6,7 @@ can never execute code.
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -22,3 +23,8 @@ def unpack(data: bytes) -> np.ndarray:
     """Inverse of :func:`pack`."""
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         return archive["a"]
+
+
+def checksum(data: bytes) -> str:
+    """The sha256 (hex) of packed bytes; stored beside them and checked on every load."""
+    return hashlib.sha256(data).hexdigest()

@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
 
 from core import arrays
+from core.errors import StoredArrayDamagedError
 from core.outcomes import FollowUp
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -106,12 +107,24 @@ class StoredArray(Base):
     dtype: Mapped[str] = mapped_column(String(16))
     shape: Mapped[str] = mapped_column(String(64))
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))  # of ``data``, verified on every load
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     case: Mapped[Case] = relationship(back_populates="arrays")
 
     def load(self) -> np.ndarray:
-        return arrays.unpack(self.data)
+        """The array, after checking its bytes against the checksum written with them.
+
+        Raises:
+            StoredArrayDamagedError: the bytes changed since they were written (disk or
+                storage fault, a manual edit), or no longer unpack.
+        """
+        if arrays.checksum(self.data) != self.sha256:
+            raise StoredArrayDamagedError(self.case_id, self.kind)
+        try:
+            return arrays.unpack(self.data)
+        except (ValueError, OSError, KeyError) as error:  # np.load's ways of refusing damaged bytes
+            raise StoredArrayDamagedError(self.case_id, self.kind) from error
 
 
 class Analysis(Base):
@@ -282,12 +295,14 @@ class NewAnalysis:
 
 
 def _stored(kind: str, array: np.ndarray) -> StoredArray:
+    data = arrays.pack(array)
     return StoredArray(
         id=str(uuid.uuid4()),
         kind=kind,
         dtype=str(array.dtype),
         shape=json.dumps(list(array.shape)),
-        data=arrays.pack(array),
+        data=data,
+        sha256=arrays.checksum(data),
     )
 
 

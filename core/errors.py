@@ -72,3 +72,14 @@ class UploadRefusedError(UserFacingError):
 
 class OutlineImportError(UserFacingError):
     """An outline file (DICOM SEG, NIfTI, PNG mask) cannot be used on this image."""
+
+
+class StoredArrayDamagedError(UserFacingError):
+    """A saved case's stored image, outline or probabilities fail their checksum."""
+
+    def __init__(self, case_id: int, kind: str) -> None:
+        self.case_id, self.kind = case_id, kind
+        super().__init__(
+            f"Case #{case_id} cannot be opened: its stored {kind.replace('_', ' ')} is damaged (checksum mismatch). "
+            "Other cases are not affected; restore this one from a backup (python -m core db restore) or delete it."
+        )

@@ -19,6 +19,7 @@ from core.cases import (
     load_saved_case,
     tumour_number,
 )
+from core.errors import StoredArrayDamagedError
 from core.imaging import CtSlice, display_image
 from core.outcomes import OutcomeError, follow_up_from_dates
 from core.pdf_report import case_report_pdf
@@ -232,6 +233,12 @@ chosen = st.selectbox("Open case", list(labels), format_func=labels.__getitem__,
 try:
     with Session(engine()) as session:
         saved = load_saved_case(session, int(chosen))
+except StoredArrayDamagedError as error:
+    # this case only: the table above and every other case still work, and it can still be deleted
+    log.error("case %s has a damaged stored array (%s)", error.case_id, error.kind)
+    st.error(str(error))
+    delete_section(next(c for c in cases if c.case_id == int(chosen)))
+    st.stop()
 except Exception as error:
     log.error("opening a case failed: %s", type(error).__name__)
     st.error("This case cannot be opened (database unavailable, or its stored arrays are damaged); others may open.")

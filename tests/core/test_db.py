@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import inspect, select, text, update
 from sqlalchemy.orm import Session
 
-from core import db
+from core import arrays, db
 from core.cases import load_saved_case
 from core.pseudonym import case_key
 
@@ -300,3 +300,48 @@ def test_case_table_csv_is_pseudonymised_and_carries_the_outcome(engine) -> None
     assert rows["P-csv"]["dl_mean_patch_probability"] == "0.7000" and rows["P-csv"]["clinical_probability"] == "0.8500"
     assert rows["P-csv"]["model_sha256"] == "f" * 64
     assert not {"patient_id", "patient_name", "birth_date"} & set(CASE_TABLE_COLUMNS)
+
+
+def test_every_stored_array_is_checked_against_its_checksum_on_load(engine) -> None:
+    """A byte changed after writing is found on load and named for that case and kind; intact rows load."""
+    from core.errors import StoredArrayDamagedError
+
+    with Session(engine) as session:
+        case = db.add_case(session, *_new_case("P-checksum"))
+        session.commit()
+        case_id = case.id
+        assert all(row.sha256 == arrays.checksum(row.data) for row in case.arrays)
+        mask = db.case_array(session, case, "mask")
+        row = next(r for r in case.arrays if r.kind == "mask")
+        middle = len(row.data) // 2
+        flipped = row.data[:middle] + bytes([row.data[middle] ^ 0x01]) + row.data[middle + 1 :]
+        session.execute(update(db.StoredArray).where(db.StoredArray.id == row.id).values(data=flipped))
+        session.commit()
+    with Session(engine) as session:
+        case = session.get(db.Case, case_id)
+        assert db.case_array(session, case, "slice").shape == (64, 64)
+        with pytest.raises(StoredArrayDamagedError, match=rf"Case #{case_id} .* stored mask is damaged"):
+            db.case_array(session, case, "mask")
+    assert mask.dtype == bool
+
+
+def test_migration_0006_gives_older_arrays_their_checksum(engine) -> None:
+    """Arrays written before 0006 get the checksum of their bytes and keep loading."""
+    from alembic import command
+    from alembic.config import Config
+
+    with Session(engine) as session:
+        db.add_case(session, *_new_case("P-before-0006"))
+        session.commit()
+    config = Config()
+    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0005")
+    assert "sha256" not in {c["name"] for c in inspect(engine).get_columns("stored_arrays")}
+    db.migrate(engine)
+    with Session(engine) as session:
+        [case] = db.list_cases(session)
+        assert len(case.arrays) == 4
+        assert all(row.sha256 == arrays.checksum(row.data) for row in case.arrays)
+        assert db.case_array(session, case, "slice").shape == (64, 64)

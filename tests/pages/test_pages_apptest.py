@@ -282,6 +282,45 @@ def test_cases_page_reopens_without_the_model_shows_inputs_and_deletes(
     engine.dispose()
 
 
+def test_a_damaged_stored_array_is_reported_for_that_case_only_and_it_can_still_be_deleted(
+    app_env: None, sqlite_url: str
+) -> None:
+    from sqlalchemy import select, update
+
+    from tests.core.test_db import _new_case
+
+    engine = db.make_engine(sqlite_url)
+    db.migrate(engine)
+    with Session(engine) as session:
+        damaged = db.add_case(session, *_new_case("P-damaged"))
+        session.flush()
+        intact = db.add_case(session, *_new_case("P-intact"))
+        session.commit()
+        damaged_id, intact_id = damaged.id, intact.id
+        # one flipped byte in the damaged case's slice, as a failing disk would leave it
+        row = session.scalars(
+            select(db.StoredArray).where(db.StoredArray.case_id == damaged_id, db.StoredArray.kind == "slice")
+        ).one()
+        flipped = bytes([row.data[0] ^ 0xFF]) + row.data[1:]
+        session.execute(update(db.StoredArray).where(db.StoredArray.id == row.id).values(data=flipped))
+        session.commit()
+    at = _page("cases.py").run()
+    at.selectbox(key="open_case").set_value(damaged_id).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        f"Case #{damaged_id} cannot be opened: its stored slice is damaged (checksum mismatch). Other cases are "
+        "not affected; restore this one from a backup (python -m core db restore) or delete it."
+    ]
+    assert len(at.dataframe[0].value) == 2  # the table still lists both cases
+    at.selectbox(key="open_case").set_value(intact_id).run()
+    assert not at.exception and not at.error and _metric(at, DL_LABEL) == "70%"
+    at.selectbox(key="open_case").set_value(damaged_id).run()
+    at.checkbox(key=f"confirm_{damaged_id}").check().run()
+    at.button(key=f"delete_{damaged_id}").click().run()
+    assert any(s.value.startswith("Deleted case P-damaged") for s in at.success)
+    engine.dispose()
+
+
 def test_sample_canvas_scale_matches_the_display_width() -> None:
     state = sample_session_state()
     [drawing] = state["initial_outlines"].values()
