@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         analysis_cli,
         bench,
         clinical_cli,
+        db_cli,
         figures,
         training_cli,
     )  # analyze; figures; phantom / train / demo-model
@@ -225,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=bench.cmd_bench)
 
     clinical_cli.register(sub)
+    db_cli.register(sub)
 
     p = sub.add_parser("predict", help="score every patient of a manifest with the installed model (resumable)")
     p.add_argument("--manifest", required=True, help="cohort manifest CSV (as for train)")

@@ -237,16 +237,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (idempotent)."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (default the newest), upgrading or downgrading; idempotent.
+
+    A downgrade is for going back to an earlier release; it drops what later revisions added.
+    """
     from alembic import command
     from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        current = MigrationContext.configure(connection).get_current_revision()
+        if revision == "head" or current is None or current < revision:  # revisions are zero-padded numbers
+            command.upgrade(config, revision)
+        elif current > revision:
+            command.downgrade(config, revision)
 
 
 # ---------------------------------------------------------------- unit-of-work helpers

@@ -158,14 +158,7 @@ def test_case_list_loads_analyses_without_a_query_per_row(engine) -> None:
 
 def test_migration_0002_maps_first_release_provenance_to_training_data(engine) -> None:
     """Analyses saved by the first release: synthetic stays synthetic; its unproven "patients" claim is unknown."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0001")
+    db.migrate(engine, "0001")
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -224,19 +217,12 @@ def test_uncertainty_is_saved_reopened_and_a_later_sensitivity_updates_the_saved
 
 def test_migration_0004_adds_uncertainty_and_keeps_older_analyses(engine) -> None:
     """Analyses saved before 0004 reopen with no uncertainty; a downgrade drops only that column."""
-    from alembic import command
-    from alembic.config import Config
-
     from core.cases import list_case_summaries
 
     with Session(engine) as session:
         db.add_case(session, *_new_case("P-before-0004"))
         session.commit()
-    config = Config()
-    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0003")
+    db.migrate(engine, "0003")
     assert "uncertainty" not in {c["name"] for c in inspect(engine).get_columns("analyses")}
     db.migrate(engine)
     with Session(engine) as session:
@@ -327,17 +313,10 @@ def test_every_stored_array_is_checked_against_its_checksum_on_load(engine) -> N
 
 def test_migration_0006_gives_older_arrays_their_checksum(engine) -> None:
     """Arrays written before 0006 get the checksum of their bytes and keep loading."""
-    from alembic import command
-    from alembic.config import Config
-
     with Session(engine) as session:
         db.add_case(session, *_new_case("P-before-0006"))
         session.commit()
-    config = Config()
-    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0005")
+    db.migrate(engine, "0005")
     assert "sha256" not in {c["name"] for c in inspect(engine).get_columns("stored_arrays")}
     db.migrate(engine)
     with Session(engine) as session:
