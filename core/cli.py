@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         clinical_cli,
         db_cli,
         figures,
+        model_cli,
         training_cli,
     )  # analyze; figures; phantom / train / demo-model
 
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     clinical_cli.register(sub)
     db_cli.register(sub)
+    model_cli.register(sub)
 
     p = sub.add_parser("predict", help="score every patient of a manifest with the installed model (resumable)")
     p.add_argument("--manifest", required=True, help="cohort manifest CSV (as for train)")

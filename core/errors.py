@@ -40,6 +40,10 @@ class CheckpointError(UserFacingError):
     """A checkpoint exists but cannot be loaded safely."""
 
 
+class CheckpointNotAllowedError(CheckpointError):
+    """A checkpoint's sha256 is not on the installation's allow-list of approved models."""
+
+
 class ManifestError(UserFacingError):
     """A cohort manifest has rows that cannot be used; the message lists them all."""
 

@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo_model(args: argparse.Namespace) -> int:
     from core.phantom import write_cohort
     from core.training import TrainConfig, cross_validate
-    from models.checkpoint import configured_model_path
+    from models.checkpoint import allow_checkpoint, configured_model_path
 
     recipe = DEMO_RECIPE
     work = Path(args.workdir)
@@ -168,6 +168,7 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
     target = Path(args.out) if args.out else configured_model_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "train" / "model.pt", target)
+    allow_checkpoint(target, f"{tc.model_name}, built by make demo-model")  # the demo model approves itself
     pooled = summary["out_of_fold_patient_level"]["all_patients"]
     low, high = pooled["dl_auc_ci"]
     print(

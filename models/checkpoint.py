@@ -11,6 +11,12 @@ fold networks of a cross-validation, deployed together as nnU-Net deploys its fo
 Format 1 (one ``"state_dict"``) still loads, as a one-member model. A checkpoint is always
 loaded with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
 containers, so a model file cannot execute code.
+
+Only checkpoints whose sha256 is on the installation's allow-list are loaded
+(``$ICCA_MODEL_ALLOWLIST``, default ``models/weights/allowed-models.txt``): a file that
+was swapped, damaged or never approved is refused before it is deserialised. The demo
+model adds itself when it is built; an administrator adds others with
+``python -m core model allow PATH``.
 """
 
 from __future__ import annotations
@@ -27,13 +33,15 @@ from typing import Any
 
 import torch
 
-from core.errors import CheckpointError, ModelNotInstalledError
+from core.errors import CheckpointError, CheckpointNotAllowedError, ModelNotInstalledError
 from core.preprocess import PreprocessConfig, UnknownPreprocessingError
 from core.provenance import CARD_VERSION, TRAINING_DATA_KINDS, training_data_of, weights_warning
 from models.resnet import build_resnet50
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "model.pt"
 MODEL_PATH_ENV = "ICCA_MODEL_PATH"
+DEFAULT_ALLOWLIST = Path(__file__).resolve().parent / "weights" / "allowed-models.txt"
+ALLOWLIST_ENV = "ICCA_MODEL_ALLOWLIST"
 CHECKPOINT_FORMAT = 2  # 2: "members" (one network or an ensemble); 1: one "state_dict"
 READABLE_FORMATS = (1, 2)
 ENSEMBLE_RULE = "mean of the members' patch probabilities"
@@ -43,6 +51,45 @@ SINGLE_MEMBER_NAME = "single network"
 def configured_model_path() -> Path:
     """The checkpoint path: ``$ICCA_MODEL_PATH`` or ``models/weights/model.pt``."""
     return Path(os.environ.get(MODEL_PATH_ENV) or DEFAULT_MODEL_PATH)
+
+
+def configured_allowlist() -> Path:
+    """The allow-list file: ``$ICCA_MODEL_ALLOWLIST`` or ``models/weights/allowed-models.txt``."""
+    return Path(os.environ.get(ALLOWLIST_ENV) or DEFAULT_ALLOWLIST)
+
+
+def allowed_sha256s(allowlist: Path | None = None) -> frozenset[str]:
+    """The sha256s on the allow-list: one per line, first field; ``#`` starts a comment. Missing file: none."""
+    allowlist = allowlist or configured_allowlist()
+    if not allowlist.is_file():
+        return frozenset()
+    lines = (line.split("#", 1)[0].split() for line in allowlist.read_text().splitlines())
+    return frozenset(fields[0].lower() for fields in lines if fields)
+
+
+def allow_checkpoint(path: Path, note: str, allowlist: Path | None = None) -> str:
+    """Add the checkpoint's sha256 to the allow-list (once) with a note on what it is; returns the sha256."""
+    allowlist = allowlist or configured_allowlist()
+    sha256 = file_sha256(path)
+    if sha256 not in allowed_sha256s(allowlist):
+        allowlist.parent.mkdir(parents=True, exist_ok=True)
+        with allowlist.open("a") as handle:
+            handle.write(f"{sha256}  # {' '.join(note.split())[:200]}, added {datetime.now(UTC):%Y-%m-%d}\n")
+    return sha256
+
+
+def check_allowed(path: Path, sha256: str) -> None:
+    """Refuse a checkpoint whose sha256 is not on the allow-list.
+
+    Raises:
+        CheckpointNotAllowedError: with one sentence on how an administrator approves it.
+    """
+    if sha256 not in allowed_sha256s():
+        raise CheckpointNotAllowedError(
+            f"The model file {path.name} (sha256 {sha256[:12]}…) is not on this installation's list of approved "
+            f"models ({configured_allowlist()}); an administrator approves it with `python -m core model allow "
+            f"{path}`, or rebuild the demo model with `make demo-model`."
+        )
 
 
 def _instance_id() -> str:
@@ -253,12 +300,22 @@ def preprocess_from_checkpoint(payload: dict[str, Any], name: str) -> Preprocess
         raise CheckpointError(f"The model file {name} has invalid preprocessing settings; rebuild it.") from error
 
 
-def load_checkpoint(path: Path | None = None) -> LoadedModel:
+def load_checkpoint(path: Path | None = None, *, require_allowed: bool = True) -> LoadedModel:
     """Load the network(s), preprocessing and card; networks are in eval mode, channels-last, on the CPU.
 
     Format 1 (one network) and format 2 (one network or an ensemble) both load.
+    ``require_allowed=False`` is for the training pipeline re-reading the fold files it
+    has just written; everything that scores patients loads allowed checkpoints only.
+
+    Raises:
+        ModelNotInstalledError, CheckpointNotAllowedError, CheckpointError: one sentence each.
     """
     path = Path(path) if path is not None else configured_model_path()
+    if not path.exists():
+        read_checkpoint(path)  # its sentence on a missing model
+    sha256 = file_sha256(path)
+    if require_allowed:
+        check_allowed(path, sha256)
     payload = read_checkpoint(path)
     preprocess = preprocess_from_checkpoint(payload, path.name)
     networks, names = [], []
@@ -270,7 +327,6 @@ def load_checkpoint(path: Path | None = None) -> LoadedModel:
             raise CheckpointError(f"The model file {path.name} does not hold ResNet50 weights.") from exc
         networks.append(network.eval().to(memory_format=torch.channels_last))
         names.append(name)
-    sha256 = file_sha256(path)
     return LoadedModel(
         networks[0],
         preprocess,

@@ -26,7 +26,7 @@ from core.heatmap import colour_bar, draw_outline, jet_overlay, roi_crop_box
 from core.inference import CaseRisk
 from core.provenance import RESEARCH_NOTICE
 from core.uncertainty import sensitivity_table, spread_headline, spread_of_folds, spread_sentence
-from models.checkpoint import LoadedModel, configured_model_path, load_checkpoint
+from models.checkpoint import LoadedModel, check_allowed, configured_model_path, load_checkpoint
 
 log = logging.getLogger(__name__)
 SHELL_FLAG = "shell_ran"
@@ -83,7 +83,9 @@ def current_model() -> tuple[LoadedModel | None, str | None]:
     path = configured_model_path()
     try:
         mtime = path.stat().st_mtime_ns if path.exists() else 0
-        return _cached_model(str(path), mtime), None
+        model = _cached_model(str(path), mtime)
+        check_allowed(path, model.sha256)  # a model taken off the allow-list stops at once, not at restart
+        return model, None
     except UserFacingError as error:
         return None, str(error)
 

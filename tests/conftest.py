@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from core import db
 from core.preprocess import PreprocessConfig
-from models.checkpoint import make_card, save_checkpoint
+from models.checkpoint import ALLOWLIST_ENV, allow_checkpoint, make_card, save_checkpoint
 from models.resnet import build_resnet50
 
 TEST_MODEL_NAME = "untrained test model"
@@ -28,12 +28,23 @@ def _engine_choice_of_the_test_session(
     monkeypatch.setenv(ENGINE_CACHE_ENV, str(tmp_path_factory.getbasetemp() / "engine-choice.json"))
 
 
+def _test_allowlist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "allowed-models.txt"
+
+
+@pytest.fixture(autouse=True)
+def _allowlist_of_the_test_session(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests approve models on their own allow-list, never the installation's (models/weights/allowed-models.txt)."""
+    monkeypatch.setenv(ALLOWLIST_ENV, str(_test_allowlist(tmp_path_factory)))
+
+
 @pytest.fixture(scope="session")
 def test_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real ResNet50 with random weights (seed 0) and the paper's default preprocessing."""
     path = tmp_path_factory.mktemp("model") / "model.pt"
     card = make_card(TEST_MODEL_NAME, "untrained test model (random weights, seed 0)", "untrained")
     save_checkpoint(path, build_resnet50(seed=0), PreprocessConfig(), card)
+    allow_checkpoint(path, TEST_MODEL_NAME, _test_allowlist(tmp_path_factory))
     return path
 
 
@@ -46,6 +57,7 @@ def test_ensemble_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_checkpoint(
         path, [build_resnet50(seed=0), build_resnet50(seed=1)], cfg, card, member_names=["fold 1", "fold 2"]
     )
+    allow_checkpoint(path, TEST_ENSEMBLE_NAME, _test_allowlist(tmp_path_factory))
     return path
 
 

@@ -91,6 +91,9 @@ def test_an_exported_cohort_trains_unchanged(sqlite_url: str, tmp_path: Path) ->
     run = tmp_path / "run"
     args = ["train", "--manifest", str(out / "manifest.csv"), "--out", str(run), "--folds", "2", "--epochs", "1"]
     assert main([*args, "--batch-size", "8", "--max-patches-per-patient", "4", "--input-px", "32"]) == 0
+    refused = ["predict", "--manifest", str(out / "manifest.csv"), "--out", str(tmp_path / "refused")]
+    assert main([*refused, "--model", str(run / "model.pt")]) == 2  # trained, not yet approved
+    assert main(["model", "allow", str(run / "model.pt")]) == 0  # a new model scores patients once approved
     model = load_checkpoint(run / "model.pt")
     assert model.card["training_data"] == "synthetic phantoms" and model.card["cohort"]["patients"] == 8
     # … and predict scores the cohort with it, resumably, on the dashboard's code path
@@ -136,11 +139,12 @@ def test_an_exported_cohort_trains_unchanged(sqlite_url: str, tmp_path: Path) ->
 def _other_checkpoint(tmp_path: Path) -> Path:
     """A second, untrained model (another sha256)."""
     from core.preprocess import PreprocessConfig
-    from models.checkpoint import make_card, save_checkpoint
+    from models.checkpoint import allow_checkpoint, make_card, save_checkpoint
     from models.resnet import build_resnet50
 
     path = tmp_path / "other.pt"
     save_checkpoint(
         path, build_resnet50(), replace(PreprocessConfig(), input_px=32), make_card("other", "untrained", "untrained")
     )
+    allow_checkpoint(path, "other")  # approved: what refuses it below is the mix of models
     return path

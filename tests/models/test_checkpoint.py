@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.errors import CheckpointError, ModelNotInstalledError
+from core.errors import CheckpointError, CheckpointNotAllowedError, ModelNotInstalledError
 from core.preprocess import PreprocessConfig
-from models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from models.checkpoint import CHECKPOINT_FORMAT, allow_checkpoint, allowed_sha256s, load_checkpoint, save_checkpoint
 from models.resnet import build_resnet50
 from tests.conftest import TEST_MODEL_NAME
 
@@ -36,14 +36,14 @@ def test_file_that_would_execute_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"format_version": 1, "payload": Exploit()}, path, pickle_protocol=2)
     with pytest.raises(CheckpointError, match="not a safe checkpoint"):
-        load_checkpoint(path)
+        load_checkpoint(path, require_allowed=False)  # the reader itself, before any approval
 
 
 def test_garbage_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "garbage.pt"
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):
-        load_checkpoint(path)
+        load_checkpoint(path, require_allowed=False)  # the reader itself, before any approval
 
 
 def test_atomic_save_leaves_no_temp_file(tmp_path: Path, test_checkpoint: Path) -> None:
@@ -65,14 +65,14 @@ def test_preprocessing_this_version_does_not_know_is_refused(tmp_path: Path, tes
         test_checkpoint, tmp_path / "newer.pt", lambda payload: payload["preprocess"].update(bias_field_correction=1)
     )
     with pytest.raises(CheckpointError, match=r"needs a newer version.*bias_field_correction"):
-        load_checkpoint(path)
+        load_checkpoint(path, require_allowed=False)  # the reader itself, before any approval
 
 
 def test_a_newer_format_is_refused_with_the_reason(tmp_path: Path, test_checkpoint: Path) -> None:
     newer = CHECKPOINT_FORMAT + 1
     path = _rewrite(test_checkpoint, tmp_path / "newer.pt", lambda payload: payload.update(format_version=newer))
     with pytest.raises(CheckpointError, match="written by a newer version"):
-        load_checkpoint(path)
+        load_checkpoint(path, require_allowed=False)  # the reader itself, before any approval
 
 
 def test_a_format_1_checkpoint_still_loads_as_one_network(tmp_path: Path, test_checkpoint: Path) -> None:
@@ -84,7 +84,7 @@ def test_a_format_1_checkpoint_still_loads_as_one_network(tmp_path: Path, test_c
         payload.update(format_version=1, state_dict=member["state_dict"])
 
     path = _rewrite(test_checkpoint, tmp_path / "v1.pt", to_format_1)
-    old, new = load_checkpoint(path), load_checkpoint(test_checkpoint)
+    old, new = load_checkpoint(path, require_allowed=False), load_checkpoint(test_checkpoint)
     assert not old.is_ensemble and old.names == ("single network",) and old.cache_id == old.sha256
     x = torch.rand(2, 3, 64, 64)
     with torch.inference_mode():
@@ -95,7 +95,7 @@ def test_an_ensemble_round_trips_with_its_member_names(tmp_path: Path) -> None:
     nets = [build_resnet50(seed=k).eval() for k in (1, 2)]
     card = {"name": "ensemble", "training_data": "untrained"}
     save_checkpoint(tmp_path / "e.pt", nets, PreprocessConfig(), card, member_names=["fold 1", "fold 2"])
-    loaded = load_checkpoint(tmp_path / "e.pt")
+    loaded = load_checkpoint(tmp_path / "e.pt", require_allowed=False)
     assert loaded.is_ensemble and loaded.names == ("fold 1", "fold 2") and loaded.network is loaded.ensemble[0]
     x = torch.rand(1, 3, 64, 64)
     with torch.inference_mode():
@@ -108,7 +108,7 @@ def test_an_ensemble_round_trips_with_its_member_names(tmp_path: Path) -> None:
 def test_a_checkpoint_without_networks_is_refused(tmp_path: Path, test_checkpoint: Path) -> None:
     path = _rewrite(test_checkpoint, tmp_path / "empty.pt", lambda payload: payload.update(members=[]))
     with pytest.raises(CheckpointError, match="holds no network"):
-        load_checkpoint(path)
+        load_checkpoint(path, require_allowed=False)  # the reader itself, before any approval
 
 
 def test_training_data_must_be_a_known_kind() -> None:
@@ -116,3 +116,47 @@ def test_training_data_must_be_a_known_kind() -> None:
 
     with pytest.raises(ValueError, match="training_data"):
         make_card("m", "p", "probably patients")
+
+
+def test_only_checkpoints_on_the_allow_list_load_and_a_swapped_file_is_refused(
+    tmp_path: Path, test_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Approval is by content: the same file approved loads; a file rewritten in place is refused before loading."""
+    allowlist = tmp_path / "allowed-models.txt"
+    monkeypatch.setenv("ICCA_MODEL_ALLOWLIST", str(allowlist))
+    path = tmp_path / "model.pt"
+    path.write_bytes(test_checkpoint.read_bytes())
+    with pytest.raises(CheckpointNotAllowedError) as refused:
+        load_checkpoint(path)
+    assert str(refused.value).startswith("The model file model.pt (sha256 ")
+    assert f"an administrator approves it with `python -m core model allow {path}`" in str(refused.value)
+
+    sha256 = allow_checkpoint(path, "copy of the test model")
+    assert allow_checkpoint(path, "again") == sha256 and allowlist.read_text().count(sha256) == 1
+    assert load_checkpoint(path).sha256 == sha256
+
+    loads: list[object] = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    _rewrite_in_place = path.read_bytes()[:-8] + b"swapped!"
+    path.write_bytes(_rewrite_in_place)
+    with pytest.raises(CheckpointNotAllowedError):
+        load_checkpoint(path)
+    assert loads == []  # refused before the file was deserialised
+
+
+def test_model_allow_on_the_command_line_approves_a_readable_checkpoint_only(
+    tmp_path: Path, test_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.cli import main
+
+    allowlist = tmp_path / "allowed.txt"
+    monkeypatch.setenv("ICCA_MODEL_ALLOWLIST", str(allowlist))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    assert main(["model", "allow", str(garbage)]) == 2 and not allowlist.exists()
+    assert main(["model", "allow", str(test_checkpoint)]) == 0
+    [line] = allowlist.read_text().splitlines()
+    assert line.startswith(load_checkpoint(test_checkpoint).sha256) and TEST_MODEL_NAME in line
+    assert allowed_sha256s(allowlist) == {line.split()[0]}
+    capsys.readouterr()
+    assert main(["model", "allowed"]) == 0 and line in capsys.readouterr().out
