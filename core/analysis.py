@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from core import clinical, db
+from core import access, clinical, db
 from core.clinical_refit import PAPER_CLINICAL_MODEL, ClinicalModelInUse
 from core.engine import Engine, engine_of
 from core.errors import ModelOutputError, NotCalibratedError
@@ -162,7 +162,9 @@ def analyze_case(
         NotCalibratedError: the slice lacks the scale or HU the model needs.
         RoiError: the outline yields no patch.
         ModelOutputError: the network returned NaN or infinite probabilities.
+        NotPermittedError: the current actor may not analyse (:mod:`core.access`).
     """
+    access.require(access.Act.ANALYSE)
     cfg = model.preprocess
     blocker = analysis_blocker(ct, cfg)
     if blocker is not None:

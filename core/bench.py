@@ -556,7 +556,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return cmd_bench(parser.parse_args(argv))
+    from core.access import acting_as, command_line_actor
+
+    with acting_as(command_line_actor()):  # run as `python -m core.bench` (the RSS probe's child), not via core.cli
+        return cmd_bench(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from core import db, provenance
+from core import access, db, provenance
 from core.clinical import N_CATEGORIES, PAPER_MODEL_NAME, ClinicalRisk
 from core.heatmap import probability_map
 from core.inference import CaseRisk
@@ -141,6 +141,7 @@ def list_case_summaries(session: Session) -> list[CaseSummary]:
 
 def load_saved_case(session: Session, case_id: int) -> SavedCase | None:
     """The case with the probability map of its latest analysis, or ``None`` if it does not exist."""
+    access.require(access.Act.READ)
     case = session.get(db.Case, case_id)
     if case is None or not case.analyses:
         return None

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from core.access import acting_as, command_line_actor
 from core.errors import UserFacingError
 from core.provenance import DATA_SOURCES
 
@@ -258,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        with acting_as(command_line_actor()):  # whoever runs the command line administers this installation
+            return handler(args)
     except UserFacingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ arrays in rows with generated ids, never under a name taken from the upload.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -38,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
 
-from core import arrays
+from core import access, arrays
 from core.errors import StoredArrayDamagedError
 from core.outcomes import FollowUp
 
@@ -174,7 +175,12 @@ class Outcome(Base):
 
 
 class AuditEvent(Base):
-    """Who did what to which case; kept when the case is deleted."""
+    """Who did what to which case, with which model and input; append-only, kept when the case is deleted.
+
+    ``actor`` is the subject of :mod:`core.access` (an OIDC ``sub``, ``local:…`` or ``cli:…``;
+    ``None`` on rows written before revision 0007). Triggers (revision 0007) refuse UPDATE and
+    DELETE on this table, on SQLite and PostgreSQL alike.
+    """
 
     __tablename__ = "audit_events"
 
@@ -183,6 +189,9 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32))
     case_key: Mapped[str | None] = mapped_column(String(32), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    actor: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    input_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # of the slice's pixels
 
 
 class ClinicalModelVersion(Base):
@@ -314,8 +323,40 @@ def _stored(kind: str, array: np.ndarray) -> StoredArray:
     )
 
 
+def audit(
+    session: Session,
+    action: str,
+    case_key: str | None = None,
+    detail: dict[str, Any] | None = None,
+    model_sha256: str | None = None,
+    input_sha256: str | None = None,
+) -> AuditEvent:
+    """Stage one audit event by the current actor (:func:`core.access.current_actor`); the caller commits."""
+    actor = access.current_actor()
+    event = AuditEvent(
+        action=action,
+        case_key=case_key,
+        detail=detail or {},
+        actor=actor.subject if actor else None,
+        model_sha256=model_sha256,
+        input_sha256=input_sha256,
+    )
+    session.add(event)
+    return event
+
+
+def pixels_sha256(pixels: np.ndarray) -> str:
+    """The sha256 of a slice's pixel values (C order, the dtype stored): the audit trail's input identity."""
+    return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.float32).tobytes()).hexdigest()
+
+
 def add_case(session: Session, new: NewCase, analysis: NewAnalysis) -> Case:
-    """Stage a case with its arrays, first analysis and an audit event; the caller commits."""
+    """Stage a case with its arrays, first analysis and an audit event; the caller commits.
+
+    Raises:
+        NotPermittedError: the current actor may not save cases.
+    """
+    access.require(access.Act.SAVE)
     area_px = int(new.mask.sum())
     area_mm2 = area_px * new.spacing_mm[0] * new.spacing_mm[1] if new.spacing_mm else None
     case = Case(
@@ -343,8 +384,13 @@ def add_case(session: Session, new: NewCase, analysis: NewAnalysis) -> Case:
     case.arrays.append(_stored("mask", new.mask.astype(bool)))
     add_analysis(case, analysis)
     session.add(case)
-    session.add(
-        AuditEvent(action="case_saved", case_key=new.case_key, detail={"n_patches": int(analysis.probabilities.size)})
+    audit(
+        session,
+        "case_saved",
+        new.case_key,
+        {"n_patches": int(analysis.probabilities.size)},
+        model_sha256=analysis.model_sha256,
+        input_sha256=pixels_sha256(new.pixels),
     )
     return case
 
@@ -379,6 +425,7 @@ def add_analysis(case: Case, new: NewAnalysis) -> Analysis:
 
 def list_cases(session: Session) -> list[Case]:
     """All cases, newest first, with their analyses and outcomes loaded in one extra query each (not one per row)."""
+    access.require(access.Act.READ)
     query = (
         select(Case)
         .options(selectinload(Case.analyses), selectinload(Case.outcomes))
@@ -421,7 +468,9 @@ def update_saved_case(
 
     Raises:
         LookupError: no such case (deleted meanwhile).
+        NotPermittedError: the current actor may not edit cases.
     """
+    access.require(access.Act.SAVE)
     case = session.get(Case, case_id)
     if case is None:
         raise LookupError(f"no case {case_id}")
@@ -455,7 +504,7 @@ def update_saved_case(
         latest.clinical_ci_high = update.clinical_ci_high
         if update.clinical_model is not None:
             latest.clinical_model = update.clinical_model
-    session.add(AuditEvent(action="case_updated", case_key=case.case_key, detail={"fields": changed}))
+    audit(session, "case_updated", case.case_key, {"fields": changed})
     return changed
 
 
@@ -489,17 +538,20 @@ def delete_case(session: Session, case_id: int) -> DeletedCase | None:
 
     Returns:
         What was deleted, or ``None`` when the case did not exist (deleted meanwhile).
+
+    Raises:
+        NotPermittedError: the current actor is not an administrator.
     """
+    access.require(access.Act.DELETE)
     case = session.get(Case, case_id)
     if case is None:
         return None
     deleted = DeletedCase(case.case_key, len(case.analyses), len(case.arrays), len(case.outcomes))
-    session.add(
-        AuditEvent(
-            action="case_deleted",
-            case_key=case.case_key,
-            detail={"analyses": deleted.analyses, "arrays": deleted.arrays, "outcomes": deleted.outcomes},
-        )
+    audit(
+        session,
+        "case_deleted",
+        case.case_key,
+        {"analyses": deleted.analyses, "arrays": deleted.arrays, "outcomes": deleted.outcomes},
     )
     session.delete(case)
     return deleted
@@ -532,7 +584,9 @@ def record_outcome(session: Session, case_id: int, follow_up: FollowUp) -> bool:
 
     Raises:
         LookupError: no such case (deleted meanwhile).
+        NotPermittedError: the current actor may not record follow-ups.
     """
+    access.require(access.Act.RECORD_OUTCOME)
     case = session.get(Case, case_id)
     if case is None:
         raise LookupError(f"no case {case_id}")
@@ -547,12 +601,8 @@ def record_outcome(session: Session, case_id: int, follow_up: FollowUp) -> bool:
             days_followed=follow_up.days_followed,
         )
     )
-    session.add(
-        AuditEvent(
-            action="outcome_recorded",
-            case_key=case.case_key,
-            detail={"old": old.to_dict() if old else None, "new": follow_up.to_dict()},
-        )
+    audit(
+        session, "outcome_recorded", case.case_key, {"old": old.to_dict() if old else None, "new": follow_up.to_dict()}
     )
     return True
 
@@ -562,14 +612,14 @@ def record_outcome(session: Session, case_id: int, follow_up: FollowUp) -> bool:
 
 def add_clinical_model(session: Session, fit: dict[str, Any], fitted_to: str) -> ClinicalModelVersion:
     """Store a refitted clinical model (``ClinicalRefit.to_dict()``) as a new version, not in use. Caller commits."""
+    access.require(access.Act.CHANGE_CLINICAL_MODEL)
     row = ClinicalModelVersion(formula=fit["formula"], fitted_to=fitted_to[:128], fit=fit, in_use=False)
     session.add(row)
     session.flush()
-    session.add(
-        AuditEvent(
-            action="clinical_model_fitted",
-            detail={"version": row.id, "formula": row.formula, "n": fit["n"], "events": fit["events"]},
-        )
+    audit(
+        session,
+        "clinical_model_fitted",
+        detail={"version": row.id, "formula": row.formula, "n": fit["n"], "events": fit["events"]},
     )
     return row
 
@@ -594,7 +644,9 @@ def use_clinical_model(session: Session, version: int | None) -> None:
     Raises:
         LookupError: no such version.
         ValueError: the version is not a preoperative model (it uses the surgical margin).
+        NotPermittedError: the current actor is not an administrator.
     """
+    access.require(access.Act.CHANGE_CLINICAL_MODEL)
     row = None
     if version is not None:
         row = session.get(ClinicalModelVersion, version)
@@ -608,9 +660,4 @@ def use_clinical_model(session: Session, version: int | None) -> None:
     session.flush()  # the old version leaves use before the new one enters it (one in use at a time)
     if row is not None:
         row.in_use = True
-    session.add(
-        AuditEvent(
-            action="clinical_model_in_use",
-            detail={"old": previous.id if previous else None, "new": version},
-        )
-    )
+    audit(session, "clinical_model_in_use", detail={"old": previous.id if previous else None, "new": version})

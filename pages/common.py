@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from core import db, pseudonym
+from core.access import NETWORK_WITHOUT_SIGN_IN, local_actor, set_actor
 from core.analysis import Coverage
 from core.cases import CaseSummary, list_case_summaries
 from core.clinical import UNKNOWN_N_REASON, ClinicalRisk
@@ -49,6 +50,11 @@ def require_shell(page_file: str) -> None:
     if not st.session_state.get(SHELL_FLAG):
         st.session_state[REQUESTED_PAGE] = page_file
         st.switch_page("app.py")
+    actor = local_actor(str(st.get_option("server.address") or ""))
+    set_actor(actor)  # for this run: core's role checks and the audit trail read it
+    if actor is None:
+        st.error(NETWORK_WITHOUT_SIGN_IN)
+        st.stop()
 
 
 @st.cache_resource(show_spinner="Opening the case database…")

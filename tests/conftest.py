@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +27,18 @@ def _engine_choice_of_the_test_session(
     from core.engine import ENGINE_CACHE_ENV
 
     monkeypatch.setenv(ENGINE_CACHE_ENV, str(tmp_path_factory.getbasetemp() / "engine-choice.json"))
+
+
+TEST_ACTOR_SUBJECT = "test:admin"
+
+
+@pytest.fixture(autouse=True)
+def _an_administrator_acts() -> Iterator[None]:
+    """Core's role checks need an actor; tests of the roles themselves act as someone else inside."""
+    from core.access import Actor, Role, acting_as
+
+    with acting_as(Actor(TEST_ACTOR_SUBJECT, Role.ADMIN)):
+        yield
 
 
 def _test_allowlist(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -83,6 +83,9 @@ def consistency_problems(engine: Engine) -> list[str]:
 
 
 def main(url: str, prefix: str, count: int) -> None:
+    from core.access import command_line_actor, set_actor
+
+    set_actor(command_line_actor())
     engine = db.make_engine(url)
     for i in range(count):
         print(f"saving {i}", flush=True)

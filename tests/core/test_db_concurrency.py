@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from core import db
+from core.access import Actor, Role, acting_as
 from tests.core.db_writer import consistency_problems, save_one
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +48,8 @@ def _writer(url: str, prefix: str, count: int) -> subprocess.Popen:
 
 def test_eight_threads_saving_fifty_cases_each_lose_and_double_nothing(engine) -> None:
     def save_fifty(thread: int) -> list[int]:
-        return [save_one(engine, f"T{thread}-{i:03d}") for i in range(CASES_EACH)]
+        with acting_as(Actor(f"test:thread-{thread}", Role.ANALYST)):  # a context variable: set per thread
+            return [save_one(engine, f"T{thread}-{i:03d}") for i in range(CASES_EACH)]
 
     with ThreadPoolExecutor(THREADS) as pool:
         ids = [i for batch in pool.map(save_fifty, range(THREADS)) for i in batch]
