@@ -24,6 +24,7 @@ navigation = st.navigation(
         st.Page("pages/validation.py", title="Validation", icon=":material/monitoring:"),
         st.Page("pages/cohort.py", title="Cohort", icon=":material/groups:"),
         st.Page("pages/model_card.py", title="Model card", icon=":material/badge:"),
+        st.Page("pages/audit.py", title="Audit", icon=":material/history:"),
     ],
     position="top",
 )

@@ -9,7 +9,9 @@ import streamlit as st
 from sqlalchemy.orm import Session
 
 from core import db
+from core.access import Act
 from core.analysis import outline_coverage
+from core.audit import record_opened
 from core.cases import (
     AnalysisSummary,
     CaseSummary,
@@ -25,7 +27,9 @@ from core.outcomes import OutcomeError, follow_up_from_dates
 from core.pdf_report import case_report_pdf
 from pages.common import (
     DATABASE_DOWN,
+    audited_download,
     engine,
+    may,
     model_banner,
     require_shell,
     show_overlay,
@@ -106,9 +110,12 @@ def show_case(saved: SavedCase) -> None:
         if sensitivity:
             show_sensitivity(sensitivity)
     analysis_details(summary.analyses)
-    st.download_button(
+    audited_download(
         "Case report (PDF)",
-        data=lambda: case_report_pdf(saved),
+        lambda: case_report_pdf(saved),
+        "case report PDF",
+        case_key=summary.case_key,
+        model_sha256=latest.model_sha256,
         file_name=f"icca-case-{summary.case_key}.pdf",
         mime="application/pdf",
         key=f"pdf_{summary.case_id}",
@@ -178,6 +185,20 @@ def save_outcome(
     st.rerun()
 
 
+def record_opening(summary: CaseSummary) -> None:
+    """Audit a case once each time it is chosen, not on every rerun of the page."""
+    if st.session_state.get("audited_open") == summary.case_id:
+        return
+    try:
+        with Session(engine()) as session:
+            record_opened(session, summary.case_id)
+            session.commit()
+    except Exception as error:  # the case is on screen already; the log says the audit failed
+        log.error("auditing a case opening failed: %s", type(error).__name__)
+        return
+    st.session_state["audited_open"] = summary.case_id
+
+
 def delete_section(summary: CaseSummary) -> None:
     with st.expander("Delete this case"):
         confirm = st.checkbox(
@@ -220,9 +241,10 @@ if not cases:
     st.stop()
 
 st.dataframe([case_row(c) for c in cases], hide_index=True, width="stretch")
-st.download_button(
+audited_download(
     "Case table (CSV)",
-    data=lambda: case_table_csv(cases),  # built on click, not on every rerun
+    lambda: case_table_csv(cases),  # built on click, not on every rerun
+    "case table CSV",
     file_name="icca-cases.csv",
     mime="text/csv",
     help="One row per case with its latest analysis and outcome; pseudonymised (case keys, no patient IDs, no dates of care).",
@@ -237,7 +259,8 @@ except StoredArrayDamagedError as error:
     # this case only: the table above and every other case still work, and it can still be deleted
     log.error("case %s has a damaged stored array (%s)", error.case_id, error.kind)
     st.error(str(error))
-    delete_section(next(c for c in cases if c.case_id == int(chosen)))
+    if may(Act.DELETE):
+        delete_section(next(c for c in cases if c.case_id == int(chosen)))
     st.stop()
 except Exception as error:
     log.error("opening a case failed: %s", type(error).__name__)
@@ -246,8 +269,11 @@ except Exception as error:
 if saved is None:
     st.warning("This case was deleted meanwhile.")
     st.stop()
+record_opening(saved.summary)
 show_case(saved)
 if "outcome_note" in st.session_state:
     st.success(st.session_state.pop("outcome_note"))
-outcome_section(saved.summary)
-delete_section(saved.summary)
+if may(Act.RECORD_OUTCOME):
+    outcome_section(saved.summary)
+if may(Act.DELETE):
+    delete_section(saved.summary)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from core import db, pseudonym
-from core.access import NETWORK_WITHOUT_SIGN_IN, local_actor, set_actor
+from core.access import NETWORK_WITHOUT_SIGN_IN, Act, current_actor, local_actor, set_actor
 from core.analysis import Coverage
+from core.audit import record_export
 from core.cases import CaseSummary, list_case_summaries
 from core.clinical import UNKNOWN_N_REASON, ClinicalRisk
 from core.clinical_refit import PAPER_CLINICAL_MODEL, ClinicalModelInUse, model_in_use
@@ -67,6 +69,37 @@ def get_engine(url: str) -> Engine:
 
 def engine() -> Engine:
     return get_engine(db.configured_url())
+
+
+def may(act: Act) -> bool:
+    """Whether the user of this run may ``act`` (pages hide what core would refuse anyway)."""
+    actor = current_actor()
+    return actor is not None and actor.may(act)
+
+
+def audited_download(
+    label: str,
+    build: Callable[[], bytes | str],
+    what: str,
+    *,
+    case_key: str | None = None,
+    model_sha256: str | None = None,
+    **button: Any,
+) -> None:
+    """A download button for analysts and admins; the file is built on click and the export audited first.
+
+    An audit that cannot be written stops the export: data never leaves without its record.
+    """
+    if not may(Act.EXPORT):
+        return
+
+    def audited() -> bytes | str:
+        with Session(engine()) as session:
+            record_export(session, what, case_key, model_sha256)
+            session.commit()
+        return build()
+
+    st.download_button(label, data=audited, **button)
 
 
 @st.cache_resource(show_spinner="Loading the model…")

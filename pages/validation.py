@@ -15,7 +15,7 @@ from core.validation import (
 )
 from core.validation_figures import calibration_figure, decision_curve_figure, roc_figure
 from core.validation_report import validation_report_pdf
-from pages.common import RESEARCH_NOTICE, content_hash, require_shell, saved_case_summaries
+from pages.common import RESEARCH_NOTICE, audited_download, content_hash, require_shell, saved_case_summaries
 
 require_shell("pages/validation.py")
 st.title("Local validation")
@@ -59,9 +59,11 @@ st.caption(
     "The deep-learning number is an uncalibrated mean patch probability: its calibration shows how far it is from a "
     f"risk on these patients. {RESEARCH_NOTICE}"
 )
-st.download_button(
+audited_download(
     "Validation report (PDF)",
-    data=lambda: validation_report_pdf(cohort, result),  # built on click, not on every rerun
+    lambda: validation_report_pdf(cohort, result),  # built on click, not on every rerun
+    "validation report PDF",
+    model_sha256=cohort.model_sha256,
     file_name=f"icca-validation-{cohort.model_sha256[:12]}-{content_hash(cohort.clinical_model.encode())[:6]}.pdf",
     mime="application/pdf",
     help="This page for the department's files: both models' figures, ROC curves, calibration bins, net benefit.",

@@ -99,3 +99,18 @@ def test_the_single_local_user_exists_only_on_a_loopback_address(address: str, l
     assert (actor is not None) == local
     if actor is not None:
         assert actor.role is Role.ADMIN and actor.subject.startswith("local:")
+
+
+def test_exports_need_the_analyst_role_and_each_is_audited(engine) -> None:
+    from core.audit import audit_csv, list_events, record_export
+
+    with Session(engine) as session, acting_as(VIEWER), pytest.raises(NotPermittedError, match="export data"):
+        record_export(session, "case table CSV")
+    with Session(engine) as session, acting_as(ANALYST):
+        record_export(session, "case report PDF", "P-1", "a" * 64)
+        session.commit()
+        with pytest.raises(NotPermittedError, match="audit trail"):
+            list_events(session)
+    with Session(engine) as session, acting_as(ADMIN):
+        [row] = list_events(session)
+    assert audit_csv([row]).splitlines()[1].endswith(f",oidc:analyst-sub,exported,P-1,{'a' * 64},,what=case report PDF")
