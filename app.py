@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import DATABASE_DOWN, REQUESTED_PAGE, RESEARCH_NOTICE, SHELL_FLAG, current_model, engine
+from pages.common import (
+    DATABASE_DOWN,
+    REQUESTED_PAGE,
+    RESEARCH_NOTICE,
+    SHELL_FLAG,
+    current_model,
+    engine,
+    sign_in_configured,
+    sign_in_gate,
+)
 
 # Pages are in the top bar and the sidebar (model, database) starts folded: on a 1400 × 900 screen
 # Analyze needs the width for the canvas, the overlay and both risks side by side. Every risk
@@ -32,7 +41,11 @@ requested = st.session_state.pop(REQUESTED_PAGE, None)
 if requested and requested != "pages/analyze.py":  # a deep link that arrived before the shell had run
     st.switch_page(requested)
 
+actor = sign_in_gate()  # before the sidebar: a visitor who is not signed in sees the sign-in only
 with st.sidebar:
+    if sign_in_configured():
+        st.caption(f"Signed in: {actor.subject} ({actor.role.label})")
+        st.button("Sign out", on_click=st.logout, key="sign_out")
     model, problem = current_model()
     if model is None:
         st.error(problem or "No model is installed.")

@@ -9,7 +9,7 @@ Three roles, each including the one before:
   reads the audit trail.
 
 The actor of the current unit of work lives in a context variable: the dashboard sets it once
-per page run (:func:`acting_as`), the command line once per command. Every guarded function in
+per page run (:func:`set_actor`), the command line once per command. Every guarded function in
 ``core`` calls :func:`require`; with no actor set, nothing guarded runs. The audit trail records
 the actor's ``subject`` (an OIDC ``sub`` claim, ``local:<account>`` or ``cli:<account>``), never
 a name or an e-mail address.
@@ -18,7 +18,7 @@ a name or an e-mail address.
 from __future__ import annotations
 
 import getpass
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -140,3 +140,29 @@ def local_actor(server_address: str) -> Actor | None:
     if server_address.strip().lower() not in LOOPBACK_ADDRESSES:
         return None
     return Actor(subject=f"local:{getpass.getuser()}", role=Role.ADMIN)
+
+
+NO_ROLE = (
+    "You are signed in, but your account has no role in this dashboard; ask an administrator to add your "
+    "account's subject to the viewer, analyst or admin list, or sign out and use another account."
+)
+
+
+def oidc_actor(subject: object, roles: Mapping[str, object]) -> Actor | None:
+    """The signed-in user's actor: their highest role in ``roles`` (``{"admin": [sub, …], …}``), else ``None``.
+
+    Subjects are the identity provider's ``sub`` claim, an opaque and stable account id. An
+    account on no list has no role: signed in is not the same as allowed in.
+    """
+    if not isinstance(subject, str) or not subject:
+        return None
+    granted = [role for role in Role if subject in _subjects(roles.get(role.label))]
+    return Actor(subject=f"oidc:{subject}", role=max(granted)) if granted else None
+
+
+def _subjects(listed: object) -> frozenset[str]:
+    if isinstance(listed, str):
+        return frozenset({listed})
+    if isinstance(listed, Iterable):
+        return frozenset(str(s) for s in listed)
+    return frozenset()

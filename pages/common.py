@@ -17,7 +17,16 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from core import db, pseudonym
-from core.access import NETWORK_WITHOUT_SIGN_IN, Act, current_actor, local_actor, set_actor
+from core.access import (
+    NETWORK_WITHOUT_SIGN_IN,
+    NO_ROLE,
+    Act,
+    Actor,
+    current_actor,
+    local_actor,
+    oidc_actor,
+    set_actor,
+)
 from core.analysis import Coverage
 from core.audit import record_export
 from core.cases import CaseSummary, list_case_summaries
@@ -52,11 +61,46 @@ def require_shell(page_file: str) -> None:
     if not st.session_state.get(SHELL_FLAG):
         st.session_state[REQUESTED_PAGE] = page_file
         st.switch_page("app.py")
-    actor = local_actor(str(st.get_option("server.address") or ""))
-    set_actor(actor)  # for this run: core's role checks and the audit trail read it
+    sign_in_gate()
+
+
+def sign_in_gate() -> Actor:
+    """Who uses this run: the signed-in user, or the single local user on a loopback-only server.
+
+    Anyone else sees the sign-in (or one sentence) and nothing more: the run stops here.
+    The actor is set for the rest of the run; core's role checks and the audit trail read it.
+    """
+    actor = signed_in_actor() if sign_in_configured() else local_actor(str(st.get_option("server.address") or ""))
+    set_actor(actor)
     if actor is None:
         st.error(NETWORK_WITHOUT_SIGN_IN)
         st.stop()
+    return actor
+
+
+def sign_in_configured() -> bool:
+    """Whether ``secrets.toml`` configures an OIDC identity provider (its ``[auth]`` section)."""
+    return st.secrets.load_if_toml_exists() and "auth" in st.secrets
+
+
+def signed_in_actor() -> Actor:
+    """The signed-in user with their role; else the sign-in (or the no-role sentence) and the page stops.
+
+    Roles come from ``[roles]`` in ``secrets.toml``: ``admin``, ``analyst`` and ``viewer``, each a
+    list of the identity provider's ``sub`` claims.
+    """
+    if not st.user.is_logged_in:
+        st.markdown("## iCCA early recurrence")
+        st.markdown("This dashboard is shared: sign in with your hospital account to continue.")
+        st.button("Sign in", type="primary", on_click=st.login, key="sign_in")
+        st.caption(RESEARCH_NOTICE)
+        st.stop()
+    actor = oidc_actor(st.user.get("sub"), st.secrets.get("roles", {}))
+    if actor is None:
+        st.error(NO_ROLE)
+        st.button("Sign out", on_click=st.logout, key="sign_out_no_role")
+        st.stop()
+    return actor
 
 
 @st.cache_resource(show_spinner="Opening the case database…")

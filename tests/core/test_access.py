@@ -114,3 +114,13 @@ def test_exports_need_the_analyst_role_and_each_is_audited(engine) -> None:
     with Session(engine) as session, acting_as(ADMIN):
         [row] = list_events(session)
     assert audit_csv([row]).splitlines()[1].endswith(f",oidc:analyst-sub,exported,P-1,{'a' * 64},,what=case report PDF")
+
+
+def test_a_signed_in_account_gets_its_highest_listed_role_and_an_unlisted_one_none() -> None:
+    from core.access import oidc_actor
+
+    roles = {"viewer": ["ann", "bob"], "analyst": ["bob"], "admin": "cat"}
+    assert oidc_actor("ann", roles) == Actor("oidc:ann", Role.VIEWER)
+    assert oidc_actor("bob", roles) == Actor("oidc:bob", Role.ANALYST)
+    assert oidc_actor("cat", roles) == Actor("oidc:cat", Role.ADMIN)
+    assert oidc_actor("eve", roles) is None and oidc_actor(None, roles) is None and oidc_actor("", roles) is None

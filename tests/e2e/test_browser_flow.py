@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,13 +56,18 @@ def _free_port() -> int:
 
 
 @contextmanager
-def served_app(tmp_path: Path, model_path: Path) -> Iterator[tuple[str, str]]:
-    """``streamlit run app.py`` on a free loopback port with its own SQLite file; yields (base URL, database URL)."""
+def served_app(
+    tmp_path: Path, model_path: Path, extra_args: Sequence[str] = (), port: int | None = None
+) -> Iterator[tuple[str, str]]:
+    """``streamlit run app.py`` on a free loopback port with its own SQLite file; yields (base URL, database URL).
+
+    ``extra_args`` are more ``streamlit run`` options (e.g. ``--secrets.files``); ``port`` a port chosen beforehand.
+    """
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing; .ci/run must install Debian's chromium package.")
         pytest.skip("Chromium is not installed (apt-get install chromium)")
-    port = _free_port()
+    port = port or _free_port()
     url = f"sqlite:///{tmp_path / 'e2e.db'}"
     env = {
         **os.environ,
@@ -84,6 +89,7 @@ def served_app(tmp_path: Path, model_path: Path) -> Iterator[tuple[str, str]]:
             "127.0.0.1",
             "--server.headless",
             "true",
+            *extra_args,
         ],
         cwd=ROOT,
         env=env,
