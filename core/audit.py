@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -36,11 +37,20 @@ def record_export(session: Session, what: str, case_key: str | None = None, mode
     db.audit(session, "exported", case_key, {"what": what}, model_sha256=model_sha256)
 
 
-def record_analysed(session: Session, model_sha256: str, input_sha256: str, n_patches: int) -> None:
-    """Audit an analysis run on screen (saved or not; caller commits). The case has no key until it is saved."""
+def record_analysed(session: Session, model_sha256: str, pixels: np.ndarray, n_patches: int) -> None:
+    """Audit an analysis run on screen, saved or not (caller commits); the case has no key until saved.
+
+    Args:
+        pixels: (rows, cols) the slice as analysed; only its sha256 is recorded (:func:`core.db.pixels_sha256`).
+    """
     access.require(access.Act.ANALYSE)
     db.audit(
-        session, "case_analysed", None, {"n_patches": n_patches}, model_sha256=model_sha256, input_sha256=input_sha256
+        session,
+        "case_analysed",
+        None,
+        {"n_patches": n_patches},
+        model_sha256=model_sha256,
+        input_sha256=db.pixels_sha256(pixels),
     )
 
 

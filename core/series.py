@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.errors import InvalidDicomError
 
 from core.archive import UploadedFile, unpack_upload
@@ -245,6 +247,21 @@ class UploadScan:
     def file_bytes(self, file_index: int) -> bytes:
         return self.files[file_index].data
 
+    def without_unused_bytes(self) -> UploadScan:
+        """This scan holding only the bytes a page can still use: the slices of the CT series offered
+        (:attr:`ct_series`) and the outline files (:attr:`segmentations`).
+
+        A page keeps its scan for as long as the case is on screen (every slider move loads a slice
+        from it); an MR series or an RT file in the same export would otherwise stay in memory with
+        it. The other files keep their names and indices, with empty data.
+        """
+        needed = {entry.file_index for series in self.ct_series for entry in series.slices}
+        needed |= {other.file_index for other in self.segmentations}
+        files = tuple(
+            item if index in needed else UploadedFile(item.name, b"") for index, item in enumerate(self.files)
+        )
+        return UploadScan(files=files, series=self.series, others=self.others)
+
 
 @dataclass(frozen=True)
 class SeriesSlice:
@@ -263,7 +280,38 @@ class SeriesSlice:
     position_mm: float | None
 
 
+@dataclass(frozen=True)
+class UploadContents:
+    """What a page keeps of an upload once it has read it, in place of the uploaded bytes.
+
+    Exactly one attribute is set.
+
+    Attributes:
+        scan: the DICOM files' scan (series, outlines), holding only the bytes still needed
+            (see :meth:`UploadScan.without_unused_bytes`).
+        export: a PNG/JPEG export, already decoded (its file is not needed again).
+    """
+
+    scan: UploadScan | None = None
+    export: CtSlice | None = None
+
+
 # --------------------------------------------------------------------------------- scanning
+
+
+def read_upload(files: Sequence[tuple[str, bytes]]) -> UploadContents:
+    """Read an upload once, so that its raw bytes (a ZIP of up to the upload cap) need not be kept.
+
+    One PNG/JPEG file is decoded as an export; anything else is scanned (see :func:`scan_upload`),
+    a ZIP expanded, and the scan keeps only what can still be shown or imported.
+
+    Raises:
+        UserFacingError: the upload cannot be read (see :func:`scan_upload` and
+            :func:`core.imaging.load_slice`), one sentence.
+    """
+    if len(files) == 1 and is_raster(files[0][1]):
+        return UploadContents(export=load_slice(files[0][1], files[0][0]))
+    return UploadContents(scan=scan_upload(files).without_unused_bytes())
 
 
 def scan_upload(files: Sequence[tuple[str, bytes]]) -> UploadScan:
@@ -292,12 +340,16 @@ def scan_files(files: Sequence[UploadedFile]) -> UploadScan:
         if ds is None:
             others.append(_other_non_dicom(index, item))
             continue
-        what = dicom_object_kind(ds)
+        try:
+            what = dicom_object_kind(ds)
+            rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
+        except Exception:  # last line of defence: a header value _readable did not foresee
+            others.append(OtherFile(index, item.name, "unreadable", "a DICOM file whose header cannot be read", False))
+            continue
         if what is not None:
             kind = "segmentation" if what.startswith("a DICOM segmentation") else "dicom"
             others.append(OtherFile(index, item.name, kind, what, importable=kind == "segmentation"))
             continue
-        rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
         if max(rows, cols) > MAX_SIDE_PX:
             modality = str(ds.get("Modality", "") or "").upper()
             if modality == "CT":
@@ -312,7 +364,12 @@ def scan_files(files: Sequence[UploadedFile]) -> UploadScan:
         raise UploadRefusedError("The upload holds no files; choose a folder, DICOM files or a ZIP.")
     series: list[SeriesSummary] = []
     for series_uid, members in headers.items():
-        series.extend(_summaries(series_uid, members, files))
+        try:
+            series.extend(_summaries(series_uid, members, files))
+        except Exception as exc:  # last line of defence, as in core.imaging: a sentence, never a traceback
+            raise UploadRefusedError(
+                "A series in this upload has a header this tool cannot read; export the series again from the PACS."
+            ) from exc
     series.sort(key=lambda s: (not s.is_ct, not s.usable, s.description.lower(), s.key))
     others.sort(key=lambda o: (not o.importable, o.kind != "segmentation", o.name))
     if not series and not any(o.importable for o in others):
@@ -331,18 +388,63 @@ def read_header(data: bytes) -> pydicom.Dataset | None:
     without the 128-byte preamble is accepted when it parses and names a SOP class or modality.
     """
     try:
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        return _readable(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
     except InvalidDicomError:
         try:
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
         except Exception:
             return None
         try:
-            return ds if "SOPClassUID" in ds or "Modality" in ds else None
+            return _readable(ds) if "SOPClassUID" in ds or "Modality" in ds else None
         except Exception:
             return None
     except Exception:
         return None
+
+
+# The header values this module and its callers read with ``ds.get``; pydicom converts a value on
+# first access and raises then on a damaged one (a 3-byte Rows, "abc" for NumberOfFrames).
+_HEADER_KEYWORDS = (
+    "Rows",
+    "Columns",
+    "Modality",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "FrameOfReferenceUID",
+    "SeriesDescription",
+    "NumberOfFrames",
+    "InstanceNumber",
+    "SliceThickness",
+    "ConvolutionKernel",
+    "PixelSpacing",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "LossyImageCompression",
+    "LossyImageCompressionMethod",
+)
+_META_KEYWORDS = ("MediaStorageSOPClassUID", "TransferSyntaxUID")
+
+
+def _readable(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """``ds`` with each value of :data:`_HEADER_KEYWORDS` (and of its file meta, :data:`_META_KEYWORDS`)
+    that pydicom cannot convert made empty.
+
+    A damaged value then reads as missing (Rows 0, no position) instead of raising wherever it
+    is first read; loading that slice says which value is wrong (:func:`core.imaging.load_slice`).
+    """
+    meta = getattr(ds, "file_meta", None)
+    for where, keywords in ((ds, _HEADER_KEYWORDS), (meta, _META_KEYWORDS)):
+        for keyword in keywords if where is not None else ():
+            tag = tag_for_keyword(keyword)
+            if tag is None or tag not in where:
+                continue
+            try:
+                where[tag]
+            except Exception:
+                where[tag] = DataElement(tag, dictionary_VR(tag), None)
+    return ds
 
 
 def dicom_object_kind(ds: pydicom.Dataset) -> str | None:

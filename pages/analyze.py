@@ -19,6 +19,8 @@ import streamlit as st
 from PIL import Image
 from sqlalchemy.orm import Session
 from streamlit.delta_generator import DeltaGenerator
+from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit_drawable_canvas import st_canvas
 
 from core.analysis import (
@@ -30,6 +32,7 @@ from core.analysis import (
     clinical_risk_for,
     clinical_update,
 )
+from core.audit import record_analysed
 from core.cases import save_case
 from core.clinical import N_CHOICES, T_CATEGORIES, UNKNOWN_N
 from core.clinical_refit import ClinicalModelInUse
@@ -41,7 +44,6 @@ from core.imaging import (
     calibrate,
     display_image,
     export_window_note,
-    load_slice,
     lossy_note,
     window_presets,
 )
@@ -55,11 +57,11 @@ from core.segmentation import export_png, export_seg, read_outline
 from core.series import (
     SeriesSlice,
     SeriesSummary,
+    UploadContents,
     UploadScan,
-    is_raster,
     load_series_slice,
     no_ct_sentence,
-    scan_upload,
+    read_upload,
     series_label,
 )
 from core.series import upload_digest as upload_hash
@@ -80,6 +82,7 @@ from pages.common import (
     show_risks,
     show_sensitivity,
 )
+from pages.common import engine as case_database  # run_analysis names its inference engine `engine`
 
 DRAWING_MODES = {"Polygon": "polygon", "Freehand": "freedraw", "Rectangle": "rect", "Circle": "circle"}
 MANUAL = "Manual"
@@ -131,19 +134,37 @@ def upload_widget() -> None:
     )
     box = upload_col.expander(f"Loaded: {source['name']} · upload another CT", expanded=False) if source else upload_col
     with box:
-        uploaded = upload_files()
-    # the uploader hands back the same files on every rerun: read and hash them only when they change
-    file_ids = tuple(item.file_id for item in uploaded or ())
-    if file_ids and st.session_state.get("case_source", {}).get("file_ids") != file_ids:
-        files = [(item.name, item.getvalue()) for item in uploaded]
-        digest = upload_hash(files)
-        st.session_state.setdefault("case_source", {})["file_ids"] = file_ids
-        if st.session_state["case_source"].get("hash") != digest:
-            name = files[0][0] if len(files) == 1 else f"{len(files)} files"
-            st.session_state["case_source"] = {"name": name, "files": files, "hash": digest, "file_ids": file_ids}
-            st.session_state.pop("initial_outlines", None)
-            st.session_state.pop("imported", None)
-            st.rerun()  # the uploader folds away around the new case
+        key, uploaded = upload_files()
+    if not uploaded:
+        return
+    files = [(item.name, item.getvalue()) for item in uploaded]
+    # Streamlit would keep an upload (up to the 1 GB cap) until the session ends: in its upload store,
+    # and in the widget's state, which a run ending in st.stop() (this page's usual end) never
+    # clears. Let go of both now that the bytes are read, and show an empty uploader from now on.
+    release_uploads([item.file_id for item in uploaded])
+    del st.session_state[key]
+    st.session_state["uploader_nonce"] = st.session_state.get("uploader_nonce", 0) + 1
+    digest = upload_hash(files)
+    if st.session_state.get("case_source", {}).get("hash") != digest:  # the same CT again keeps its outline
+        name = files[0][0] if len(files) == 1 else f"{len(files)} files"
+        st.session_state["case_source"] = {"name": name, "files": files, "hash": digest}
+        st.session_state.pop("initial_outlines", None)
+        st.session_state.pop("imported", None)
+    st.rerun()  # the uploader folds away around the new case
+
+
+def release_uploads(file_ids: list[str]) -> None:
+    """Drop uploaded files from Streamlit's in-memory upload store once the page has read them.
+
+    Streamlit 1.67 frees an upload only when the user removes it from the widget or the session
+    ends (a widget that disappears keeps its files); ``st.chat_input`` frees its own files this
+    way after reading them. Other stores (a custom ``UploadedFileManager``) are left alone.
+    """
+    ctx = get_script_run_ctx()
+    if ctx is None or not isinstance(ctx.uploaded_file_mgr, MemoryUploadedFileManager):
+        return
+    for file_id in file_ids:
+        ctx.uploaded_file_mgr.remove_file(session_id=ctx.session_id, file_id=file_id)
 
 
 def loaded_slice(scan: UploadScan, upload: str, series_key: str, index: int) -> SeriesSlice:
@@ -156,24 +177,45 @@ def loaded_slice(scan: UploadScan, upload: str, series_key: str, index: int) -> 
     return cached[1]
 
 
-def upload_files() -> list:
-    """The upload mode (files and ZIPs, or a folder) and its uploader; the uploaded files."""
+def upload_files() -> tuple[str, list]:
+    """The upload mode (files and ZIPs, or a folder) and its uploader; (the uploader's key, the uploaded files)."""
     mode = st.radio("Upload", UPLOAD_MODES, horizontal=True, key="upload_mode", label_visibility="collapsed")
-    return st.file_uploader(
+    key = f"upload_{mode}_{st.session_state.get('uploader_nonce', 0)}"
+    uploaded = st.file_uploader(
         "CT: DICOM files, a ZIP or a folder from the PACS; or one PNG/JPEG export",
         accept_multiple_files="directory" if mode == UPLOAD_MODES[1] else True,
-        key=f"upload_{mode}_{st.session_state.get('uploader_nonce', 0)}",
+        key=key,
         help="Several series may be in one upload; you pick the plain CT series and the slice next.",
     )
+    return key, uploaded or []
 
 
-def scanned(source: dict) -> UploadScan:
-    """The upload's header scan, once per upload (kept in the session beside the bytes it points into)."""
-    cached = st.session_state.get("scan")
-    if cached is None or cached["hash"] != source["hash"]:
-        cached = {"hash": source["hash"], "scan": scan_upload(source["files"])}
-        st.session_state["scan"] = cached
-    return cached["scan"]
+def case_contents(source: dict) -> UploadContents:
+    """The upload read once (its series' scan, or a decoded export); its raw bytes then leave the session.
+
+    The contents replace ``source["files"]``: only what a slider move or an outline import can
+    still need stays in memory. A refusal is kept as its sentence, so every rerun shows it.
+
+    Raises:
+        UserFacingError: the upload cannot be read.
+    """
+    if "contents" in source:
+        return source["contents"]
+    if "error" in source:
+        raise UserFacingError(source["error"])
+    cached = st.session_state.pop("scan", None)  # the sample button's scan: not scanned twice
+    try:
+        if cached is not None and cached["hash"] == source["hash"]:
+            contents = UploadContents(scan=cached["scan"].without_unused_bytes())
+        else:
+            contents = read_upload(source["files"])
+    except UserFacingError as error:
+        source["error"] = str(error)
+        raise
+    finally:
+        source.pop("files", None)
+    source["contents"] = contents
+    return contents
 
 
 def choose_slice(source: dict) -> tuple[CtSlice, SeriesSummary | None, str]:
@@ -182,10 +224,10 @@ def choose_slice(source: dict) -> tuple[CtSlice, SeriesSummary | None, str]:
     Returns:
         (slice, its series or ``None`` for an export, the outline slot: "hash:series:index").
     """
-    files = source["files"]
-    if len(files) == 1 and is_raster(files[0][1]):
-        return load_slice(files[0][1], files[0][0]), None, f"{source['hash'][:12]}:export:0"
-    scan = scanned(source)
+    contents = case_contents(source)
+    if contents.export is not None:
+        return contents.export, None, f"{source['hash'][:12]}:export:0"
+    scan = contents.scan
     choices = scan.ct_series
     if not choices:
         raise UserFacingError(no_ct_sentence(scan))
@@ -210,7 +252,7 @@ def choose_slice(source: dict) -> tuple[CtSlice, SeriesSummary | None, str]:
 
 def import_outline(source: dict, series: SeriesSummary | None, ct: CtSlice, slot: str) -> None:
     """Import a DICOM SEG, NIfTI or PNG mask as the outline, on the slice with the largest tumour area."""
-    scan = scanned(source) if series is not None else None
+    scan = case_contents(source).scan if series is not None else None
     in_upload = {f"{o.name} ({o.what})": o.file_index for o in scan.segmentations} if scan else {}
     tag = source["hash"][:12]
     with st.expander("Import an outline (DICOM SEG, NIfTI or PNG mask)", expanded=bool(in_upload)):
@@ -240,7 +282,7 @@ def apply_import(source: dict, series: SeriesSummary | None, ct: CtSlice, slot: 
         if file is not None:
             name, data = file.name, file.getvalue()
         elif picked != "—":
-            scan = scanned(source)
+            scan = case_contents(source).scan
             index = {f"{o.name} ({o.what})": o.file_index for o in scan.segmentations}[picked]
             name, data = picked, scan.file_bytes(index)
         else:
@@ -472,13 +514,21 @@ def with_progress(start_text: str, prefix: str, model: LoadedModel, run: Callabl
 
 
 def run_analysis(ct: CtSlice, mask: np.ndarray, model: LoadedModel, engine: Engine) -> CaseAnalysis | None:
-    """Run the model with a progress bar; ``None`` (and a sentence on the page) when it cannot."""
-    return with_progress(
+    """Run the model with a progress bar; ``None`` (and a sentence on the page) when it cannot. Audited."""
+    result = with_progress(
         "Running the ResNet50 over the patch grid…",
         "",
         model,
         lambda report: analyze_case(ct, mask, model, engine=engine, progress=report),
     )
+    if result is not None:
+        try:
+            with Session(case_database()) as session:
+                record_analysed(session, model.sha256, ct.pixels, result.dl_risk.n_patches)
+                session.commit()
+        except Exception as error:  # the result stays on screen; the log says the audit failed
+            log.error("auditing an analysis failed: %s", type(error).__name__)
+    return result
 
 
 def run_sensitivity(

@@ -358,3 +358,44 @@ def test_a_negated_contrast_word_says_plain(description: str) -> None:
     """The commonest plain-CT descriptions name contrast only to negate it: never a contrast warning."""
     given, evidence = contrast_of(series_datasets(1, description=description)[0])
     assert not given and evidence.endswith("says plain and no contrast tag is set")
+
+
+def test_what_a_page_keeps_of_a_zip_is_its_ct_slices_and_outlines() -> None:
+    """read_upload: the CT slices and the SEG stay loadable; an MR slice and an RT file lose their data."""
+    from core.series import read_upload
+    from tests.core.test_segmentation import _seg
+
+    datasets = series_datasets(3)
+    tumour = np.zeros((3, 128, 128), bool)
+    tumour[1, 40:80, 40:90] = True
+    mr = _testdata("MR_small.dcm")
+    archive = zip_of(
+        [
+            *as_files(datasets),
+            ("outline.dcm", _seg(datasets, tumour)),
+            ("mr.dcm", mr),
+            ("rt.dcm", _testdata("rtstruct.dcm")),
+        ]
+    )
+    contents = read_upload([("export.zip", archive)])
+    assert contents.export is None and contents.scan is not None
+    scan = contents.scan
+    kept = {item.name: len(item.data) for item in scan.files}
+    assert kept["mr.dcm"] == 0 and kept["rt.dcm"] == 0
+    assert all(kept[name] > 0 for name, _ in as_files(datasets)) and kept["outline.dcm"] > 0
+    np.testing.assert_array_equal(load_series_slice(scan, scan.ct_series[0].key, 2).ct.pixels, original_hu() + 2)
+    assert [o.name for o in scan.segmentations] == ["outline.dcm"]
+    assert scan.file_bytes(scan.segmentations[0].file_index)[:132].endswith(b"DICM")
+
+
+def test_a_png_export_is_read_as_its_slice() -> None:
+    from core.series import read_upload
+
+    grey = np.tile(np.arange(64, dtype=np.uint8), (48, 1))
+    ok, png = cv2.imencode(".png", grey)
+    assert ok
+    contents = read_upload([("export.png", png.tobytes())])
+    assert contents.scan is None and contents.export is not None
+    assert contents.export.source_kind == "png" and contents.export.shape == (48, 64)
+    with pytest.raises(UserFacingError):
+        read_upload([("export.png", png.tobytes()[:40])])

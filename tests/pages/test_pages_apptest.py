@@ -248,6 +248,22 @@ def test_no_model_installed_is_said_plainly(app_env: None, monkeypatch: pytest.M
     assert not at.exception and any("No model is installed" in e.value for e in at.error)
 
 
+def test_a_model_not_on_the_allow_list_is_refused_on_every_page_with_one_sentence(
+    app_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Taken off the allow-list while the app runs: refused at the next run, not only after a restart."""
+    allowlist = tmp_path / "allowed-models.txt"
+    allowlist.write_text("# no model approved\n")
+    at = _page("model_card.py").run()  # loads and caches the model while it is still approved
+    assert not at.exception and not at.error
+    monkeypatch.setenv("ICCA_MODEL_ALLOWLIST", str(allowlist))
+    for page in ("model_card.py", "analyze.py"):
+        at = _page(page).run()
+        assert not at.exception
+        shown = [e.value for e in at.error] + [w.value for w in at.warning]
+        assert any("is not on this installation's list of approved models" in text for text in shown), page
+
+
 def test_app_shell_renders_sidebar(app_env: None) -> None:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     assert not at.exception
@@ -643,4 +659,139 @@ def test_model_card_names_the_clinical_model_in_use_and_lists_local_versions(app
     assert any("local version 1: 41 patients, 20 events" in m.value for m in at.markdown)
     versions = at.dataframe[-1].value
     assert list(versions["in use"]) == ["yes"] and list(versions["patients"]) == [41]
+    engine.dispose()
+
+
+def _holds(root: object, data: bytes) -> bool:
+    """Whether ``root`` reaches a bytes object equal to ``data`` through containers, dataclasses and BytesIO."""
+    from dataclasses import fields, is_dataclass
+
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, bytes | bytearray):
+            if len(item) == len(data) and item == data:
+                return True
+        elif isinstance(item, io.BytesIO):
+            stack.append(item.getvalue())
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+        elif is_dataclass(item) and not isinstance(item, type):
+            stack.extend(getattr(item, f.name, None) for f in fields(item))
+    return False
+
+
+def test_an_uploaded_zip_is_let_go_once_read(app_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamlit keeps an upload in memory until the session ends: once read, neither its upload store nor
+    the session (widget state included) holds the ZIP's bytes, the uploader is empty, and the case stays."""
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.uploaded_file_manager import UploadedFileRec
+    from streamlit.testing.v1 import local_script_runner
+
+    from tests.core.ct_series import as_files, series_datasets, zip_of
+
+    stores: list[MemoryUploadedFileManager] = []
+
+    class Recorded(MemoryUploadedFileManager):
+        """An upload store that AppTest gave a file, kept to look into after the run."""
+
+        def add_file(self, session_id: str, file: UploadedFileRec) -> None:
+            super().add_file(session_id, file)
+            stores.append(self)
+
+    monkeypatch.setattr(local_script_runner, "MemoryUploadedFileManager", Recorded)
+    archive = zip_of(as_files(series_datasets(3)))
+    at = _page("analyze.py").run()
+    at.file_uploader[0].upload("pacs-export.zip", archive, "application/zip")
+    at.run()
+    assert not at.exception
+    assert any(c.value.startswith("Slice 2 of 3") for c in at.caption)  # the case is on screen
+    assert stores and all(not any(store.file_storage.values()) for store in stores)
+    assert not at.file_uploader[0].value
+    assert not _holds(at.session_state._state._state, archive)  # the whole SessionState, widget values included
+    at.slider[0].set_value(3).run()  # the slices stay loadable without the ZIP
+    assert not at.exception and any(c.value.startswith("Slice 3 of 3") for c in at.caption)
+
+
+def _saved_case(sqlite_url: str, key: str) -> int:
+    from tests.core.test_db import _new_case
+
+    engine = db.make_engine(sqlite_url)
+    db.migrate(engine)
+    with Session(engine) as session:
+        case = db.add_case(session, *_new_case(key))
+        session.commit()
+        case_id = case.id
+    engine.dispose()
+    return case_id
+
+
+def test_a_viewer_reads_cases_but_sees_no_export_outcome_delete_or_audit(
+    app_env: None, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pages.common
+    from core.access import Actor, Role
+
+    case_id = _saved_case(sqlite_url, "P-viewer")
+    monkeypatch.setattr(pages.common, "local_actor", lambda _address: Actor("oidc:viewer", Role.VIEWER))
+    at = _page("cases.py").run()
+    assert not at.exception and not at.error
+    assert _metric(at, DL_LABEL) == "70%"  # the case is read
+    assert not [b for b in at.button if b.label in ("Save outcome", "Delete case")]
+    assert f"confirm_{case_id}" not in [c.key for c in at.checkbox]
+    assert not at.get("download_button")
+    at = _page("audit.py").run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "Your role (viewer) may not read the audit trail; an administrator can give you the admin role."
+    ]
+
+
+def test_the_audit_page_lists_who_opened_and_saved_a_case(app_env: None, sqlite_url: str) -> None:
+    _saved_case(sqlite_url, "P-audited")
+    at = _page("cases.py").run()
+    at.run()  # a rerun of the same case is not a second opening
+    assert not at.exception
+    assert len(at.get("download_button")) == 2  # an administrator may export: the case table and the case PDF
+    at = _page("audit.py").run()
+    assert not at.exception and not at.error
+    rows = at.dataframe[0].value
+    assert list(rows["action"]) == ["case_opened", "case_saved"]
+    assert list(rows["case_key"]) == ["P-audited", "P-audited"]
+    assert rows["actor"][0].startswith("local:") and rows["actor"][1] == "test:admin"
+    assert len(rows["input_sha256"][1]) == 64 and rows["model_sha256"][0] == "f" * 64
+
+
+def test_served_to_the_network_without_sign_in_a_page_shows_one_sentence_and_nothing_else(
+    app_env: None, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pages.common
+    from core.access import NETWORK_WITHOUT_SIGN_IN
+
+    _saved_case(sqlite_url, "P-hidden")
+    monkeypatch.setattr(pages.common, "local_actor", lambda _address: None)
+    at = _page("cases.py").run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [NETWORK_WITHOUT_SIGN_IN]
+    assert not at.dataframe and not at.metric and not at.selectbox
+
+
+def test_an_analysis_on_screen_is_audited_with_its_model_and_input_before_any_save(
+    app_env: None, sqlite_url: str
+) -> None:
+    from sqlalchemy import select
+
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    assert not at.exception
+    engine = db.make_engine(sqlite_url)
+    with Session(engine) as session:
+        [event] = session.scalars(select(db.AuditEvent)).all()
+    assert (event.action, event.case_key, event.actor[:6]) == ("case_analysed", None, "local:")
+    assert event.model_sha256 and len(event.input_sha256) == 64 and event.detail["n_patches"] > 0
     engine.dispose()
