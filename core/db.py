@@ -47,6 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL_ENV = "ICCA_DATABASE_URL"
 DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / 'data' / 'icca.db'}"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK_ID = 4_224_201  # the PostgreSQL advisory lock held while migrating (any fixed number)
 
 
 def utcnow() -> datetime:
@@ -258,6 +259,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # replicas starting together migrate one after the other
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
         config.attributes["connection"] = connection
         current = MigrationContext.configure(connection).get_current_revision()
         if revision == "head" or current is None or current < revision:  # revisions are zero-padded numbers

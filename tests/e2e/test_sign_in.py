@@ -24,25 +24,30 @@ pytestmark = pytest.mark.e2e
 SIGN_IN_TEXT = "sign in with your hospital account"
 
 
+def write_sign_in_config(path: Path, app_port: int, provider_port: int) -> Path:
+    """Streamlit secrets for sign-in against the local provider: one analyst and one admin; others no role."""
+    path.write_text(
+        "[auth]\n"
+        f'redirect_uri = "http://127.0.0.1:{app_port}/oauth2callback"\n'
+        'cookie_secret = "a-test-cookie-secret-of-at-least-32-characters"\n'
+        'client_id = "icca-dashboard"\n'
+        'client_secret = "icca-test-client-secret"\n'
+        f'server_metadata_url = "http://localhost:{provider_port}/.well-known/openid-configuration"\n'
+        "[roles]\n"
+        'analyst = ["surgeon-a"]\n'
+        'admin = ["admin-a"]\n'
+    )
+    return path
+
+
 @pytest.fixture()
 def shared_app(tmp_path: Path, test_checkpoint: Path) -> Iterator[tuple[str, str]]:
-    """The dashboard configured for sign-in: one analyst and one admin; everyone else has no role."""
+    """The dashboard configured for sign-in through a local OIDC provider."""
     from oidc_provider_mock import run_server_in_thread
 
     with run_server_in_thread() as provider:
         port = _free_port()
-        secrets = tmp_path / "secrets.toml"
-        secrets.write_text(
-            "[auth]\n"
-            f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
-            'cookie_secret = "a-test-cookie-secret-of-at-least-32-characters"\n'
-            'client_id = "icca-dashboard"\n'
-            'client_secret = "icca-test-client-secret"\n'
-            f'server_metadata_url = "http://localhost:{provider.server_port}/.well-known/openid-configuration"\n'
-            "[roles]\n"
-            'analyst = ["surgeon-a"]\n'
-            'admin = ["admin-a"]\n'
-        )
+        secrets = write_sign_in_config(tmp_path / "secrets.toml", port, provider.server_port)
         with served_app(tmp_path, test_checkpoint, ["--secrets.files", str(secrets)], port=port) as served:
             yield served
 
@@ -57,7 +62,7 @@ def _sign_out(page: Page, base: str) -> None:
     page.wait_for_selector(f"text={SIGN_IN_TEXT}", timeout=180_000)
 
 
-def _sign_in(page: Page, subject: str) -> None:
+def sign_in(page: Page, subject: str) -> None:
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_selector("input[name=sub]", timeout=30_000)  # the identity provider's own form
     page.fill("input[name=sub]", subject)
@@ -86,7 +91,7 @@ def test_sign_in_roles_refusal_and_sign_out_in_chromium(shared_app: tuple[str, s
                 assert page.get_by_text("Analyze a case").count() == 0
                 assert page.get_by_text("Saved cases").count() == 0
 
-            _sign_in(page, "surgeon-a")
+            sign_in(page, "surgeon-a")
             page.wait_for_selector("text=Analyze a case", timeout=60_000)
             _idle(page)
             page.goto(f"{base}/audit")  # an analyst may not read the audit trail
@@ -98,13 +103,13 @@ def test_sign_in_roles_refusal_and_sign_out_in_chromium(shared_app: tuple[str, s
             page.wait_for_selector("text=Signed in: oidc:surgeon-a (analyst)", timeout=30_000)
             _sign_out(page, base)
 
-            _sign_in(page, "stranger")  # signed in at the provider, but on no list: refused
+            sign_in(page, "stranger")  # signed in at the provider, but on no list: refused
             page.wait_for_selector("text=your account has no role in this dashboard", timeout=60_000)
             _idle(page)
             assert page.get_by_text("Analyze a case").count() == 0
 
             _sign_out(page, base)
-            _sign_in(page, "admin-a")
+            sign_in(page, "admin-a")
             page.wait_for_selector("text=Analyze a case", timeout=60_000)
             page.goto(f"{base}/audit")
             page.wait_for_selector("text=Audit trail", timeout=60_000)
