@@ -26,14 +26,11 @@ browser:
 	  echo "Installing Debian's chromium and poppler-utils for the browser and report tests…"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils >/dev/null; }
 
-$(MODEL): | $(STAMP)
-	@echo "No model installed at $(MODEL): building the demo model (synthetic phantoms, ~15 min on 2 cores)…"
-	$(PY) -m core demo-model --out $(MODEL)
-
 demo-model: $(STAMP)
 	$(PY) -m core demo-model --out $(MODEL)
 
-run: $(STAMP) $(MODEL)
+# Serves at once: without a model the app builds the demo model in the background (progress on every page).
+run: $(STAMP)
 	ICCA_MODEL_PATH=$(MODEL) $(PY) -m streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS)
 
 test: $(STAMP) browser

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
+from models.checkpoint import configured_model_path
 from pages.common import (
     DATABASE_DOWN,
     REQUESTED_PAGE,
     RESEARCH_NOTICE,
     SHELL_FLAG,
     current_model,
+    demo_build_banner,
+    demo_build_wanted,
     engine,
     sign_in_configured,
     sign_in_gate,
@@ -62,4 +65,6 @@ with st.sidebar:
         st.error(DATABASE_DOWN)
     st.caption(RESEARCH_NOTICE)
 
+if model is None and demo_build_wanted(configured_model_path()):
+    demo_build_banner()  # on every page, above it: the first run's model build and its time left
 navigation.run()

@@ -56,6 +56,7 @@ from core.cohort import (
     manifest_data_source,
     read_manifest,
 )
+from core.demo_build import report_progress
 from core.errors import (
     ControlRunError,
     DataSourceError,
@@ -493,11 +494,14 @@ def train_network(
     seed: int,
     state_path: Path | None = None,
     desc: str = "train",
+    share: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[torch.nn.Module, float]:
     """Train a fresh ResNet50 on every patch of ``data``; returns it and patches/s.
 
     Resumable: after every epoch rank 0 writes ``state_path`` (weights, optimizer, grad
-    scaler, epoch); a later call with the same path continues from there.
+    scaler, epoch); a later call with the same path continues from there. ``share`` is
+    (start, width) of this network in the whole run, for the build's progress file
+    (:func:`core.demo_build.report_progress`).
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite (naming ``desc``, epoch and batch).
@@ -539,6 +543,9 @@ def train_network(
                 )
             backward_and_step(loss, optimizer, scaler)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            if rank == 0 and b % 10 == 0:
+                done = (epoch + (b + 1) / n_batches) / tc.epochs
+                report_progress(f"{desc}, epoch {epoch + 1}/{tc.epochs}", share[0] + share[1] * done)
             seen += len(index) * size
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -756,6 +763,7 @@ def cross_validate(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessCo
             seed=tc.seed + 1000,
             state_path=out / "final" / "state.pt",
             desc="the final model",
+            share=(tc.folds / _networks_to_train(tc), 1 / _networks_to_train(tc)),
         )
     summary = summarise(results, data, fit_data, folds, run, size, final_throughput, DATA_SOURCES[data_source])
     if rank == 0:
@@ -777,6 +785,12 @@ def save_fold_ensemble(out: Path, folds: int, cfg: PreprocessConfig, card: dict[
         load_checkpoint(out / f"fold{k + 1}" / "model.pt", require_allowed=False).network for k in range(folds)
     ]
     return save_checkpoint(out / "model.pt", networks, cfg, card, member_names=[f"fold {k + 1}" for k in range(folds)])
+
+
+def _networks_to_train(tc: TrainConfig) -> int:
+    """The fold networks, plus the final one when the deployable model is trained after CV."""
+    final = tc.final_model and not tc.permute_labels and tc.deployable == "final"
+    return tc.folds + int(final)
 
 
 def _run_fold(
@@ -804,6 +818,7 @@ def _run_fold(
         seed=tc.seed + k,
         state_path=run.out / f"fold{k + 1}" / "state.pt",
         desc=f"fold {k + 1}/{tc.folds}",
+        share=(k / _networks_to_train(tc), 1 / _networks_to_train(tc)),
     )
     result = FoldResult(fold=k + 1, train_patches_per_s=throughput)
     if rank == 0:

@@ -144,6 +144,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_model(args: argparse.Namespace) -> int:
+    """Build the demo model, holding the machine's build lock (a second build started meanwhile exits)."""
+    from core.demo_build import BuildAlreadyRunning, build_lock
+
+    try:
+        with build_lock(Path(args.workdir)):
+            return _build_demo_model(args)
+    except BuildAlreadyRunning:
+        print(f"a demo model build is already running on this machine ({args.workdir}/build.lock); nothing to do")
+        return 0
+
+
+def _build_demo_model(args: argparse.Namespace) -> int:
     from core.phantom import write_cohort
     from core.training import TrainConfig, cross_validate
     from models.checkpoint import allow_checkpoint, configured_model_path

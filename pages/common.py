@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,15 +33,23 @@ from core.audit import record_export
 from core.cases import CaseSummary, list_case_summaries
 from core.clinical import UNKNOWN_N_REASON, ClinicalRisk
 from core.clinical_refit import PAPER_CLINICAL_MODEL, ClinicalModelInUse, model_in_use
+from core.demo_build import build_progress, start_background_build
 from core.engine import prepare_engine_in_background
-from core.errors import UserFacingError
+from core.errors import ModelNotInstalledError, UserFacingError
 from core.heatmap import colour_bar, draw_outline, jet_overlay, roi_crop_box
 from core.inference import CaseRisk
 from core.provenance import RESEARCH_NOTICE
 from core.uncertainty import sensitivity_table, spread_headline, spread_of_folds, spread_sentence
-from models.checkpoint import LoadedModel, check_allowed, configured_model_path, load_checkpoint
+from models.checkpoint import (
+    DEFAULT_MODEL_PATH,
+    LoadedModel,
+    check_allowed,
+    configured_model_path,
+    load_checkpoint,
+)
 
 log = logging.getLogger(__name__)
+DEMO_AUTOBUILD_ENV = "ICCA_DEMO_AUTOBUILD"  # "0": never build the demo model from the app (tests, servers)
 SHELL_FLAG = "shell_ran"
 REQUESTED_PAGE = "requested_page"
 CANVAS_WIDTH_PX = 480  # fits the left column of a 1400-px-wide screen beside the sidebar
@@ -169,8 +178,30 @@ def current_model() -> tuple[LoadedModel | None, str | None]:
         model = _cached_model(str(path), mtime)
         check_allowed(path, model.sha256)  # a model taken off the allow-list stops at once, not at restart
         return model, None
+    except ModelNotInstalledError as error:
+        if not demo_build_wanted(path):
+            return None, str(error)
+        start_background_build(path)  # at most one per machine: a running build is left alone
+        return None, "The demo model is being built in the background; Analyze becomes available when it is ready."
     except UserFacingError as error:
         return None, str(error)
+
+
+def demo_build_wanted(path: Path) -> bool:
+    """Build the demo model when the default model path is empty (a configured path is never filled by us)."""
+    return path.resolve() == DEFAULT_MODEL_PATH.resolve() and os.environ.get(DEMO_AUTOBUILD_ENV, "1") != "0"
+
+
+@st.fragment(run_every=5)
+def demo_build_banner() -> None:
+    """The background build's progress, refreshed every 5 s; the app reruns once the model is there."""
+    if configured_model_path().exists():
+        st.rerun(scope="app")
+    progress = build_progress()
+    if progress.running:
+        st.progress(progress.fraction, text=progress.sentence())
+    else:
+        st.warning(progress.sentence())
 
 
 def clinical_model_now() -> tuple[ClinicalModelInUse, str | None]:

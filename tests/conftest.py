@@ -49,6 +49,7 @@ def _test_allowlist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _allowlist_of_the_test_session(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests approve models on their own allow-list, never the installation's (models/weights/allowed-models.txt)."""
     monkeypatch.setenv(ALLOWLIST_ENV, str(_test_allowlist(tmp_path_factory)))
+    monkeypatch.setenv("ICCA_DEMO_AUTOBUILD", "0")  # a test never starts the 15-minute demo build
 
 
 @pytest.fixture(scope="session")

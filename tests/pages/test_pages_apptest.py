@@ -795,3 +795,22 @@ def test_an_analysis_on_screen_is_audited_with_its_model_and_input_before_any_sa
     assert (event.action, event.case_key, event.actor[:6]) == ("case_analysed", None, "local:")
     assert event.model_sha256 and len(event.input_sha256) == 64 and event.detail["n_patches"] > 0
     engine.dispose()
+
+
+def test_without_a_model_at_the_default_path_the_app_starts_the_demo_build_and_says_so(
+    app_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import pages.common
+
+    missing = tmp_path / "weights" / "model.pt"
+    started: list[Path] = []
+    monkeypatch.setattr(pages.common, "DEFAULT_MODEL_PATH", missing)
+    monkeypatch.setattr(pages.common, "start_background_build", lambda path: started.append(path) or True)
+    monkeypatch.setenv("ICCA_MODEL_PATH", str(missing))
+    monkeypatch.setenv("ICCA_DEMO_AUTOBUILD", "1")
+    at = _page("analyze.py").run()
+    assert not at.exception and started == [missing]
+    assert any("The demo model is being built in the background" in w.value for w in at.warning)
+    monkeypatch.setenv("ICCA_MODEL_PATH", str(tmp_path / "elsewhere.pt"))  # a configured path is never filled
+    at = _page("analyze.py").run()
+    assert started == [missing] and any("No model is installed" in w.value for w in at.warning)

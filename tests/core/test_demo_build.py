@@ -1,0 +1,69 @@
+"""The background demo build: one per machine, its progress as the pages read it, resumable estimates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import demo_build
+from core.demo_build import BuildAlreadyRunning, build_lock, build_progress, build_running, start_background_build
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_one_build_per_machine_the_lock_refuses_a_second_and_frees_on_exit(tmp_path: Path) -> None:
+    assert not build_running(tmp_path)
+    with build_lock(tmp_path):
+        assert build_running(tmp_path)
+        with pytest.raises(BuildAlreadyRunning), build_lock(tmp_path):
+            pass
+        # a second `core demo-model` (another session, a restart) exits at once and trains nothing
+        done = subprocess.run(
+            [sys.executable, "-m", "core", "demo-model", "--workdir", str(tmp_path), "--out", str(tmp_path / "m.pt")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0 and "already running" in done.stdout
+        assert not (tmp_path / "cohort").exists()
+        assert not start_background_build(tmp_path / "m.pt", tmp_path)  # nor does the app start one
+    assert not build_running(tmp_path)
+
+
+def test_an_installed_model_is_never_rebuilt(tmp_path: Path) -> None:
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"installed")
+    assert not start_background_build(model, tmp_path)
+    assert not (tmp_path / "build.log").exists()
+
+
+def test_progress_round_trip_and_the_time_left_comes_from_this_process_pace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(demo_build.PROGRESS_ENV, str(demo_build.progress_path(tmp_path)))
+    monkeypatch.setattr(demo_build, "_first_report", None)
+    clock = iter([1000.0, 1060.0])
+    monkeypatch.setattr(demo_build.time, "time", lambda: next(clock))
+    demo_build.report_progress("fold 3/5, epoch 1/5", 0.40)  # resumed: 40 % was done by an earlier process
+    demo_build.report_progress("fold 3/5, epoch 2/5", 0.44)  # 4 % in 60 s: 56 % left is 840 s
+    record = json.loads(demo_build.progress_path(tmp_path).read_text())
+    assert record["seconds_left"] == pytest.approx(840.0)
+    with build_lock(tmp_path):
+        progress = build_progress(tmp_path)
+    assert progress.sentence() == (
+        "Building the demo model (synthetic phantoms): fold 3/5, epoch 2/5, 44% done, about 14 min left."
+    )
+
+
+def test_a_stopped_build_says_so_with_the_end_of_its_log(tmp_path: Path) -> None:
+    (tmp_path / "build.log").write_text("patches 100%\nerror: No space left on device\n")
+    progress = build_progress(tmp_path)
+    assert not progress.running
+    assert progress.sentence().startswith("The demo model build stopped before it finished; it resumes")
+    assert "No space left on device" in progress.sentence()
