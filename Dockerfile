@@ -27,11 +27,14 @@ COPY requirements.txt .
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1 \
     && pip install -r requirements.txt
 
-COPY --chown=10001:10001 . .
-USER 10001:10001
+# Code, model and allow-list stay owned by root: the app (uid 10001) can write /data only, so it can
+# neither swap the model nor approve another one.
+COPY . .
 # The demo model is trained here, once, so that a container serves at once (about 15 min on 2 cores);
 # it approves itself on models/weights/allowed-models.txt.
-RUN python -m core demo-model --out models/weights/model.pt --no-engine-choice
+RUN python -m core demo-model --out models/weights/model.pt --no-engine-choice \
+    && rm -rf runs/demo/cohort runs/demo/train/fold*/state.pt
+USER 10001:10001
 
 VOLUME ["/data"]
 EXPOSE 8501

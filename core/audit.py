@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import select
@@ -68,7 +68,7 @@ class AuditRow:
     def as_dict(self) -> dict[str, object]:
         return {
             "id": self.id,
-            "at_utc": self.at.strftime("%Y-%m-%d %H:%M:%S"),
+            "at_utc": as_utc(self.at).strftime("%Y-%m-%d %H:%M:%S"),
             "actor": self.actor or "(before sign-in was recorded)",
             "action": self.action,
             "case_key": self.case_key or "",
@@ -97,6 +97,11 @@ def audit_csv(rows: list[AuditRow]) -> str:
     writer.writeheader()
     writer.writerows(row.as_dict() for row in rows)
     return buffer.getvalue()
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A stored time in UTC: PostgreSQL returns it in the session's time zone, SQLite naive (already UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _detail_text(detail: dict) -> str:

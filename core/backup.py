@@ -49,10 +49,12 @@ class DatabaseCheck:
     def sentence(self) -> str:
         held = f"{self.cases} case(s), {self.arrays} stored array(s)"
         if not self.verified:
-            return f"{held}, from a release before checksums: they are written and verified when it is restored."
+            return f"{held}, from a release before checksums: they are written and verified once it is upgraded."
         if not self.damaged:
             return f"{held}, every checksum verified."
         listed = ", ".join(f"case #{case_id} ({kind})" for case_id, kind in self.damaged[:20])
+        if len(self.damaged) > 20:
+            listed += f" and {len(self.damaged) - 20} more"
         return (
             f"{held}; {len(self.damaged)} damaged: {listed}. Restore those cases from an older backup or delete them."
         )
@@ -94,29 +96,47 @@ def backup(url: str, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")  # a backup cut short never looks complete
     dialect = make_url(url).get_backend_name()
-    if dialect == "sqlite":
-        _sqlite_copy(_sqlite_file(url, must_exist=True), partial)
-    elif dialect == "postgresql":
-        _run_pg_tool(["pg_dump", "--format=custom", "--no-owner", "--file", str(partial)], url)
-    else:
-        raise BackupError(f"Backups of {dialect} databases are not supported; use SQLite or PostgreSQL.")
-    partial.replace(path)
-    size = f"{path.stat().st_size / 2**20:.1f} MiB"
-    if dialect == "sqlite":
-        return f"Backup {path.name} ({size}): {_check_file(path).sentence()}"
-    return f"Backup {path.name} ({size}): pg_restore reads the data of {_dump_tables(path)} table(s) in it."
+    try:
+        if dialect == "sqlite":
+            _sqlite_copy(_sqlite_file(url, must_exist=True), partial)
+            held = _check_file(partial).sentence()
+        elif dialect == "postgresql":
+            _run_pg_tool(["pg_dump", "--format=custom", "--no-owner", "--file", str(partial)], url)
+            held = f"pg_restore reads the data of {_dump_tables(partial)} table(s) in it."
+        else:
+            raise BackupError(f"Backups of {dialect} databases are not supported; use SQLite or PostgreSQL.")
+    except BaseException:
+        partial.unlink(missing_ok=True)  # never leave half a copy of patient data behind
+        raise
+    partial.replace(path)  # only a backup that was read back gets its name
+    return f"Backup {path.name} ({path.stat().st_size / 2**20:.1f} MiB): {held}"
 
 
-def restore(url: str, path: Path, replace: bool = False) -> DatabaseCheck:
-    """Restore the backup ``path`` into the database at ``url``, upgrade it and check it.
+@dataclass(frozen=True)
+class Restored:
+    """What a restore did: the check of the restored database and where the replaced one was saved."""
 
-    A database that already holds cases is replaced only with ``replace=True``; its current
-    content is first saved beside ``path`` (``…-before-restore-<UTC time>``), so a restore
-    never loses what was there.
+    check: DatabaseCheck
+    safety_copy: Path | None
+
+    def sentence(self, backup_name: str) -> str:
+        kept = f" What it replaced is saved in {self.safety_copy}." if self.safety_copy else ""
+        return f"Restored {backup_name}: {self.check.sentence()}{kept}"
+
+
+def restore(url: str, path: Path, replace: bool = False) -> Restored:
+    """Restore the backup ``path`` into the database at ``url``, upgrade it, check it and audit it.
+
+    Stop the dashboard first: saves made while a restore runs are not in the restored database.
+    A database that holds anything (cases, audit events, clinical models) is replaced only with
+    ``replace=True``, and its content is first saved beside ``path``
+    (``…-before-restore-<UTC time>``). A SQLite backup is checked and upgraded in a staging copy
+    before it replaces anything; a PostgreSQL dump is read completely before the one transaction
+    that replaces the schema.
 
     Raises:
-        BackupError: not a backup of this kind of database, a non-empty target without
-            ``replace``, or a failing ``pg_restore``.
+        BackupError: not a backup of this kind of database, written by a newer release, damaged,
+            a target holding data without ``replace``, or a failing ``pg_restore``/``psql``.
     """
     if not path.is_file():
         raise BackupError(f"No backup file at {path}; check the path.")
@@ -128,32 +148,77 @@ def restore(url: str, path: Path, replace: bool = False) -> DatabaseCheck:
         )
     engine = db.make_engine(url)
     try:
-        if _holds_cases(engine):
+        staged = _staged_sqlite(path, _sqlite_file(url, must_exist=False)) if dialect == "sqlite" else None
+        safety = None
+        if _holds_data(engine):
             if not replace:
                 raise BackupError(
-                    "The database already holds cases; add --replace to replace them (they are saved to a "
-                    "backup file first)."
+                    "The database already holds data (cases, audit events or clinical models); add --replace to "
+                    "replace it (it is saved to a backup file first)."
                 )
             safety = path.with_name(f"{path.stem}-before-restore-{datetime.now(UTC):%Y%m%dT%H%M%SZ}{path.suffix}")
             backup(url, safety)
-        if dialect == "sqlite":
-            engine.dispose()
-            _sqlite_copy(path, _sqlite_file(url, must_exist=False))
+        engine.dispose()
+        if staged is not None:
+            try:
+                _sqlite_copy(staged, _sqlite_file(url, must_exist=False))
+            finally:
+                staged.unlink(missing_ok=True)
         else:
             _pg_restore(path, url)
-        db.migrate(engine)  # a backup from an older release comes back at today's schema
-        return check_database(engine)
+            _migrate_restored(engine, path)
+        with Session(engine) as session:  # the trail records that it was rewound to the backup's
+            db.audit(session, "database_restored", detail={"backup": path.name, "backup_sha256": _sha256(path)})
+            session.commit()
+        return Restored(check_database(engine), safety)
     finally:
         engine.dispose()
 
 
-def _holds_cases(engine: Engine) -> bool:
+def _staged_sqlite(path: Path, target: Path) -> Path:
+    """The backup copied beside the target, integrity-checked, upgraded and verified there; nothing replaced yet."""
+    staged = target.with_name(target.name + ".restoring")
+    staged.unlink(missing_ok=True)
+    try:
+        _sqlite_copy(path, staged)
+        engine = db.make_engine(f"sqlite:///{staged}")
+        try:
+            _migrate_restored(engine, path)
+        finally:
+            engine.dispose()
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    return staged
+
+
+def _migrate_restored(engine: Engine, path: Path) -> None:
+    from alembic.util import CommandError
+
+    try:
+        db.migrate(engine)  # a backup from an older release comes back at today's schema
+    except CommandError:
+        raise BackupError(
+            f"{path.name} was written by a newer release of this tool (its schema is unknown here); update the "
+            "tool before restoring it."
+        ) from None
+
+
+def _sha256(path: Path) -> str:
+    from models.checkpoint import file_sha256
+
+    return file_sha256(path)
+
+
+def _holds_data(engine: Engine) -> bool:
     from sqlalchemy import inspect
 
-    if "cases" not in inspect(engine).get_table_names():
-        return False
+    tables = set(inspect(engine).get_table_names())
     with Session(engine) as session:
-        return (session.scalar(select(func.count()).select_from(db.Case)) or 0) > 0
+        for model in (db.Case, db.AuditEvent, db.ClinicalModelVersion):
+            if model.__tablename__ in tables and session.scalar(select(func.count()).select_from(model)):
+                return True
+    return False
 
 
 def _backup_kind(path: Path) -> str | None:
@@ -197,7 +262,9 @@ def _sqlite_copy(source: Path, target: Path) -> None:
     """Copy with SQLite's online backup API: consistent even while another process writes ``source``."""
     try:
         with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
-            src.backup(dst, pages=1024)  # in steps: writers are not locked out for the whole copy
+            # in one step: under WAL it does not block writers, and a stepwise copy restarts at every
+            # write from another connection, so it might never finish on a busy database
+            src.backup(dst, pages=-1)
             verdict = dst.execute("PRAGMA integrity_check").fetchone()
     except sqlite3.DatabaseError as error:
         raise BackupError(f"{source.name} is not a readable SQLite database ({type(error).__name__}).") from None
@@ -215,41 +282,58 @@ def _pg_restore(path: Path, url: str) -> None:
     for tool in ("pg_restore", "psql"):
         if shutil.which(tool) is None:
             raise BackupError(f"{tool} is not installed; install the PostgreSQL client tools (postgresql-client).")
-    parsed = make_url(url)
-    env = {**os.environ, "PGPASSWORD": parsed.password or ""}
-    libpq = parsed.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
-    with tempfile.TemporaryFile() as stderr:
-        sql = subprocess.Popen(
-            ["pg_restore", "--no-owner", "--no-privileges", "--file", "-", str(path)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
+    env, libpq = _libpq(url)
+    with tempfile.TemporaryDirectory() as work:
+        script = Path(work) / "restore.sql"
+        # the whole dump is read first: a truncated or damaged one fails here, before anything changes
+        read = subprocess.run(
+            ["pg_restore", "--no-owner", "--no-privileges", "--file", str(script), str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
-        psql = subprocess.Popen(
-            ["psql", "--quiet", "--single-transaction", "-v", "ON_ERROR_STOP=1", "--dbname", libpq],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
+        if read.returncode != 0:
+            raise BackupError(f"pg_restore cannot read {path.name} completely; the database was left as it was.")
+        whole = Path(work) / "whole.sql"  # the schema is emptied in the same transaction as the restore
+        with whole.open("wb") as out, script.open("rb") as body:
+            out.write(b"DROP SCHEMA public CASCADE;\nCREATE SCHEMA public;\n")
+            shutil.copyfileobj(body, out)  # on disk, never whole in memory
+        script = whole
+        done = subprocess.run(
+            [
+                "psql",
+                "--quiet",
+                "--single-transaction",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "--dbname",
+                libpq,
+                "--file",
+                str(script),
+            ],
             env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
-        assert sql.stdout is not None and psql.stdin is not None
-        psql.stdin.write(b"DROP SCHEMA public CASCADE;\nCREATE SCHEMA public;\n")
-        shutil.copyfileobj(sql.stdout, psql.stdin)  # streamed: the dump is never held in memory
-        psql.stdin.close()
-        if sql.wait() != 0 or psql.wait() != 0:
-            stderr.seek(0)
-            last = stderr.read().decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        if done.returncode != 0:
+            last = done.stderr.strip().splitlines()[-1:] or ["no message"]
             raise BackupError(f"The restore failed: {last[0][:200]}. The database was left as it was.")
 
 
 def _run_pg_tool(command: list[str], url: str) -> None:
-    parsed = make_url(url)
+    """Run a PostgreSQL client tool on the database at ``url``; its password goes by ``PGPASSWORD``."""
     if shutil.which(command[0]) is None:
         raise BackupError(f"{command[0]} is not installed; install the PostgreSQL client tools (postgresql-client).")
+    env, libpq = _libpq(url)
+    done = subprocess.run([*command, "--dbname", libpq], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1:] or ["no message"]
+        raise BackupError(f"{command[0]} failed: {last[0][:200]}. Nothing was changed.")
+
+
+def _libpq(url: str) -> tuple[dict[str, str], str]:
+    """(environment with PGPASSWORD, the URL without its password) for the libpq tools."""
+    parsed = make_url(url)
     env = {**os.environ, "PGPASSWORD": parsed.password or ""}
-    libpq = parsed.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
-    with tempfile.TemporaryFile() as stderr:
-        done = subprocess.run([*command, "--dbname", libpq], env=env, stderr=stderr, check=False)
-        if done.returncode != 0:
-            stderr.seek(0)
-            last = stderr.read().decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-            raise BackupError(f"{command[0]} failed: {last[0][:200]}. Nothing was changed.")
+    return env, parsed.set(drivername="postgresql", password=None).render_as_string(hide_password=False)

@@ -14,6 +14,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from core import access, db, provenance
+from core.audit import as_utc
 from core.clinical import N_CATEGORIES, PAPER_MODEL_NAME, ClinicalRisk
 from core.heatmap import probability_map
 from core.inference import CaseRisk
@@ -248,7 +249,7 @@ def case_table_csv(summaries: list[CaseSummary]) -> str:
         writer.writerow(
             {
                 "case_key": case.case_key,
-                "saved_utc": case.created_at.strftime("%Y-%m-%d %H:%M"),
+                "saved_utc": as_utc(case.created_at).strftime("%Y-%m-%d %H:%M"),
                 "n_category": case.n_category,
                 "t_category": case.t_category or "",
                 "tumour_size_mm": case.tumour_size_mm if case.tumour_size_mm is not None else "",

@@ -258,15 +258,28 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":  # replicas starting together migrate one after the other
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
-        config.attributes["connection"] = connection
-        current = MigrationContext.configure(connection).get_current_revision()
-        if revision == "head" or current is None or current < revision:  # revisions are zero-padded numbers
-            command.upgrade(config, revision)
-        elif current > revision:
-            command.downgrade(config, revision)
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # a batch migration rebuilds a table by DROP and re-CREATE: with foreign keys on, dropping
+            # `cases` would cascade to every analysis, array and outcome (the pragma is ignored inside
+            # a transaction, so it is set before this one starts)
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        with connection.begin():
+            if connection.dialect.name == "postgresql":  # replicas starting together migrate one after the other
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
+            config.attributes["connection"] = connection
+            current = MigrationContext.configure(connection).get_current_revision()
+            if revision == "head" or current is None or current < revision:  # revisions are zero-padded numbers
+                command.upgrade(config, revision)
+            elif current > revision:
+                command.downgrade(config, revision)
+            if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                raise RuntimeError("the migration left rows whose parent is missing; it was rolled back")
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
 
 
 # ---------------------------------------------------------------- unit-of-work helpers

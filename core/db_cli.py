@@ -41,9 +41,9 @@ def cmd_db(args: argparse.Namespace) -> int:
             print(backup.backup(url, Path(args.path)))
             return 0
         if args.db_action == "restore":
-            check = backup.restore(url, Path(args.path), replace=args.replace)
-            print(f"Restored {Path(args.path).name}: {check.sentence()}")
-            return 1 if check.damaged else 0
+            restored = backup.restore(url, Path(args.path), replace=args.replace)
+            print(restored.sentence(Path(args.path).name))
+            return 1 if restored.check.damaged else 0
         engine = db.make_engine(url)
         try:
             check = backup.check_database(engine)

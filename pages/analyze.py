@@ -69,6 +69,7 @@ from core.uncertainty import OutlineSensitivity, outline_sensitivity
 from models.checkpoint import LoadedModel
 from pages.common import (
     CANVAS_WIDTH_PX,
+    audited_download,
     clinical_model_now,
     content_hash,
     current_model,
@@ -444,14 +445,23 @@ def export_buttons(mask: np.ndarray, ct: CtSlice) -> None:
             "to be placed on the series; the PNG export works."
         )
     elif ref is not None and ref.geometry is not None:
-        seg_col.download_button(
+        audited_download(
             "Outline as DICOM SEG",
-            data=lambda: export_seg(mask, ct.source_ref),
+            lambda: export_seg(mask, ct.source_ref),
+            "outline as DICOM SEG",
+            where=seg_col,
             file_name="outline-seg.dcm",
             mime="application/dicom",
             help="A binary DICOM SEG referencing this slice; 3D Slicer loads it onto the series.",
         )
-    png_col.download_button("Outline as PNG", data=lambda: export_png(mask), file_name="outline.png", mime="image/png")
+    audited_download(
+        "Outline as PNG",
+        lambda: export_png(mask),
+        "outline as PNG",
+        where=png_col,
+        file_name="outline.png",
+        mime="image/png",
+    )
 
 
 def clinical_inputs_form(source_hash: str) -> tuple[str, ClinicalInputs]:

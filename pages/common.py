@@ -23,6 +23,7 @@ from core.access import (
     NO_ROLE,
     Act,
     Actor,
+    acting_as,
     current_actor,
     local_actor,
     oidc_actor,
@@ -137,22 +138,25 @@ def audited_download(
     *,
     case_key: str | None = None,
     model_sha256: str | None = None,
+    where: Any = None,
     **button: Any,
 ) -> None:
     """A download button for analysts and admins; the file is built on click and the export audited first.
 
     An audit that cannot be written stops the export: data never leaves without its record.
+    ``where`` is the container to draw the button in (a column); default the page.
     """
     if not may(Act.EXPORT):
         return
+    actor = current_actor()  # Streamlit builds the file later, in a worker thread without this run's context
 
     def audited() -> bytes | str:
-        with Session(engine()) as session:
+        with acting_as(actor), Session(engine()) as session:
             record_export(session, what, case_key, model_sha256)
             session.commit()
         return build()
 
-    st.download_button(label, data=audited, **button)
+    (where or st).download_button(label, data=audited, **button)
 
 
 @st.cache_resource(show_spinner="Loading the model…")

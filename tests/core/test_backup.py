@@ -133,8 +133,9 @@ def test_a_database_written_by_the_oldest_schema_upgrades_with_every_case_intact
         connection.exec_driver_sql("DELETE FROM analyses")
         connection.exec_driver_sql("DELETE FROM stored_arrays")
         connection.exec_driver_sql("DELETE FROM cases")
+        connection.exec_driver_sql("DELETE FROM audit_events")
     db.migrate(engine)  # an empty database of this release
-    check = backup.restore(_url(engine), archive)
+    check = backup.restore(_url(engine), archive).check
 
     assert (check.cases, check.arrays, check.damaged) == (3, 12, ())
     restored = _saved(engine)
@@ -162,3 +163,47 @@ def _copy_rows_as_the_first_release_wrote_them(source: Engine, target: Engine) -
                 write.exec_driver_sql(
                     f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"
                 )
+
+
+def test_a_damaged_or_newer_backup_is_refused_and_the_database_is_left_as_it_was(engine, tmp_path: Path) -> None:
+    """A truncated backup, or one from a newer release, changes nothing, and no half copy is left behind."""
+    url = _url(engine)
+    _save_cases(engine, ["P-kept"])
+    archive = tmp_path / "good.bak"
+    backup.backup(url, archive)
+    truncated = tmp_path / "truncated.bak"
+    truncated.write_bytes(archive.read_bytes()[: len(archive.read_bytes()) * 2 // 3])
+    with pytest.raises(backup.BackupError, match=r"left as it was|not a readable SQLite|cannot read"):
+        backup.restore(url, truncated, replace=True)
+    engine.dispose()
+    assert set(_saved(engine)) == {"P-kept"}
+
+    if engine.dialect.name == "sqlite":  # a backup whose schema revision this release does not know
+        newer = tmp_path / "newer.bak"
+        newer.write_bytes(archive.read_bytes())
+        other = db.make_engine(f"sqlite:///{newer}")
+        with other.begin() as connection:
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+        other.dispose()
+        with pytest.raises(backup.BackupError, match="written by a newer release"):
+            backup.restore(url, newer, replace=True)
+        assert set(_saved(engine)) == {"P-kept"}
+    assert sorted(p.name for p in tmp_path.iterdir() if ".partial" in p.name or ".restoring" in p.name) == []
+
+
+def test_a_restore_is_audited_and_says_where_the_replaced_database_went(
+    engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = _url(engine)
+    _save_cases(engine, ["P-1"])
+    archive = tmp_path / "a.bak"
+    backup.backup(url, archive)
+    capsys.readouterr()
+    assert main(["db", "restore", str(archive), "--database", url, "--replace"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Restored a.bak: 1 case(s), 4 stored array(s), every checksum verified. What it replaced")
+    assert str(tmp_path / "a-before-restore-") in out
+    engine.dispose()
+    with Session(engine) as session:
+        last = session.scalars(select(db.AuditEvent).order_by(db.AuditEvent.id.desc()).limit(1)).one()
+    assert (last.action, last.detail["backup"]) == ("database_restored", "a.bak") and last.actor.startswith("cli:")

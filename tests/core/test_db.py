@@ -324,3 +324,16 @@ def test_migration_0006_gives_older_arrays_their_checksum(engine) -> None:
         assert len(case.arrays) == 4
         assert all(row.sha256 == arrays.checksum(row.data) for row in case.arrays)
         assert db.case_array(session, case, "slice").shape == (64, 64)
+
+
+def test_a_downgrade_to_the_first_releases_and_back_keeps_every_case_whole(engine) -> None:
+    """Batch migrations rebuild tables on SQLite: with foreign keys on, that would cascade-delete children."""
+    with Session(engine) as session:
+        db.add_case(session, *_new_case("P-round-trip"))
+        session.commit()
+    db.migrate(engine, "0001")
+    db.migrate(engine)
+    with Session(engine) as session:
+        [case] = db.list_cases(session)
+        assert (len(case.analyses), len(case.arrays)) == (1, 4)
+        assert db.case_array(session, case, "slice").shape == (64, 64)

@@ -46,6 +46,15 @@ def _writer(url: str, prefix: str, count: int) -> subprocess.Popen:
     )
 
 
+def _read_until(writer: subprocess.Popen, prefix: str) -> None:
+    """Read the writer's lines until one starts with ``prefix``; a writer that ends first fails the test."""
+    assert writer.stdout is not None
+    for line in writer.stdout:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"the writer exited (status {writer.wait()}) before printing {prefix!r}")
+
+
 def test_eight_threads_saving_fifty_cases_each_lose_and_double_nothing(engine) -> None:
     def save_fifty(thread: int) -> list[int]:
         with acting_as(Actor(f"test:thread-{thread}", Role.ANALYST)):  # a context variable: set per thread
@@ -80,8 +89,7 @@ def test_a_writer_killed_at_random_points_leaves_every_case_whole_or_absent(engi
     for kill in range(KILLS):
         writer = _writer(url, f"K{kill}", 10_000)
         assert writer.stdout is not None
-        while not writer.stdout.readline().startswith("committed"):  # started: the first commit is done
-            pass
+        _read_until(writer, "committed")  # started: the first commit is done
         time.sleep(rng.uniform(0.05, 1.5))
         writer.send_signal(signal.SIGKILL)
         rest, _ = writer.communicate(timeout=60)
@@ -119,8 +127,7 @@ def test_a_backup_taken_while_a_process_saves_is_consistent(engine, tmp_path: Pa
 
     writer = _writer(_url(engine), "B", 10_000)
     assert writer.stdout is not None
-    while not writer.stdout.readline().startswith("committed 20"):  # saving well under way
-        pass
+    _read_until(writer, "committed 20")  # saving well under way
     archive = tmp_path / "during-writes.bak"
     backup(_url(engine), archive)
     writer.send_signal(signal.SIGKILL)
@@ -132,6 +139,6 @@ def test_a_backup_taken_while_a_process_saves_is_consistent(engine, tmp_path: Pa
         with engine.begin() as connection:
             connection.exec_driver_sql("DROP SCHEMA public CASCADE")
             connection.exec_driver_sql("CREATE SCHEMA public")
-    check = restore(_url(target), archive)
+    check = restore(_url(target), archive).check
     assert check.cases >= 21 and check.damaged == ()
     assert consistency_problems(target) == []

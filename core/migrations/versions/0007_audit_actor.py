@@ -4,8 +4,10 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-02
 
-The triggers make the database itself refuse to change or remove an audit event, whatever
-code (or person with a SQL prompt and the application's credentials) asks.
+The triggers make the database itself refuse UPDATE, DELETE (and on PostgreSQL TRUNCATE) of an
+audit event, whatever code asks. They do not stop the table's owner from dropping a trigger:
+where that matters, let another role own the schema and grant the application INSERT and
+SELECT only (README, Shared deployment).
 """
 
 import sqlalchemy as sa
@@ -33,6 +35,10 @@ def upgrade() -> None:
             "CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events "
             "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()"
         )
+        op.execute(
+            "CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events "
+            "FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only()"
+        )
     else:
         for event in ('UPDATE', 'DELETE'):
             op.execute(
@@ -43,6 +49,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == 'postgresql':
+        op.execute('DROP TRIGGER audit_events_no_truncate ON audit_events')
         op.execute('DROP TRIGGER audit_events_append_only ON audit_events')
         op.execute('DROP FUNCTION audit_events_append_only()')
     else:
