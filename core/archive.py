@@ -20,9 +20,12 @@ decompressed until every entry has passed 1–4.
 from __future__ import annotations
 
 import io
+import lzma
 import re
 import stat
+import struct
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +36,21 @@ ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or an empty a
 # Files that come with archives made on macOS or Windows and are never images.
 _JUNK = re.compile(r"(^|/)(__MACOSX/|\._|\.DS_Store$|Thumbs\.db$|desktop\.ini$)", re.IGNORECASE)
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# What reading a damaged ZIP raises: zipfile's own errors (an entry claiming an unknown zip
+# version is a NotImplementedError), and those of the decompressors it drives (a corrupt deflate
+# stream is a zlib.error, a corrupt LZMA one an LZMAError).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    ValueError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    zlib.error,
+    lzma.LZMAError,
+    struct.error,
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +114,7 @@ def unpack_zip(data: bytes) -> list[UploadedFile]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         entries = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise UploadRefusedError("The ZIP file is damaged or incomplete; export it again from the PACS.") from exc
     check_file_count(len(entries), "The ZIP holds")
     for entry in entries:
@@ -118,7 +136,7 @@ def unpack_zip(data: bytes) -> list[UploadedFile]:
         try:
             with archive.open(entry) as handle:
                 content = handle.read(entry.file_size + 1)  # never more than declared (+1 to notice a lie)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
+        except _ZIP_ERRORS as exc:
             raise UploadRefusedError(
                 f"The ZIP's entry {_shown(entry.filename)} is damaged or uses an unsupported compression; "
                 "export the ZIP again from the PACS."

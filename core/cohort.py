@@ -29,7 +29,8 @@ import numpy as np
 
 from core.clinical import parse_n_category
 from core.errors import ManifestError, UserFacingError
-from core.imaging import CtSlice, analysis_blocker, calibrate, load_slice
+from core.imaging import CtSlice, analysis_blocker, calibrate, load_slice, raster_size
+from core.limits import MAX_SIDE_PX
 from core.preprocess import PreprocessConfig
 from core.provenance import DATA_SOURCES
 
@@ -148,7 +149,8 @@ def _validate_row(
     row: dict[str, str], root: Path, number: int, seen: set[str], cfg: PreprocessConfig, has_source: bool
 ) -> tuple[CohortPatient | None, list[str]]:
     key = (row.get("patient_key") or "").strip()
-    where = f"row {number} ({key or 'no key'})"
+    shown_key = "".join(ch if ch.isprintable() else "?" for ch in key)  # a quoted cell may hold a line break
+    where = f"row {number} ({shown_key or 'no key'})"
     problems: list[str] = []
     if not key:
         problems.append(f"{where}: empty patient_key")
@@ -169,12 +171,16 @@ def _validate_row(
     ct, mask = None, None
     try:
         ct = calibrate(load_patient_image(image_path), calibration.spacing_mm, calibration.export_window)
-    except (UserFacingError, OSError) as error:
-        problems.append(f"{where}: image {row.get('image_path')!r}: {error}")
+    except UserFacingError as error:
+        problems.append(f"{where}: image {_shown(row.get('image_path'))}: {error}")
+    except OSError as error:  # a name too long, a folder that cannot be listed, a file that cannot be read
+        problems.append(f"{where}: image {_shown(row.get('image_path'))}: {_cannot_read(error)}")
     try:
         mask = load_mask(mask_path)
     except UserFacingError as error:
-        problems.append(f"{where}: mask {row.get('mask_path')!r}: {error}")
+        problems.append(f"{where}: mask {_shown(row.get('mask_path'))}: {error}")
+    except OSError as error:
+        problems.append(f"{where}: mask {_shown(row.get('mask_path'))}: {_cannot_read(error)}")
     if ct is not None and mask is not None and ct.shape != mask.shape:
         problems.append(
             f"{where}: mask is {mask.shape[1]}×{mask.shape[0]} px but the image is {ct.shape[1]}×{ct.shape[0]} px"
@@ -187,6 +193,18 @@ def _validate_row(
         return None, problems
     clinical = {c: (row.get(c) or "").strip() for c in CLINICAL_COLUMNS if row.get(c)}
     return CohortPatient(key, image_path, mask_path, int(label_text), clinical, calibration, source or None), []
+
+
+def _shown(text: str | None, limit: int = 80) -> str:
+    """A manifest cell as the problem list quotes it: repr, cut short (a path can be thousands of characters)."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def _cannot_read(error: OSError) -> str:
+    """Why a file could not be read, in words ("the file cannot be read (file name too long)")."""
+    reason = (error.strerror or type(error).__name__).lower()
+    return f"the file cannot be read ({reason})"
 
 
 def _parse_calibration(row: dict[str, str]) -> tuple[Calibration, list[str]]:
@@ -237,10 +255,21 @@ def load_calibrated_image(patient: CohortPatient) -> CtSlice:
 
 
 def load_mask(path: Path) -> np.ndarray:
-    """(rows, cols) bool mask from a PNG (any non-zero pixel is tumour)."""
+    """(rows, cols) bool mask from a PNG (any non-zero pixel is tumour).
+
+    Raises:
+        UserFacingError: missing, not a PNG (or JPEG), larger than an image may be, or empty.
+        OSError: the file cannot be read.
+    """
     if not path.is_file():
         raise UserFacingError("file not found")
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    data = path.read_bytes()
+    size = raster_size(data)
+    if size is None:
+        raise UserFacingError("not a readable PNG")
+    if max(size) > MAX_SIDE_PX:  # checked on the header: OpenCV allocates the declared size first
+        raise UserFacingError(f"the mask is {size[1]}×{size[0]} pixels, larger than {MAX_SIDE_PX} px a side")
+    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise UserFacingError("not a readable PNG")
     if not mask.any():

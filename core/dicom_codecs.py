@@ -187,3 +187,14 @@ def undecodable_message(compression: Compression) -> str:
 def _short(text: str, limit: int = 40) -> str:
     text = "".join(ch if ch.isprintable() else "?" for ch in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def decode_failed(error: BaseException) -> bool:
+    """Whether ``error``, raised while decoding pixel data, is the decoder refusing damaged data.
+
+    ``except Exception`` is not enough: the Rust decoders (``pylibjpeg-rle``) turn a panic on
+    data they did not expect into pyo3's ``PanicException``, which derives from
+    :class:`BaseException` (an out-of-bounds index in a cut-short RLE segment does this).
+    Interrupts and exits are not decoder failures.
+    """
+    return isinstance(error, Exception) or type(error).__name__ == "PanicException"

@@ -27,7 +27,13 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from core.dicom_codecs import compression_of, lossy_reason, register_decoders, undecodable_message
+from core.dicom_codecs import (
+    compression_of,
+    decode_failed,
+    lossy_reason,
+    register_decoders,
+    undecodable_message,
+)
 from core.dicomref import SourceReference, source_reference_of
 from core.errors import UnreadableImageError, UserFacingError, WrongModalityError
 from core.limits import MAX_SIDE_PX, MIN_SIDE_PX
@@ -491,7 +497,9 @@ def _hounsfield_units(ds: pydicom.Dataset, header: _CtHeader) -> np.ndarray:
         raise UnreadableImageError(undecodable_message(compression))
     try:
         stored = ds.pixel_array
-    except Exception as exc:
+    except BaseException as exc:
+        if not decode_failed(exc):
+            raise
         if UID(compression.uid).is_encapsulated:
             raise UnreadableImageError(
                 f"The CT pixel data, compressed with {compression.name}, cannot be decoded (damaged or "
@@ -503,7 +511,8 @@ def _hounsfield_units(ds: pydicom.Dataset, header: _CtHeader) -> np.ndarray:
         ) from exc
     if stored.shape != (header.rows, header.columns):
         raise UnreadableImageError("The CT pixel data is not a single 2-D slice; upload one axial slice.")
-    hu = (stored.astype(np.float64) * header.slope + header.intercept).astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
+        hu = (stored.astype(np.float64) * header.slope + header.intercept).astype(np.float32)
     if not np.isfinite(hu).all():
         raise UnreadableImageError(
             f"This CT file's RescaleSlope ({header.slope:g}) and RescaleIntercept ({header.intercept:g}) give values "
@@ -546,13 +555,79 @@ def _shown(value: object, limit: int = 40) -> str:
 
 
 def _read_raster(data: bytes) -> CtSlice:
+    damaged = UnreadableImageError("The PNG/JPEG file is damaged or incomplete; export the slice again.")
+    declared = raster_size(data)
+    if declared is None:
+        raise damaged
+    _check_size(declared)  # before decoding: OpenCV allocates the declared size first
     buffer = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buffer, cv2.IMREAD_GRAYSCALE)
     if image is None:
-        raise UnreadableImageError("The PNG/JPEG file is damaged or incomplete; export the slice again.")
+        raise damaged
     _check_size(image.shape)
     kind: SourceKind = "png" if data.startswith(b"\x89PNG") else "jpeg"
     return CtSlice(pixels=image.astype(np.float32), is_hu=False, spacing_mm=None, source_kind=kind)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (SOF0–SOF15 but DHT C4, JPG C8 and DAC CC), which carry the size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers without a length field: TEM and the restart markers RST0–RST7.
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def raster_size(data: bytes) -> tuple[int, int] | None:
+    """(rows, cols) a PNG or JPEG says it holds, from its header alone; ``None`` when there is none.
+
+    OpenCV allocates the image its header declares before it reads a pixel (up to 2**30
+    pixels, gigabytes from a file of a few bytes), so a caller checks this size first. The
+    size is found where libpng and libjpeg take it: a PNG's IHDR chunk, which must come
+    first, and a JPEG's first start-of-frame marker before its scan, markers found the way
+    libjpeg's ``next_marker`` finds them (bytes up to a 0xFF skipped, 0xFF fill bytes and
+    stuffed 0xFF00 passed over). A PNG whose chunks claim more bytes than the file holds is
+    ``None`` too: OpenCV 5 allocates a chunk's declared length (up to 2 GiB) before reading it.
+    """
+    if data.startswith(_PNG_SIGNATURE):
+        if len(data) < 33 or data[8:16] != b"\x00\x00\x00\x0dIHDR":
+            return None
+        pos = 8
+        while pos + 12 <= len(data):  # length, type, body, CRC
+            length = int.from_bytes(data[pos : pos + 4], "big")
+            if pos + 12 + length > len(data):
+                return None
+            if data[pos + 4 : pos + 8] == b"IEND":
+                break
+            pos += 12 + length
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return height, width
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    pos = 2
+    while True:
+        start = data.find(b"\xff", pos)
+        if start < 0:
+            return None
+        pos = start + 1
+        while pos < len(data) and data[pos] == 0xFF:
+            pos += 1
+        if pos >= len(data):
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker == 0x00 or marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0xD8, 0xD9, 0xDA):  # a second SOI, the end, or the scan before any frame size
+            return None
+        if pos + 2 > len(data):
+            return None
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if marker in _JPEG_SOF:
+            if length < 8 or pos + 7 > len(data):
+                return None
+            return int.from_bytes(data[pos + 3 : pos + 5], "big"), int.from_bytes(data[pos + 5 : pos + 7], "big")
+        if length < 2:
+            return None
+        pos += length
 
 
 def _check_size(shape: tuple[int, ...]) -> None:

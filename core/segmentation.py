@@ -26,10 +26,12 @@ How a 3-D outline is put on the series' slices:
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -37,9 +39,10 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
+from core.dicom_codecs import decode_failed
 from core.dicomref import SliceGeometry, SourceReference, geometry_of
-from core.errors import OutlineImportError, RoiError
-from core.imaging import CtSlice
+from core.errors import OutlineImportError, RoiError, UserFacingError
+from core.imaging import CtSlice, raster_size
 from core.limits import MAX_OUTLINE_VOXELS, MAX_SEG_FRAMES, MAX_SIDE_PX, MAX_TOTAL_BYTES
 from core.series import SEG_SOP_CLASS, SeriesSummary
 
@@ -49,6 +52,24 @@ _TUMOUR_WORDS = re.compile(r"tumou?r|neoplasm|lesion|mass|cancer|carcinoma|chola
 _PLANE_TOLERANCE = 0.25
 _GRID_TOLERANCE = 0.05
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+_SEG_DAMAGED = "The DICOM SEG file is damaged or unusual in a way this tool cannot read; export it again."
+_NIFTI_DAMAGED = "The NIfTI file is damaged or unusual in a way this tool cannot read; export it again."
+_PNG_DAMAGED = "The PNG mask is damaged or incomplete; export it again."
+
+
+@contextlib.contextmanager
+def _damaged_file_is_a_sentence(sentence: str) -> Iterator[None]:
+    """Last line of defence, as in :mod:`core.imaging`: whatever a damaged outline file makes pydicom,
+    highdicom, nibabel or OpenCV raise that the checks did not foresee becomes ``sentence``, never a
+    traceback. The checks' own sentences pass through."""
+    try:
+        yield
+    except UserFacingError:
+        raise
+    except Exception as exc:
+        raise OutlineImportError(sentence) from exc
 
 
 # --------------------------------------------------------------------------------- results
@@ -163,8 +184,8 @@ def seg_segments(data: bytes) -> tuple[SegmentInfo, ...]:
     Raises:
         OutlineImportError: not a DICOM SEG, or too large.
     """
-    header = _seg_header(data)
-    return tuple(_segment_info(item) for item in header.get("SegmentSequence", []))
+    with _damaged_file_is_a_sentence(_SEG_DAMAGED):
+        return _segments(_seg_header(data))
 
 
 def import_seg(data: bytes, image: SeriesSummary | CtSlice, segment: int | None = None) -> ImportedOutline:
@@ -183,6 +204,11 @@ def import_seg(data: bytes, image: SeriesSummary | CtSlice, segment: int | None 
         OutlineImportError: not a SEG; too large; damaged; no such segment; frames of another
             size; neither referenced slices nor the frame of reference match this series.
     """
+    with _damaged_file_is_a_sentence(_SEG_DAMAGED):
+        return _import_seg(data, image, segment)
+
+
+def _import_seg(data: bytes, image: SeriesSummary | CtSlice, segment: int | None) -> ImportedOutline:
     import highdicom as hd
 
     header = _seg_header(data)
@@ -192,7 +218,7 @@ def import_seg(data: bytes, image: SeriesSummary | CtSlice, segment: int | None 
         seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
     except Exception as exc:
         raise OutlineImportError("The DICOM SEG file is damaged or incomplete; export it again.") from exc
-    segments = tuple(_segment_info(item) for item in header.get("SegmentSequence", []))
+    segments = _segments(header)
     if not segments:
         raise OutlineImportError("The DICOM SEG defines no segment; export it again with the tumour segment.")
     number = segment if segment is not None else _default_segment(segments)
@@ -216,7 +242,9 @@ def import_seg(data: bytes, image: SeriesSummary | CtSlice, segment: int | None 
             pixels = seg.get_pixels_by_source_instance(
                 [t.sop_uid for t in matched], segment_numbers=[number], ignore_spatial_locations=True
             )
-        except Exception as exc:
+        except BaseException as exc:
+            if not decode_failed(exc):
+                raise
             raise OutlineImportError(
                 "The DICOM SEG's frames cannot be matched to the slices they reference; export it again."
             ) from exc
@@ -239,8 +267,11 @@ def _seg_header(data: bytes) -> pydicom.Dataset:
         header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     except Exception as exc:
         raise OutlineImportError("This file is not a DICOM SEG (it cannot be read as DICOM).") from exc
-    sop_class = str(header.get("SOPClassUID", "") or "")
-    modality = str(header.get("Modality", "") or "").upper()
+    try:
+        sop_class = str(header.get("SOPClassUID", "") or "")
+        modality = str(header.get("Modality", "") or "").upper()
+    except Exception as exc:  # pydicom converts on access: an unknown VR or a wrong length raises here
+        raise OutlineImportError("This file is not a DICOM SEG (its header cannot be read).") from exc
     if sop_class != SEG_SOP_CLASS and modality != "SEG":
         what = f"a DICOM {modality} object" if modality else "another DICOM object"
         raise OutlineImportError(f"This file is {what}, not a DICOM SEG; import a segmentation.")
@@ -249,12 +280,28 @@ def _seg_header(data: bytes) -> pydicom.Dataset:
         rows, cols = int(header.Rows), int(header.Columns)
     except Exception as exc:
         raise OutlineImportError("The DICOM SEG's header lacks its size; export it again.") from exc
+    if min(frames, rows, cols) < 1:
+        raise OutlineImportError("The DICOM SEG's header lacks its size; export it again.")
     if frames > MAX_SEG_FRAMES or max(rows, cols) > MAX_SIDE_PX or frames * rows * cols > MAX_OUTLINE_VOXELS:
         raise OutlineImportError(
             f"The DICOM SEG holds {frames} frames of {cols}×{rows} pixels, more than this tool reads "
             f"({MAX_SEG_FRAMES} frames, {MAX_SIDE_PX} px a side); export the tumour segment alone."
         )
     return header
+
+
+def _segments(header: pydicom.Dataset) -> tuple[SegmentInfo, ...]:
+    """The SEG's segments from its SegmentSequence.
+
+    Raises:
+        OutlineImportError: a segment without a whole SegmentNumber, or a sequence pydicom cannot read.
+    """
+    try:
+        return tuple(_segment_info(item) for item in header.get("SegmentSequence", []))
+    except Exception as exc:
+        raise OutlineImportError(
+            "The DICOM SEG's list of segments is damaged (a segment without a number); export it again."
+        ) from exc
 
 
 def _segment_info(item: pydicom.Dataset) -> SegmentInfo:
@@ -325,7 +372,9 @@ def _seg_by_geometry(ds: pydicom.Dataset, number: int, targets: _Targets) -> dic
 def _seg_frames(ds: pydicom.Dataset) -> np.ndarray:
     try:
         pixels = ds.pixel_array
-    except Exception as exc:
+    except BaseException as exc:
+        if not decode_failed(exc):
+            raise
         raise OutlineImportError("The DICOM SEG's pixel data cannot be decoded; export it again.") from exc
     return pixels[None] if pixels.ndim == 2 else pixels
 
@@ -372,17 +421,21 @@ def _on_slice(
     """
     geometry = target.geometry
     assert geometry is not None
+    singular = OutlineImportError(
+        f"The {what} file's geometry (its affine) cannot be inverted, so it cannot be placed on this series; "
+        "re-export it from the segmentation tool."
+    )
     try:
         lps_to_index = np.linalg.inv(index_to_lps)
     except np.linalg.LinAlgError:
-        raise OutlineImportError(
-            f"The {what} file's geometry (its affine) cannot be inverted, so it cannot be placed on this series; "
-            "re-export it from the segmentation tool."
-        ) from None
+        raise singular from None
     to_patient = geometry.index_to_patient()
-    v0 = lps_to_index @ to_patient @ np.array([0.0, 0.0, 0.0, 1.0])
-    dr = lps_to_index[:3, :3] @ to_patient[:3, 0]
-    dc = lps_to_index[:3, :3] @ to_patient[:3, 1]
+    with np.errstate(over="ignore", invalid="ignore"):  # a nearly singular affine overflows: refused below
+        v0 = lps_to_index @ to_patient @ np.array([0.0, 0.0, 0.0, 1.0])
+        dr = lps_to_index[:3, :3] @ to_patient[:3, 0]
+        dc = lps_to_index[:3, :3] @ to_patient[:3, 1]
+    if not (np.isfinite(v0).all() and np.isfinite(dr).all() and np.isfinite(dc).all()):
+        raise singular
     axis_r, axis_c = int(np.argmax(np.abs(dr))), int(np.argmax(np.abs(dc)))
     unit_r, unit_c = np.zeros(3), np.zeros(3)
     unit_r[axis_r], unit_c[axis_c] = np.sign(dr[axis_r]), np.sign(dc[axis_c])
@@ -432,8 +485,9 @@ def nifti_labels(data: bytes) -> tuple[SegmentInfo, ...]:
     Raises:
         OutlineImportError: not NIfTI, too large, or without orientation.
     """
-    volume, _ = _read_nifti(data)
-    return tuple(SegmentInfo(number=int(v), label=f"label {int(v)}") for v in _label_values(volume))
+    with _damaged_file_is_a_sentence(_NIFTI_DAMAGED):
+        volume, _ = _read_nifti(data)
+        return tuple(SegmentInfo(number=int(v), label=f"label {int(v)}") for v in _label_values(volume))
 
 
 def import_nifti(data: bytes, image: SeriesSummary | CtSlice, label: int | None = None) -> ImportedOutline:
@@ -450,6 +504,11 @@ def import_nifti(data: bytes, image: SeriesSummary | CtSlice, label: int | None 
         OutlineImportError: not NIfTI; too large; no orientation in the header; another grid;
             no such label; nothing lands on the series.
     """
+    with _damaged_file_is_a_sentence(_NIFTI_DAMAGED):
+        return _import_nifti(data, image, label)
+
+
+def _import_nifti(data: bytes, image: SeriesSummary | CtSlice, label: int | None) -> ImportedOutline:
     volume, affine_ras = _read_nifti(data)
     targets = _targets(image)
     if any(t.geometry is None for t in targets.slices):
@@ -483,6 +542,12 @@ def import_nifti(data: bytes, image: SeriesSummary | CtSlice, label: int | None 
     )
 
 
+_BAD_ORIENTATION = (
+    "The NIfTI file's orientation (its qform / sform) holds invalid numbers, so it cannot be placed on the CT; "
+    "export it again from the segmentation software."
+)
+
+
 def _read_nifti(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(volume (I, J, K), 4×4 RAS+ affine), the header checked before the voxels are read."""
     import nibabel as nib
@@ -508,18 +573,33 @@ def _read_nifti(data: bytes) -> tuple[np.ndarray, np.ndarray]:
         shape = (*shape, 1)
     if len(shape) != 3 or min(shape) < 1:
         raise OutlineImportError(f"The NIfTI file holds a {len(shape)}-D image; a 3-D mask is needed.")
-    if int(np.prod(shape)) > MAX_OUTLINE_VOXELS or max(shape[:2]) > MAX_SIDE_PX:
+    if math.prod(shape) > MAX_OUTLINE_VOXELS or max(shape[:2]) > MAX_SIDE_PX:  # Python ints: no overflow
         raise OutlineImportError(
             f"The NIfTI mask is {' × '.join(map(str, shape))} voxels, more than this tool reads; export the tumour "
             "mask of this series alone."
         )
     header = image.header
-    _, sform_code = header.get_sform(coded=True)
-    _, qform_code = header.get_qform(coded=True)
+    try:
+        _, sform_code = header.get_sform(coded=True)
+        _, qform_code = header.get_qform(coded=True)
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except Exception as exc:  # nibabel raises on an impossible quaternion (e.g. an infinite qform_b)
+        raise OutlineImportError(_BAD_ORIENTATION) from exc
     if not sform_code and not qform_code:
         raise OutlineImportError(
             "The NIfTI file does not say where its voxels lie (no qform or sform), so it cannot be placed on the "
             "CT; export it from the segmentation software with its orientation."
+        )
+    if not np.isfinite(affine).all():
+        raise OutlineImportError(_BAD_ORIENTATION)
+    dtype = header.get_data_dtype()
+    if dtype.kind not in "biuf":  # complex or RGB voxels are no mask
+        raise OutlineImportError(f"The NIfTI file holds {dtype.name} voxels, not a mask's numbers; export a label map.")
+    # nibabel allocates the whole volume before it notices the file is short: a 400-byte header
+    # declaring 2000 × 512 × 512 float64 voxels would take 4 GiB
+    if len(data) < int(header.get_data_offset()) + math.prod(shape) * dtype.itemsize:
+        raise OutlineImportError(
+            "The NIfTI file holds fewer voxels than its header declares (damaged or cut short); export it again."
         )
     try:
         volume = np.asanyarray(image.dataobj).reshape(shape)
@@ -527,9 +607,14 @@ def _read_nifti(data: bytes) -> tuple[np.ndarray, np.ndarray]:
         raise OutlineImportError(
             "The NIfTI file's voxels cannot be read (damaged or cut short); export it again."
         ) from exc
-    if np.issubdtype(volume.dtype, np.floating) and np.array_equal(volume, np.round(volume)):
-        volume = volume.astype(np.int32)
-    return volume, np.asarray(image.affine, dtype=np.float64)
+    if np.issubdtype(volume.dtype, np.floating):
+        if not np.isfinite(volume).all():
+            raise OutlineImportError(
+                "The NIfTI file holds voxels that are not numbers (NaN or infinite); export the mask again."
+            )
+        if np.array_equal(volume, np.round(volume)) and np.abs(volume).max(initial=0) <= np.iinfo(np.int32).max:
+            volume = volume.astype(np.int32)
+    return volume, affine
 
 
 def _gunzip_capped(data: bytes) -> bytes:
@@ -562,14 +647,16 @@ def import_png_mask(data: bytes, shape: tuple[int, int]) -> np.ndarray:
     """
     if not data.startswith(b"\x89PNG"):
         raise OutlineImportError("This file is not a PNG mask; import a PNG of the slice's size, a DICOM SEG or NIfTI.")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # The size is checked on the header, before OpenCV allocates what the header declares.
+    declared = raster_size(data)
+    if declared is None:
+        raise OutlineImportError(_PNG_DAMAGED)
+    _check_mask_size(declared, shape)
+    with _damaged_file_is_a_sentence(_PNG_DAMAGED):
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise OutlineImportError("The PNG mask is damaged or incomplete; export it again.")
-    if image.shape[:2] != tuple(shape):
-        raise OutlineImportError(
-            f"The PNG mask is {image.shape[1]}×{image.shape[0]} pixels but the slice is {shape[1]}×{shape[0]}; "
-            "export the mask at the slice's own size."
-        )
+        raise OutlineImportError(_PNG_DAMAGED)
+    _check_mask_size(image.shape[:2], shape)
     if image.ndim == 3:
         colour = image[..., :3].max(axis=2)
         mask = colour > 0 if colour.any() or image.shape[2] < 4 else image[..., 3] > 0
@@ -580,6 +667,14 @@ def import_png_mask(data: bytes, shape: tuple[int, int]) -> np.ndarray:
     if mask.all():
         raise OutlineImportError("The PNG mask marks every pixel; export a mask whose background is black (0).")
     return mask
+
+
+def _check_mask_size(size: tuple[int, ...], shape: tuple[int, int]) -> None:
+    if tuple(size) != tuple(shape):
+        raise OutlineImportError(
+            f"The PNG mask is {size[1]}×{size[0]} pixels but the slice is {shape[1]}×{shape[0]}; "
+            "export the mask at the slice's own size."
+        )
 
 
 # --------------------------------------------------------------------------------- export
