@@ -29,6 +29,7 @@ import hashlib
 import io
 import itertools
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -441,7 +442,10 @@ def _readable(ds: pydicom.Dataset) -> pydicom.Dataset:
             if tag is None or tag not in where:
                 continue
             try:
-                where[tag]
+                # pydicom warns as well as fails; the user hears of a damaged value once, from us.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    where[tag]
             except Exception:
                 where[tag] = DataElement(tag, dictionary_VR(tag), None)
     return ds

@@ -781,9 +781,7 @@ def cross_validate(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessCo
 
 def save_fold_ensemble(out: Path, folds: int, cfg: PreprocessConfig, card: dict[str, Any]) -> str:
     """Write the K fold networks (``fold{k}/model.pt``) as one ensemble checkpoint ``out/model.pt``; returns its sha256."""
-    networks = [
-        load_checkpoint(out / f"fold{k + 1}" / "model.pt", require_allowed=False).network for k in range(folds)
-    ]
+    networks = [load_checkpoint(out / f"fold{k + 1}" / "model.pt", require_allowed=False).network for k in range(folds)]
     return save_checkpoint(out / "model.pt", networks, cfg, card, member_names=[f"fold {k + 1}" for k in range(folds)])
 
 

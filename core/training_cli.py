@@ -139,7 +139,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if world()[0] == 0:
         print(json.dumps({"training_data": summary["training_data"], **summary["out_of_fold_patient_level"]}, indent=2))
         if (Path(args.out) / "model.pt").exists() and not tc.permute_labels:
-            print(f"to score patients with it, approve it first: python -m core model allow {Path(args.out) / 'model.pt'}")
+            print(
+                f"to score patients with it, approve it first: python -m core model allow {Path(args.out) / 'model.pt'}"
+            )
     return 0
 
 
