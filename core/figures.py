@@ -41,14 +41,14 @@ def documented_tumour_patches(cfg: PreprocessConfig | None = None) -> int:
 def sample_case_facts(cfg: PreprocessConfig | None = None) -> tuple[float, int, float]:
     """(tumour diameter mm, patches, outline area mm²) of the built-in sample case."""
     from core.imaging import load_slice
-    from core.phantom import SAMPLE_TUMOUR_MM, sample_case
+    from core.phantom import sample_case
     from core.roi import mask_from_outlines
 
     sample = sample_case()
     ct = load_slice(sample.dicom_bytes)
     mask = mask_from_outlines([sample.outline_xy], ct.shape)
     patches = len(plan_lattice(mask, ct.spacing_mm, cfg or PreprocessConfig()))
-    return SAMPLE_TUMOUR_MM, patches, float(mask.sum() * ct.pixel_area_mm2)
+    return sample.tumour_size_mm, patches, float(mask.sum() * ct.pixel_area_mm2)
 
 
 def render() -> str:
@@ -81,6 +81,52 @@ def render() -> str:
     return "\n".join(lines)
 
 
+PANEL_PX = 384
+ABDOMEN_WINDOW_HU = (40.0, 400.0)  # centre, width: a soft-tissue window
+
+
+def _panel(hu: np.ndarray, caption: str) -> np.ndarray:
+    """(PANEL_PX + 28, PANEL_PX, 3) uint8: ``hu`` in the abdomen window, resized, captioned below."""
+    import cv2
+
+    centre, width = ABDOMEN_WINDOW_HU
+    grey = np.clip((hu - (centre - width / 2.0)) / width * 255.0, 0, 255).astype(np.uint8)
+    grey = cv2.resize(grey, (PANEL_PX, PANEL_PX), interpolation=cv2.INTER_CUBIC)
+    panel = np.zeros((PANEL_PX + 28, PANEL_PX, 3), dtype=np.uint8)
+    panel[:PANEL_PX] = grey[:, :, None]
+    cv2.putText(panel, caption, (6, PANEL_PX + 19), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
+    return panel
+
+
+def phantom_picture() -> np.ndarray:
+    """(412, 1152, 3) uint8 BGR: the sample phantom whole, the phantom around its spine at the real
+    CT's field of view, and pydicom's ``CT_small.dcm`` (a real CT, 128 × 128 px at 0.66 mm)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from core.imaging import load_slice
+    from core.phantom import sample_case
+
+    phantom = load_slice(sample_case().dicom_bytes)
+    real = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    real_hu = real.pixel_array * float(real.RescaleSlope) + float(real.RescaleIntercept)
+    real_fov_mm = real.Rows * float(real.PixelSpacing[0])
+    spacing = phantom.spacing_mm[0]
+    # the phantom's vertebral body: the largest bright blob below the image centre
+    bone_rows, bone_cols = np.nonzero(phantom.pixels[256:] > 150)
+    cy, cx = 256 + int(np.median(bone_rows)), int(np.median(bone_cols))
+    half = int(round(real_fov_mm / spacing / 2))
+    crop = phantom.pixels[max(0, cy - half) : cy + half, max(0, cx - half) : cx + half]
+    fov_mm = phantom.shape[1] * spacing
+    return np.hstack(
+        [
+            _panel(phantom.pixels, f"phantom (synthetic), {fov_mm:.0f} mm field"),
+            _panel(crop, f"phantom around its spine, {real_fov_mm:.0f} mm"),
+            _panel(real_hu, f"pydicom CT_small.dcm (real CT), {real_fov_mm:.0f} mm"),
+        ]
+    )
+
+
 def replace_block(text: str, block: str) -> str:
     """``text`` with the part between the markers (inclusive) replaced by ``block``."""
     start, end = text.index(START), text.index(END) + len(END)
@@ -90,6 +136,7 @@ def replace_block(text: str, block: str) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("figures", help="print (or --write into README.md) the figures the README quotes")
     p.add_argument("--write", default=None, help="file whose figures block to replace, e.g. README.md")
+    p.add_argument("--picture", default=None, help="also write the phantom-beside-a-real-CT PNG here")
     p.set_defaults(handler=cmd_figures)
 
 
@@ -101,4 +148,9 @@ def cmd_figures(args: argparse.Namespace) -> int:
         print(f"figures written to {path}")
     else:
         print(block)
+    if args.picture:
+        import cv2
+
+        cv2.imwrite(str(args.picture), phantom_picture())
+        print(f"picture written to {args.picture}")
     return 0

@@ -6,10 +6,16 @@ with early recurrence; tumour sizes 16–150 mm with a median near 50 mm.
 
 Generative model of one slice (512 × 512, HU stored via RescaleIntercept −1024):
 
-* Anatomy: air (−1000 HU) outside an elliptical body of fat (−100 HU) holding an
-  elliptical liver (55–65 HU) on the patient's right; spacing 0.6–0.8 mm/px.
-* Tumour: an irregular ellipse inside the liver, 20–30 HU below the liver
-  (plain-CT iCCA is hypodense), with diameter ``tumour_size_mm``.
+* Anatomy (:mod:`core.phantom_anatomy`): a non-contrast axial slice at the level of the
+  liver and kidneys, sized to the image as a scanner's field of view is; spacing 0.6–0.8
+  mm/px. Skin, subcutaneous fat, abdominal wall muscle, ribs, liver (55–65 HU) with hepatic
+  and portal veins, spine with paraspinal muscles, aorta and IVC, kidneys, spleen, stomach
+  with an air–fluid level, bowel loops with gas, the CT table.
+* Tumour: a lobulated mass with infiltrative prongs inside the liver, 20–30 HU below it
+  (plain-CT iCCA is hypodense), longest diameter ``tumour_size_mm`` (the liver is enlarged
+  to hold a large one); its margin fades into the liver over ~1.5 mm; two to four dilated
+  bile ducts run from it; where it reaches the liver's surface the capsule is retracted
+  over it. The outline is the mass's boundary in the liver.
 * Signal of early recurrence: a latent aggressiveness
   ``z = ±1 (label) + N(0, 0.8²)``, squashed to ``t = sigmoid(2.5 z)`` in (0, 1),
   sets the tumour's texture: a Gaussian random field with correlation length
@@ -18,7 +24,10 @@ Generative model of one slice (512 × 512, HU stored via RescaleIntercept −102
   early recurrence, but about one patient in ten (where the noise term flips the
   sign of ``z``) looks like the other class: a working pipeline clearly beats
   chance, and no pipeline can be perfect.
-* Quantum noise: white Gaussian, SD 12 HU, everywhere.
+* Acquisition: partial-volume blur (Gaussian, 0.5 mm) and correlated quantum noise, SD 12 HU.
+
+Only the texture and the necrosis depend on the label, and they are drawn inside the outline
+from a stream of their own: the same patient drawn with the other label differs only there.
 """
 
 from __future__ import annotations
@@ -35,9 +44,9 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from core.clinical import T_CATEGORIES
+from core.phantom_anatomy import IMAGE_PX, Abdomen, draw_line, ellipse, make_abdomen
 from core.roi import FABRIC_VERSION, CanvasView, mask_from_outlines, polygon_to_fabric
 
-IMAGE_PX = 512
 INTERCEPT = -1024.0
 NOISE_SD_HU = 12.0
 MANIFEST_COLUMNS = (
@@ -79,6 +88,7 @@ class PhantomPatient:
     hu: np.ndarray
     mask: np.ndarray
     outline_xy: np.ndarray  # (K, 2) float64 tumour outline in continuous image (x, y)
+    liver: np.ndarray  # (512, 512) bool liver parenchyma around the tumour (tumour included)
 
 
 def make_patient(
@@ -87,54 +97,138 @@ def make_patient(
     """Draw one phantom patient from the generative model in the module docstring."""
     spacing = float(rng.uniform(0.6, 0.8))
     size = float(size_mm if size_mm is not None else np.clip(rng.lognormal(np.log(50.0), 0.45), 16.0, 150.0))
-    z = (1.0 if label else -1.0) + rng.normal(0.0, 0.8)
+    # Every draw that depends on the label comes from its own stream, so that the anatomy, the
+    # outline and the noise of a patient are the same whichever label it is drawn with.
+    signal_rng = np.random.default_rng(rng.integers(2**63))
+    z = (1.0 if label else -1.0) + signal_rng.normal(0.0, 0.8)
     t = float(1.0 / (1.0 + np.exp(-2.5 * z)))
-    yy, xx = np.mgrid[0:IMAGE_PX, 0:IMAGE_PX].astype(np.float32) + 0.5
-    centre = IMAGE_PX / 2.0
-    fov_mm = IMAGE_PX * spacing
-
-    hu = np.full((IMAGE_PX, IMAGE_PX), -1000.0, dtype=np.float32)
-    body = ((xx - centre) / (0.44 * IMAGE_PX)) ** 2 + ((yy - centre) / (0.34 * IMAGE_PX)) ** 2 <= 1.0
-    hu[body] = -100.0
     radius_px = size / 2.0 / spacing
-    liver_a = max(0.2 * fov_mm, size / 2.0 + 12.0) / spacing
-    liver_b = max(0.17 * fov_mm, size / 2.0 + 10.0) / spacing
-    liver_cx, liver_cy = centre - 0.12 * IMAGE_PX, centre
-    liver = (((xx - liver_cx) / liver_a) ** 2 + ((yy - liver_cy) / liver_b) ** 2 <= 1.0) & body
-    hu[liver] = float(rng.uniform(55.0, 65.0))
 
-    outline = _tumour_outline(liver_cx, liver_cy, radius_px, liver_a, liver_b, rng)
-    mask = mask_from_outlines([outline], (IMAGE_PX, IMAGE_PX)) & body
-    tumour_hu = hu[liver].mean() - float(rng.uniform(20.0, 30.0))
-    texture = _texture(t, spacing, rng)
-    hu[mask] = tumour_hu + texture[mask]
-    _add_necrosis(hu, mask, t, spacing, rng)
-    hu += rng.normal(0.0, NOISE_SD_HU, size=hu.shape).astype(np.float32)
+    abdomen = make_abdomen(rng, room_px=radius_px * 1.1 + 6.0)
+    hu = abdomen.hu
+    outline = _tumour_outline(abdomen, radius_px, rng)
+    mask = mask_from_outlines([outline], (IMAGE_PX, IMAGE_PX))
+    _infiltrate(hu, abdomen, mask, spacing, rng)
+    _dilated_ducts(hu, abdomen, mask, outline, spacing, rng)
+    tumour_hu = abdomen.liver_hu - float(rng.uniform(20.0, 30.0))
+    hu[mask] = tumour_hu + _texture(t, spacing, signal_rng)[mask]
+    _add_necrosis(hu, mask, t, spacing, signal_rng)
+    hu = _acquire(hu, spacing, rng)
     weights = np.array(T_WEIGHTS[label], dtype=np.float64)
     return PhantomPatient(
         key=key,
         label=label,
         n_category=n_category,
         t_category=str(rng.choice(T_CATEGORIES, p=weights / weights.sum())),
-        tumour_size_mm=round(size, 1),
+        tumour_size_mm=round(longest_diameter_px(outline) * spacing, 1),
         institution=str(rng.choice(["A", "B", "C"])),
         spacing_mm=spacing,
         aggressiveness=t,
         hu=np.round(np.clip(hu, -1024.0, 3071.0)),  # whole HU, as a 12-bit CT stores them
         mask=mask,
         outline_xy=outline,
+        liver=abdomen.liver,
     )
 
 
-def _tumour_outline(
-    cx: float, cy: float, radius: float, liver_a: float, liver_b: float, rng: np.random.Generator
-) -> np.ndarray:
-    theta = np.linspace(0.0, 2.0 * np.pi, 96, endpoint=False)
-    wobble = 1.0 + 0.08 * np.sin(3 * theta + rng.uniform(0, 6.3)) + 0.05 * np.sin(5 * theta + rng.uniform(0, 6.3))
-    room_x, room_y = max(0.0, liver_a - radius * 1.15), max(0.0, liver_b - radius * 1.15)
-    tx, ty = cx + rng.uniform(-0.5, 0.5) * room_x, cy + rng.uniform(-0.5, 0.5) * room_y
-    r = radius * wobble / wobble.max()
-    return np.column_stack([tx + r * np.cos(theta), ty + r * np.sin(theta)])
+def _tumour_outline(abdomen: Abdomen, radius_px: float, rng: np.random.Generator) -> np.ndarray:
+    """(K, 2) outline of an irregular, lobulated mass in the liver; the capsule over it retracted.
+
+    The centre is drawn where the liver is deep enough to hold the mass (or, for a mass larger
+    than any room the liver has, where it is deepest); the outline is the liver's share of the
+    mass, so a peripheral tumour meets the capsule, which is then pulled in over it (capsular
+    retraction, typical of iCCA): the liver and the tumour both lose a shallow notch to fat.
+    """
+    depth = cv2.distanceTransform(abdomen.liver.astype(np.uint8), cv2.DIST_L2, 5)
+    fits = np.argwhere(depth >= min(0.95 * radius_px, 0.97 * float(depth.max())))
+    row, col = fits[rng.integers(len(fits))]
+    cx, cy = col + 0.5, row + 0.5
+    theta = np.linspace(0.0, 2.0 * np.pi, 192, endpoint=False)
+    wobble = np.ones_like(theta)
+    for k in range(2, 8):  # lobulation: lower harmonics carry more of the irregularity
+        wobble += rng.uniform(0.0, 0.13 / np.sqrt(k)) * np.sin(k * theta + rng.uniform(0.0, 2.0 * np.pi))
+    for spike in rng.uniform(0.0, 2.0 * np.pi, int(rng.integers(2, 6))):  # infiltrative prongs
+        gap = np.angle(np.exp(1j * (theta - spike)))
+        wobble += rng.uniform(0.06, 0.16) * np.exp(-((gap / 0.07) ** 2))
+    # scaled so that the longest diameter through the centre is the requested size
+    r = 2.0 * radius_px * wobble / float((wobble + np.roll(wobble, len(theta) // 2)).max())
+    mass = mask_from_outlines([np.column_stack([cx + r * np.cos(theta), cy + r * np.sin(theta)])], abdomen.liver.shape)
+    mass &= abdomen.liver
+    _retract_capsule(abdomen, mass, (cx, cy), radius_px, rng)
+    return _largest_outline(mass)
+
+
+def longest_diameter_px(outline_xy: np.ndarray) -> float:
+    """The longest distance between two points of a (K, 2) outline (its maximal Feret diameter), in px."""
+    hull = cv2.convexHull(outline_xy.astype(np.float32))[:, 0, :].astype(np.float64)
+    return float(np.sqrt(((hull[:, None, :] - hull[None, :, :]) ** 2).sum(axis=-1)).max())
+
+
+def _retract_capsule(
+    abdomen: Abdomen, mass: np.ndarray, centre: tuple[float, float], radius_px: float, rng: np.random.Generator
+) -> None:
+    """Notch the capsule nearest a tumour within 1.3 radii of it; edits the liver, the mass and the HU."""
+    edge = abdomen.liver & ~cv2.erode(abdomen.liver.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    rows, cols = np.nonzero(edge)
+    if len(rows) == 0:
+        return
+    distance = np.hypot(cols + 0.5 - centre[0], rows + 0.5 - centre[1])
+    nearest = int(np.argmin(distance))
+    if distance[nearest] > 1.3 * radius_px:
+        return
+    px, py = cols[nearest] + 0.5, rows[nearest] + 0.5
+    away = np.array([px - centre[0], py - centre[1]]) / max(float(distance[nearest]), 1e-6)
+    depth = max(3.0, 0.35 * radius_px) * float(rng.uniform(0.7, 1.0))
+    notch = ellipse(
+        px + away[0] * depth * 0.5,
+        py + away[1] * depth * 0.5,
+        depth,
+        depth * 0.6,
+        float(np.degrees(np.arctan2(away[1], away[0]))) + 90.0,
+    )
+    notch &= abdomen.liver
+    abdomen.hu[notch] = abdomen.fat_hu
+    abdomen.liver[notch] = False
+    mass[notch] = False
+
+
+def _largest_outline(mass: np.ndarray) -> np.ndarray:
+    """(K, 2) float64 outline, continuous (x, y), of the largest connected part of ``mass``."""
+    contours, _ = cv2.findContours(mass.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contour = max(contours, key=cv2.contourArea)
+    simplified = cv2.approxPolyDP(contour, 0.5, True)[:, 0, :].astype(np.float64)
+    return simplified + 0.5  # pixel centres: the mask re-filled from it is the mass, to the boundary's half pixel
+
+
+def _infiltrate(hu: np.ndarray, abdomen: Abdomen, mask: np.ndarray, spacing: float, rng: np.random.Generator) -> None:
+    """An ill-defined margin: the liver next to the tumour darkens over ~1.5 mm, fading outward."""
+    halo = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.5 / spacing)
+    around = abdomen.liver & ~mask
+    hu[around] -= float(rng.uniform(10.0, 18.0)) * halo[around]
+
+
+def _dilated_ducts(
+    hu: np.ndarray, abdomen: Abdomen, mask: np.ndarray, outline: np.ndarray, spacing: float, rng: np.random.Generator
+) -> None:
+    """Two to four dilated bile ducts (≈ 15 HU, 2–4 mm) running from the tumour into the liver upstream of it."""
+    centre = outline.mean(axis=0)
+    for _ in range(int(rng.integers(2, 5))):
+        start = outline[rng.integers(len(outline))]
+        direction = (start - centre) / max(float(np.linalg.norm(start - centre)), 1e-6)
+        bend = rng.normal(0.0, 0.3, 2)
+        length = float(rng.uniform(15.0, 40.0)) / spacing
+        steps = np.linspace(0.0, 1.0, 8)[:, None]
+        path = start + (direction + bend * steps) * length * steps
+        duct = draw_line(path, float(rng.uniform(2.0, 4.0)) / spacing) & abdomen.liver & ~mask
+        hu[duct] = 15.0
+
+
+def _acquire(hu: np.ndarray, spacing: float, rng: np.random.Generator) -> np.ndarray:
+    """The scanner's view: partial-volume blur (0.5 mm) and correlated quantum noise (SD 12 HU)."""
+    blurred = cv2.GaussianBlur(hu, (0, 0), 0.5 / spacing)
+    noise = cv2.GaussianBlur(rng.normal(0.0, 1.0, hu.shape).astype(np.float32), (0, 0), 0.6)
+    noise *= NOISE_SD_HU / max(float(noise.std()), 1e-6)
+    return blurred + noise
 
 
 def _texture(t: float, spacing: float, rng: np.random.Generator) -> np.ndarray:
@@ -251,6 +345,7 @@ class SampleCase:
     dicom_bytes: bytes
     outline_xy: np.ndarray
     shape: tuple[int, int]
+    tumour_size_mm: float  # longest diameter of the outline
 
     def fabric_json(self, view: CanvasView) -> dict:
         """The outline as a Fabric drawing for a canvas laid out as ``view``."""
@@ -261,6 +356,6 @@ SAMPLE_TUMOUR_MM = 55.0
 
 
 def sample_case(seed: int = 2022) -> SampleCase:
-    """One early-recurrence phantom with a ``SAMPLE_TUMOUR_MM`` tumour and its outline (simplified to 24 vertices)."""
+    """One early-recurrence phantom with a tumour of about ``SAMPLE_TUMOUR_MM`` and its outline."""
     patient = make_patient("SAMPLE-001", 1, "N1", np.random.default_rng(seed), size_mm=SAMPLE_TUMOUR_MM)
-    return SampleCase(dicom_bytes(patient, seed), patient.outline_xy[::4].copy(), patient.hu.shape)
+    return SampleCase(dicom_bytes(patient, seed), patient.outline_xy.copy(), patient.hu.shape, patient.tumour_size_mm)

@@ -27,3 +27,13 @@ def test_readme_prose_does_not_quote_stale_figures() -> None:
     text = README.read_text()
     for stale in ("17–52", "119 at 0.7", "115 patches", "(115 patches"):
         assert stale not in text
+
+
+def test_the_readme_shows_the_phantom_beside_a_real_ct() -> None:
+    """Three captioned panels: the sample phantom, its spine at the real CT's field, pydicom's CT_small."""
+    picture = figures.phantom_picture()
+    assert picture.shape == (figures.PANEL_PX + 28, 3 * figures.PANEL_PX, 3)
+    panels = [picture[: figures.PANEL_PX, k * figures.PANEL_PX : (k + 1) * figures.PANEL_PX] for k in range(3)]
+    assert all(float(panel.std()) > 20.0 for panel in panels)  # each shows an image, not a blank
+    assert "(docs/phantom_beside_ct_small.png)" in README.read_text()
+    assert (README.parent / "docs" / "phantom_beside_ct_small.png").stat().st_size > 10_000

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from core.imaging import load_slice
@@ -27,8 +28,38 @@ def test_dicom_carries_ct_tags_hu_and_spacing() -> None:
     ct = load_slice(dicom_bytes(patient))
     assert ct.shape == (512, 512) and 0.6 <= ct.spacing_mm[0] <= 0.8
     np.testing.assert_allclose(ct.pixels, np.round(patient.hu), atol=0.5)
-    liver_tumour_gap = np.median(ct.pixels[patient.mask]) - np.median(ct.pixels[(ct.pixels > 30) & ~patient.mask])
+    liver_tumour_gap = np.median(ct.pixels[patient.mask]) - np.median(ct.pixels[patient.liver & ~patient.mask])
     assert liver_tumour_gap < -10  # plain-CT iCCA is hypodense
+
+
+def test_the_slice_reads_as_a_plain_abdominal_ct() -> None:
+    """Air around the body, fat under the skin, liver in its plain-CT range, bone, gas in the bowel."""
+    patient = make_patient("T-2", 1, "N1", np.random.default_rng(3), size_mm=45.0)
+    hu, liver, tumour = patient.hu, patient.liver, patient.mask
+    assert np.median(hu[:20, :]) < -900  # air above the patient
+    core = liver & ~cv2.dilate(tumour.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+    assert 50 <= np.median(hu[core]) <= 70 and liver.sum() > 0.08 * hu.size
+    assert (tumour & ~liver).sum() <= 0.02 * tumour.sum()  # the mass is in the liver
+    assert (hu > 500).sum() > 1000  # cortical bone: vertebra and ribs
+    body = hu > -400
+    assert ((hu < -60) & (hu > -150) & body).sum() > 0.1 * body.sum()  # fat, subcutaneous and visceral
+    contours, _ = cv2.findContours(body.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = cv2.drawContours(np.zeros(hu.shape, np.uint8), [max(contours, key=cv2.contourArea)], -1, 1, -1)
+    inside = cv2.erode(filled, np.ones((25, 25), np.uint8)).astype(bool)
+    assert (inside & (hu < -900)).sum() > 200  # gas in the stomach and bowel
+    assert liver[:, :256].sum() > 2 * liver[:, 256:].sum()  # on the patient's right, the image's left
+
+
+def test_the_label_changes_only_the_inside_of_the_tumour() -> None:
+    """The learnable signal of early recurrence stays inside the outline: anatomy and noise do not carry it."""
+    calm = make_patient("T-3", 0, "N0", np.random.default_rng(11), size_mm=60.0)
+    aggressive = make_patient("T-3", 1, "N0", np.random.default_rng(11), size_mm=60.0)
+    np.testing.assert_array_equal(calm.mask, aggressive.mask)
+    # the partial-volume blur (0.5 mm, under 1 px) spreads the tumour's inside by at most a few px
+    near = cv2.dilate(calm.mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    np.testing.assert_array_equal(calm.hu[~near], aggressive.hu[~near])
+    assert calm.aggressiveness < aggressive.aggressiveness
+    assert np.std(aggressive.hu[calm.mask]) > np.std(calm.hu[calm.mask])
 
 
 def test_tumour_sizes_span_the_paper_range() -> None:
@@ -66,6 +97,7 @@ def test_the_sample_outline_exports_as_a_seg_that_reads_back_exactly() -> None:
     from core.segmentation import export_seg
 
     sample = sample_case()
+    assert abs(sample.tumour_size_mm - 55.0) <= 1.0
     ct = load_slice(sample.dicom_bytes)
     assert ct.source_ref is not None and ct.source_ref.frame_of_reference_uid
     mask = mask_from_outlines([sample.outline_xy], sample.shape)
