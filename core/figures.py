@@ -85,42 +85,56 @@ PANEL_PX = 384
 ABDOMEN_WINDOW_HU = (40.0, 400.0)  # centre, width: a soft-tissue window
 
 
-def _panel(hu: np.ndarray, caption: str) -> np.ndarray:
-    """(PANEL_PX + 28, PANEL_PX, 3) uint8: ``hu`` in the abdomen window, resized, captioned below."""
+def _panel(hu: np.ndarray, caption: str, outline_xy: np.ndarray | None = None) -> np.ndarray:
+    """(PANEL_PX + 28, PANEL_PX, 3) uint8 BGR: ``hu`` in the soft-tissue window, resized, captioned below;
+    ``outline_xy`` ((K, 2) px of ``hu``) drawn in green."""
     import cv2
 
     centre, width = ABDOMEN_WINDOW_HU
     grey = np.clip((hu - (centre - width / 2.0)) / width * 255.0, 0, 255).astype(np.uint8)
-    grey = cv2.resize(grey, (PANEL_PX, PANEL_PX), interpolation=cv2.INTER_CUBIC)
+    scale = PANEL_PX / hu.shape[1]
+    image = cv2.cvtColor(cv2.resize(grey, (PANEL_PX, PANEL_PX), interpolation=cv2.INTER_CUBIC), cv2.COLOR_GRAY2BGR)
+    if outline_xy is not None:
+        cv2.polylines(image, [np.round(outline_xy * scale).astype(np.int32)], True, (0, 220, 0), 1, cv2.LINE_AA)
     panel = np.zeros((PANEL_PX + 28, PANEL_PX, 3), dtype=np.uint8)
-    panel[:PANEL_PX] = grey[:, :, None]
+    panel[:PANEL_PX] = image
     cv2.putText(panel, caption, (6, PANEL_PX + 19), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
     return panel
 
 
+def _vertebral_body_centre(hu: np.ndarray) -> tuple[int, int]:
+    """(row, col) of the largest connected region above 150 HU: the vertebra (ribs and table are smaller)."""
+    import cv2
+
+    _count, _, stats, centroids = cv2.connectedComponentsWithStats((hu > 150).astype(np.uint8))
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    col, row = centroids[largest]
+    return round(row), round(col)
+
+
 def phantom_picture() -> np.ndarray:
-    """(412, 1152, 3) uint8 BGR: the sample phantom whole, the phantom around its spine at the real
-    CT's field of view, and pydicom's ``CT_small.dcm`` (a real CT, 128 × 128 px at 0.66 mm)."""
+    """(412, 1152, 3) uint8 BGR: the sample phantom whole (its outline in green), the phantom around
+    its spine at the real CT's field of view, and pydicom's ``CT_small.dcm`` (a real CT, 128 × 128 px
+    at 0.66 mm), all in a 40/400 HU window."""
     import pydicom
     from pydicom.data import get_testdata_file
 
     from core.imaging import load_slice
     from core.phantom import sample_case
 
-    phantom = load_slice(sample_case().dicom_bytes)
+    sample = sample_case()
+    phantom = load_slice(sample.dicom_bytes)
     real = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     real_hu = real.pixel_array * float(real.RescaleSlope) + float(real.RescaleIntercept)
     real_fov_mm = real.Rows * float(real.PixelSpacing[0])
     spacing = phantom.spacing_mm[0]
-    # the phantom's vertebral body: the largest bright blob below the image centre
-    bone_rows, bone_cols = np.nonzero(phantom.pixels[256:] > 150)
-    cy, cx = 256 + int(np.median(bone_rows)), int(np.median(bone_cols))
-    half = int(round(real_fov_mm / spacing / 2))
+    cy, cx = _vertebral_body_centre(phantom.pixels)
+    half = round(real_fov_mm / spacing / 2)
     crop = phantom.pixels[max(0, cy - half) : cy + half, max(0, cx - half) : cx + half]
     fov_mm = phantom.shape[1] * spacing
     return np.hstack(
         [
-            _panel(phantom.pixels, f"phantom (synthetic), {fov_mm:.0f} mm field"),
+            _panel(phantom.pixels, f"phantom (synthetic), {fov_mm:.0f} mm field", sample.outline_xy),
             _panel(crop, f"phantom around its spine, {real_fov_mm:.0f} mm"),
             _panel(real_hu, f"pydicom CT_small.dcm (real CT), {real_fov_mm:.0f} mm"),
         ]

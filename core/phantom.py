@@ -69,12 +69,18 @@ T_WEIGHTS = {0: (2, 2, 14, 2, 1), 1: (4, 1, 10, 3, 2)}
 
 @dataclass(frozen=True)
 class PhantomPatient:
-    """One synthetic patient's slice, mask and clinical fields.
+    """One synthetic patient's slice, tumour and clinical fields.
 
     Attributes:
-        hu: (512, 512) float32 Hounsfield units.
-        mask: (512, 512) bool tumour.
+        hu: (512, 512) float32 Hounsfield units, whole numbers in [-1024, 3071].
+        mask: (512, 512) bool tumour: exactly the pixels ``outline_xy`` encloses.
+        outline_xy: (K, 2) float64 tumour outline in continuous image (x, y) px.
+        liver: (512, 512) bool liver parenchyma, tumour included.
         spacing_mm: isotropic in-plane pixel size (mm).
+        tumour_size_mm: longest diameter of the tumour (mm), measured on its pixels' edges.
+        aggressiveness: the latent ``t`` in (0, 1) that sets the texture (module docstring).
+        landmarks: (x, y) px of the spine, aorta, IVC, liver hilum and stomach
+            (:class:`core.phantom_anatomy.Abdomen`).
     """
 
     key: str
@@ -87,27 +93,38 @@ class PhantomPatient:
     aggressiveness: float
     hu: np.ndarray
     mask: np.ndarray
-    outline_xy: np.ndarray  # (K, 2) float64 tumour outline in continuous image (x, y)
-    liver: np.ndarray  # (512, 512) bool liver parenchyma around the tumour (tumour included)
+    outline_xy: np.ndarray
+    liver: np.ndarray
+    landmarks: dict[str, tuple[float, float]]
+
+
+MIN_SIZE_MM, MAX_SIZE_MM = 16.0, 150.0  # Table 1's range of tumour sizes
 
 
 def make_patient(
     key: str, label: int, n_category: str, rng: np.random.Generator, size_mm: float | None = None
 ) -> PhantomPatient:
-    """Draw one phantom patient from the generative model in the module docstring."""
-    spacing = float(rng.uniform(0.6, 0.8))
-    size = float(size_mm if size_mm is not None else np.clip(rng.lognormal(np.log(50.0), 0.45), 16.0, 150.0))
+    """Draw one phantom patient from the generative model in the module docstring.
+
+    ``size_mm`` is the tumour's longest diameter (mm), drawn from Table 1's range when ``None``;
+    the recorded ``tumour_size_mm`` is measured on the mask and lies within 1 mm of it unless
+    the liver cannot hold the tumour (then it is cut by the liver's edge and measured smaller).
+    """
+    size = float(
+        size_mm if size_mm is not None else np.clip(rng.lognormal(np.log(50.0), 0.45), MIN_SIZE_MM, MAX_SIZE_MM)
+    )
+    # a scanner's field of view fits the patient; a large liver tumour needs a larger abdomen
+    spacing = max(float(rng.uniform(0.6, 0.8)), min(0.8, size / 190.0))
     # Every draw that depends on the label comes from its own stream, so that the anatomy, the
     # outline and the noise of a patient are the same whichever label it is drawn with.
     signal_rng = np.random.default_rng(rng.integers(2**63))
     z = (1.0 if label else -1.0) + signal_rng.normal(0.0, 0.8)
     t = float(1.0 / (1.0 + np.exp(-2.5 * z)))
-    radius_px = size / 2.0 / spacing
 
-    abdomen = make_abdomen(rng, room_px=radius_px * 1.1 + 6.0)
+    # the liver must hold most of the tumour; a peripheral one may meet its capsule (and be cut by it)
+    abdomen = make_abdomen(rng, room_px=0.75 * size / 2.0 / spacing)
+    mask, outline = _place_tumour(abdomen, size / spacing, rng)
     hu = abdomen.hu
-    outline = _tumour_outline(abdomen, radius_px, rng)
-    mask = mask_from_outlines([outline], (IMAGE_PX, IMAGE_PX))
     _infiltrate(hu, abdomen, mask, spacing, rng)
     _dilated_ducts(hu, abdomen, mask, outline, spacing, rng)
     tumour_hu = abdomen.liver_hu - float(rng.uniform(20.0, 30.0))
@@ -120,7 +137,7 @@ def make_patient(
         label=label,
         n_category=n_category,
         t_category=str(rng.choice(T_CATEGORIES, p=weights / weights.sum())),
-        tumour_size_mm=round(longest_diameter_px(outline) * spacing, 1),
+        tumour_size_mm=round(longest_diameter_px(mask) * spacing, 1),
         institution=str(rng.choice(["A", "B", "C"])),
         spacing_mm=spacing,
         aggressiveness=t,
@@ -128,103 +145,161 @@ def make_patient(
         mask=mask,
         outline_xy=outline,
         liver=abdomen.liver,
+        landmarks=abdomen.landmarks,
     )
 
 
-def _tumour_outline(abdomen: Abdomen, radius_px: float, rng: np.random.Generator) -> np.ndarray:
-    """(K, 2) outline of an irregular, lobulated mass in the liver; the capsule over it retracted.
+def _place_tumour(abdomen: Abdomen, size_px: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """((512, 512) bool mask, (K, 2) float64 outline in px) of a mass of longest diameter ``size_px`` in the liver.
 
-    The centre is drawn where the liver is deep enough to hold the mass (or, for a mass larger
-    than any room the liver has, where it is deepest); the outline is the liver's share of the
-    mass, so a peripheral tumour meets the capsule, which is then pulled in over it (capsular
-    retraction, typical of iCCA): the liver and the tumour both lose a shallow notch to fat.
+    Where a first draw of the mass reaches the liver's surface the capsule is retracted over it
+    (:func:`_retract_capsule`); the mass is then redrawn, in the retracted liver, at the scale
+    that makes its longest diameter the size asked for (rasterising loses up to a pixel, which
+    matters at 16 mm, and the notch and the liver's edge cut some).
     """
+    if not abdomen.liver.any():
+        raise ValueError("the phantom's liver is empty: no room for a tumour")
     depth = cv2.distanceTransform(abdomen.liver.astype(np.uint8), cv2.DIST_L2, 5)
-    fits = np.argwhere(depth >= min(0.95 * radius_px, 0.97 * float(depth.max())))
-    row, col = fits[rng.integers(len(fits))]
-    cx, cy = col + 0.5, row + 0.5
+    radius = size_px / 2.0
+    fits = np.argwhere(depth >= min(radius, 0.97 * float(depth.max())))
+    # two tumours in three reach the capsule, as peripheral iCCA often does: centred a little
+    # less than a radius from the surface, the liver's edge cuts them there
+    touching = np.argwhere((depth >= 0.75 * radius) & (depth <= 0.92 * radius))
+    pool = touching if len(touching) and rng.random() < 0.67 else fits
+    row, col = pool[rng.integers(len(pool))]
+    centre = (col + 0.5, row + 0.5)
+    profile = _lobulated_profile(rng)
+    mass = _mass(abdomen, centre, radius, profile)
+    _retract_capsule(abdomen, mass, centre, radius, rng)
+    measured = longest_diameter_px(mass)
+    if measured > 0:
+        mass = _mass(abdomen, centre, radius * size_px / measured, profile)
+    return _traced(mass)
+
+
+def _lobulated_profile(rng: np.random.Generator) -> np.ndarray:
+    """(192,) float64 radial profile, max 1: lobulation (harmonics 2–7) and two to five infiltrative prongs."""
     theta = np.linspace(0.0, 2.0 * np.pi, 192, endpoint=False)
     wobble = np.ones_like(theta)
-    for k in range(2, 8):  # lobulation: lower harmonics carry more of the irregularity
+    for k in range(2, 8):  # lower harmonics carry more of the irregularity
         wobble += rng.uniform(0.0, 0.13 / np.sqrt(k)) * np.sin(k * theta + rng.uniform(0.0, 2.0 * np.pi))
-    for spike in rng.uniform(0.0, 2.0 * np.pi, int(rng.integers(2, 6))):  # infiltrative prongs
+    for spike in rng.uniform(0.0, 2.0 * np.pi, int(rng.integers(2, 6))):
         gap = np.angle(np.exp(1j * (theta - spike)))
         wobble += rng.uniform(0.06, 0.16) * np.exp(-((gap / 0.07) ** 2))
-    # scaled so that the longest diameter through the centre is the requested size
-    r = 2.0 * radius_px * wobble / float((wobble + np.roll(wobble, len(theta) // 2)).max())
-    mass = mask_from_outlines([np.column_stack([cx + r * np.cos(theta), cy + r * np.sin(theta)])], abdomen.liver.shape)
-    mass &= abdomen.liver
-    _retract_capsule(abdomen, mass, (cx, cy), radius_px, rng)
-    return _largest_outline(mass)
+    # scaled so that the longest diameter through the centre is 2
+    return 2.0 * wobble / float((wobble + np.roll(wobble, len(theta) // 2)).max())
 
 
-def longest_diameter_px(outline_xy: np.ndarray) -> float:
-    """The longest distance between two points of a (K, 2) outline (its maximal Feret diameter), in px."""
-    hull = cv2.convexHull(outline_xy.astype(np.float32))[:, 0, :].astype(np.float64)
+def _mass(abdomen: Abdomen, centre: tuple[float, float], radius: float, profile: np.ndarray) -> np.ndarray:
+    """(512, 512) bool: the profile at ``radius`` px around ``centre``, the part inside the liver."""
+    theta = np.linspace(0.0, 2.0 * np.pi, len(profile), endpoint=False)
+    r = radius * profile
+    polygon = np.column_stack([centre[0] + r * np.cos(theta), centre[1] + r * np.sin(theta)])
+    return _largest_part(mask_from_outlines([polygon], abdomen.liver.shape) & abdomen.liver)
+
+
+def _largest_part(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected component of ``mask`` (an empty mask stays empty)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    if count <= 1:
+        return mask.copy()
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def longest_diameter_px(mask: np.ndarray) -> float:
+    """The longest distance (px) across ``mask``'s pixels, edge to edge (its maximal Feret diameter)."""
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        return 0.0
+    corners = np.concatenate([np.column_stack([cols + dx, rows + dy]) for dx in (0, 1) for dy in (0, 1)])
+    hull = cv2.convexHull(corners.astype(np.float32))[:, 0, :].astype(np.float64)
     return float(np.sqrt(((hull[:, None, :] - hull[None, :, :]) ** 2).sum(axis=-1)).max())
 
 
 def _retract_capsule(
-    abdomen: Abdomen, mass: np.ndarray, centre: tuple[float, float], radius_px: float, rng: np.random.Generator
+    abdomen: Abdomen, mass: np.ndarray, centre: tuple[float, float], radius: float, rng: np.random.Generator
 ) -> None:
-    """Notch the capsule nearest a tumour within 1.3 radii of it; edits the liver, the mass and the HU."""
-    edge = abdomen.liver & ~cv2.erode(abdomen.liver.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    rows, cols = np.nonzero(edge)
-    if len(rows) == 0:
+    """Pull the capsule in where the mass reaches the liver's surface (capsular retraction).
+
+    A notch of fat, about 0.3 radii deep, is cut into the liver and the mass at the middle of
+    their contact with the surface; a notch that would split the mass is made shallower, and
+    none is made if it still would. Edits ``abdomen.hu``, ``abdomen.liver`` and ``mass`` in place.
+    """
+    surface = abdomen.liver & ~cv2.erode(abdomen.liver.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    rows, cols = np.nonzero(mass & surface)
+    if len(rows) < 3:
         return
-    distance = np.hypot(cols + 0.5 - centre[0], rows + 0.5 - centre[1])
-    nearest = int(np.argmin(distance))
-    if distance[nearest] > 1.3 * radius_px:
-        return
-    px, py = cols[nearest] + 0.5, rows[nearest] + 0.5
-    away = np.array([px - centre[0], py - centre[1]]) / max(float(distance[nearest]), 1e-6)
-    depth = max(3.0, 0.35 * radius_px) * float(rng.uniform(0.7, 1.0))
-    notch = ellipse(
-        px + away[0] * depth * 0.5,
-        py + away[1] * depth * 0.5,
-        depth,
-        depth * 0.6,
-        float(np.degrees(np.arctan2(away[1], away[0]))) + 90.0,
-    )
-    notch &= abdomen.liver
-    abdomen.hu[notch] = abdomen.fat_hu
-    abdomen.liver[notch] = False
-    mass[notch] = False
+    middle = int(np.argmin(np.hypot(cols - cols.mean(), rows - rows.mean())))
+    px, py = cols[middle] + 0.5, rows[middle] + 0.5
+    outward = np.array([px - centre[0], py - centre[1]])
+    outward /= max(float(np.linalg.norm(outward)), 1e-6)
+    angle = float(np.degrees(np.arctan2(outward[1], outward[0])))
+    for depth in np.array([0.3, 0.2, 0.12]) * radius * float(rng.uniform(0.8, 1.0)):
+        if depth < 2.0:
+            return
+        # an ellipse reaching ``depth`` inside the surface point (1.5 depth deep from its centre
+        # half a depth outside it), wider along the surface than deep
+        notch = ellipse(px + outward[0] * 0.5 * depth, py + outward[1] * 0.5 * depth, 1.5 * depth, 2.0 * depth, angle)
+        kept = mass & ~notch
+        if cv2.connectedComponents(kept.astype(np.uint8), connectivity=4)[0] == 2:  # background + one piece
+            cut = notch & abdomen.liver
+            abdomen.hu[cut] = abdomen.fat_hu
+            abdomen.liver[cut] = False
+            mass[notch] = False
+            return
 
 
-def _largest_outline(mass: np.ndarray) -> np.ndarray:
-    """(K, 2) float64 outline, continuous (x, y), of the largest connected part of ``mass``."""
-    contours, _ = cv2.findContours(mass.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+def _traced(mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((512, 512) bool mask, (K, 2) float64 outline): the mass's boundary and what it encloses.
+
+    The boundary is traced on a ×2 grid, a quarter pixel inside the mass's outer pixel edges,
+    so every pixel centre of the mass is inside and every other one outside; the mask returned
+    is the outline filled again (:func:`core.roi.mask_from_outlines`), the one definition of the
+    tumour every later step uses.
+    """
+    fine = cv2.resize(mass.astype(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(fine, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     contour = max(contours, key=cv2.contourArea)
     simplified = cv2.approxPolyDP(contour, 0.5, True)[:, 0, :].astype(np.float64)
-    return simplified + 0.5  # pixel centres: the mask re-filled from it is the mass, to the boundary's half pixel
+    outline = (simplified + 0.5) / 2.0  # a fine pixel's centre, in coarse pixel units
+    return _largest_part(mask_from_outlines([outline], mass.shape)), outline
 
 
 def _infiltrate(hu: np.ndarray, abdomen: Abdomen, mask: np.ndarray, spacing: float, rng: np.random.Generator) -> None:
-    """An ill-defined margin: the liver next to the tumour darkens over ~1.5 mm, fading outward."""
+    """An ill-defined margin: the liver beside the tumour darkens by 15–25 HU at the edge, fading over ~1.5 mm."""
     halo = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.5 / spacing)
     around = abdomen.liver & ~mask
-    hu[around] -= float(rng.uniform(10.0, 18.0)) * halo[around]
+    hu[around] -= float(rng.uniform(30.0, 50.0)) * halo[around]  # the halo is ~0.5 at the edge
 
 
 def _dilated_ducts(
     hu: np.ndarray, abdomen: Abdomen, mask: np.ndarray, outline: np.ndarray, spacing: float, rng: np.random.Generator
 ) -> None:
-    """Two to four dilated bile ducts (≈ 15 HU, 2–4 mm) running from the tumour into the liver upstream of it."""
+    """Two to four dilated bile ducts (15 HU, 2–4 mm wide, 15–40 mm long) upstream of the tumour.
+
+    Bile flows toward the hilum, so a mass obstructs the ducts on its far side: each duct
+    starts on the half of the outline facing away from the hilum and runs outward.
+    """
     centre = outline.mean(axis=0)
+    away = centre - np.array(abdomen.landmarks["hilum"])
+    away /= max(float(np.linalg.norm(away)), 1e-6)
+    directions = outline - centre
+    directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-6)
+    far_side = np.nonzero(directions @ away > 0.2)[0]
+    if len(far_side) == 0:
+        return
     for _ in range(int(rng.integers(2, 5))):
-        start = outline[rng.integers(len(outline))]
-        direction = (start - centre) / max(float(np.linalg.norm(start - centre)), 1e-6)
+        i = far_side[rng.integers(len(far_side))]
         bend = rng.normal(0.0, 0.3, 2)
         length = float(rng.uniform(15.0, 40.0)) / spacing
         steps = np.linspace(0.0, 1.0, 8)[:, None]
-        path = start + (direction + bend * steps) * length * steps
+        path = outline[i] + (directions[i] + bend * steps) * length * steps
         duct = draw_line(path, float(rng.uniform(2.0, 4.0)) / spacing) & abdomen.liver & ~mask
         hu[duct] = 15.0
 
 
 def _acquire(hu: np.ndarray, spacing: float, rng: np.random.Generator) -> np.ndarray:
-    """The scanner's view: partial-volume blur (0.5 mm) and correlated quantum noise (SD 12 HU)."""
+    """(512, 512) float32: the scanner's view, partial-volume blur (0.5 mm) and correlated quantum noise (SD 12 HU)."""
     blurred = cv2.GaussianBlur(hu, (0, 0), 0.5 / spacing)
     noise = cv2.GaussianBlur(rng.normal(0.0, 1.0, hu.shape).astype(np.float32), (0, 0), 0.6)
     noise *= NOISE_SD_HU / max(float(noise.std()), 1e-6)
@@ -241,6 +316,8 @@ def _texture(t: float, spacing: float, rng: np.random.Generator) -> np.ndarray:
 
 def _add_necrosis(hu: np.ndarray, mask: np.ndarray, t: float, spacing: float, rng: np.random.Generator) -> None:
     rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        return
     for _ in range(round(8 * t)):
         i = rng.integers(len(rows))
         radius = rng.uniform(2.0, 5.0) / spacing

@@ -37,7 +37,7 @@ IMAGE_PX = 512
 AIR_HU = -1000.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class Abdomen:
     """One slice's anatomy without the tumour.
 
@@ -45,8 +45,12 @@ class Abdomen:
         hu: (512, 512) float32 Hounsfield units, noise-free and unblurred.
         liver: (512, 512) bool liver parenchyma (vessels included), where a tumour may grow.
         cavity: (512, 512) bool inside the abdominal wall, where the liver's capsule may retract.
-        liver_hu: the parenchyma's mean HU.
+        liver_hu: the parenchyma's nominal HU (its median is 1–3 HU lower, veins included).
         fat_hu: the visceral fat's HU.
+        landmarks: (x, y) px of the vertebral body's centre ("spine"), the aorta, the IVC, the
+            liver hilum and the stomach-and-spleen's centroid.
+
+    The arrays are the tumour's canvas: :mod:`core.phantom` edits ``hu`` and ``liver`` in place.
     """
 
     hu: np.ndarray
@@ -54,16 +58,23 @@ class Abdomen:
     cavity: np.ndarray
     liver_hu: float
     fat_hu: float
+    landmarks: dict[str, tuple[float, float]]
 
 
 def ellipse(cx: float, cy: float, a: float, b: float, angle_deg: float = 0.0) -> np.ndarray:
-    """(512, 512) bool filled ellipse; centre and semi-axes in px, sub-pixel exact to 1/16 px."""
+    """(512, 512) bool filled ellipse; centre and semi-axes in px, placed to 1/16 px (OpenCV's polygon).
+
+    Raises:
+        ValueError: a semi-axis that is not positive.
+    """
+    if a <= 0 or b <= 0:
+        raise ValueError(f"ellipse semi-axes must be positive, got {a:g} and {b:g} px")
     canvas = np.zeros((IMAGE_PX, IMAGE_PX), dtype=np.uint8)
     scale = 16  # cv2 draws at 4 fractional bits with shift=4
     cv2.ellipse(
         canvas,
         (round(cx * scale), round(cy * scale)),
-        (max(1, round(a * scale)), max(1, round(b * scale))),
+        (max(1, round(a * scale)), max(1, round(b * scale))),  # ≥ 1/16 px
         angle_deg,
         0,
         360,
@@ -102,7 +113,11 @@ def _jitter(rng: np.random.Generator, spread: float) -> float:
 
 
 def make_abdomen(rng: np.random.Generator, room_px: float = 0.0) -> Abdomen:
-    """Draw one abdomen; the liver is enlarged until a disc of radius ``room_px`` fits in it where possible."""
+    """Draw one abdomen whose liver holds a disc of radius ``room_px`` (px) where the cavity allows.
+
+    The liver is enlarged for a large tumour and then displaces the right kidney, the stomach and
+    the spleen (drawn first, painted over where it needs their room), never the spine, aorta or IVC.
+    """
     c = IMAGE_PX / 2.0
     yy, xx = np.mgrid[0:IMAGE_PX, 0:IMAGE_PX].astype(np.float32) + 0.5
     hu = np.full((IMAGE_PX, IMAGE_PX), AIR_HU, dtype=np.float32)
@@ -113,15 +128,44 @@ def make_abdomen(rng: np.random.Generator, room_px: float = 0.0) -> Abdomen:
     vessels = _great_vessels(hu, c, spine["body_top"], rng)
     kidneys = _kidneys(hu, c, spine["body_cy"], cavity, rng)
     stomach = _stomach_and_spleen(hu, c, cavity, rng)
-    _bowel(hu, c, cavity & ~dilate(stomach | kidneys | vessels["aorta"] | vessels["ivc"] | spine["all"], 3), rng)
     liver_hu = float(rng.uniform(55.0, 65.0))
-    keep_out = dilate(kidneys | vessels["aorta"] | spine["all"] | stomach, 3)
-    liver = _liver_shape(c, by, room_px, rng) & cavity & ~keep_out
+    shape = _liver_shape(c, by, room_px, rng) & cavity & ~dilate(spine["all"] | vessels["aorta"] | vessels["ivc"], 3)
+    liver = shape & ~dilate(kidneys | stomach, 3)
+    if max_depth_px(liver) < room_px:  # a large tumour's liver pushes the movable organs aside
+        liver = shape
     hu[liver] = liver_hu + 2.5 * smooth_field(rng, 25.0)[liver]  # gentle parenchymal inhomogeneity
-    _liver_veins(hu, liver, vessels["ivc_xy"], liver_hu, rng)
-    hu[vessels["ivc"]] = vessels["blood_hu"]
+    hilum = (vessels["ivc_xy"][0] - 40.0, vessels["ivc_xy"][1] - 30.0)
+    _liver_veins(hu, liver, vessels["ivc_xy"], hilum, liver_hu, rng)
+    taken = liver | stomach | kidneys | vessels["aorta"] | vessels["ivc"] | spine["all"]
+    _bowel(hu, c, cavity & ~dilate(taken, 3), rng)
     _table(hu, body, rng)
-    return Abdomen(hu=hu, liver=liver, cavity=cavity, liver_hu=liver_hu, fat_hu=fat_hu)
+    return Abdomen(
+        hu=hu,
+        liver=liver,
+        cavity=cavity,
+        liver_hu=liver_hu,
+        fat_hu=fat_hu,
+        landmarks={
+            "spine": (c, spine["body_cy"]),
+            "aorta": vessels["aorta_xy"],
+            "ivc": vessels["ivc_xy"],
+            "hilum": hilum,
+            "stomach": stomach_centre(stomach),
+        },
+    )
+
+
+def max_depth_px(region: np.ndarray) -> float:
+    """The radius (px) of the largest disc inside ``region``: its greatest distance to the outside."""
+    if not region.any():
+        return 0.0
+    return float(cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, 5).max())
+
+
+def stomach_centre(stomach: np.ndarray) -> tuple[float, float]:
+    """Centroid (x, y) in px of the stomach-and-spleen mask's pixels."""
+    rows, cols = np.nonzero(stomach)
+    return (float(cols.mean()) + 0.5, float(rows.mean()) + 0.5) if len(rows) else (IMAGE_PX / 2.0, IMAGE_PX / 2.0)
 
 
 def _body_wall(
@@ -183,9 +227,9 @@ def _spine(hu: np.ndarray, c: float, back: float, rng: np.random.Generator) -> d
     para = ellipse(c - 46, cy + 2.2 * r, 36, 28, 10) | ellipse(c + 46, cy + 2.2 * r, 36, 28, -10)
     psoas = ellipse(c - 36, cy - 0.2 * r, 13, 11) | ellipse(c + 36, cy - 0.2 * r, 13, 11)
     hu[para | psoas] = muscle
-    cortex = ellipse(c, cy, r * 1.08, r)
+    cortex = ellipse(c, cy, r * 1.15, r * 0.9)  # wider than deep, as a lumbar body is
     hu[cortex] = 700.0
-    hu[ellipse(c, cy, r * 1.08 - 3, r - 3)] = float(rng.uniform(170.0, 230.0))
+    hu[ellipse(c, cy, r * 1.15 - 3, r * 0.9 - 3)] = float(rng.uniform(170.0, 230.0))
     lamina = np.array(
         [[c - 17, cy + r + 2], [c - 12, cy + r + 24], [c, cy + r + 30], [c + 12, cy + r + 24], [c + 17, cy + r + 2]]
     )
@@ -214,7 +258,7 @@ def _great_vessels(hu: np.ndarray, c: float, body_top: float, rng: np.random.Gen
     ivc_xy = (c - 30.0, body_top - 12.0)
     ivc = ellipse(*ivc_xy, 17.0 * _jitter(rng, 0.1), 12.0, 0)
     hu[ivc] = blood
-    return {"aorta": aorta, "ivc": ivc, "ivc_xy": ivc_xy, "blood_hu": blood}
+    return {"aorta": aorta, "aorta_xy": (ax, ay), "ivc": ivc, "ivc_xy": ivc_xy, "blood_hu": blood}
 
 
 def _kidneys(hu: np.ndarray, c: float, spine_cy: float, cavity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -242,8 +286,8 @@ def _stomach_and_spleen(hu: np.ndarray, c: float, cavity: np.ndarray, rng: np.ra
     level = sy - b + float(rng.uniform(0.3, 0.6)) * 2 * b  # gas floats anteriorly (up) in a supine patient
     rows = np.arange(IMAGE_PX, dtype=np.float32)[:, None] + 0.5
     hu[lumen & (rows < level)] = AIR_HU
-    spleen = ellipse(c + 168.0, c + 10.0, 28.0 * _jitter(rng, 0.1), 60.0 * _jitter(rng, 0.1), -30) & cavity
-    spleen &= ~dilate(stomach, 3)
+    spleen = ellipse(c + 168.0, c + 10.0, 28.0 * _jitter(rng, 0.1), 60.0 * _jitter(rng, 0.1), -30)
+    spleen &= ~dilate(~cavity, 3) & ~dilate(stomach, 3)  # a rim of fat between it and the wall muscle
     hu[spleen] = float(rng.uniform(44.0, 50.0))
     return stomach | spleen
 
@@ -280,15 +324,19 @@ def _liver_shape(c: float, by: float, room_px: float, rng: np.random.Generator) 
 
 
 def _liver_veins(
-    hu: np.ndarray, liver: np.ndarray, ivc_xy: tuple[float, float], liver_hu: float, rng: np.random.Generator
+    hu: np.ndarray,
+    liver: np.ndarray,
+    ivc_xy: tuple[float, float],
+    hilum_xy: tuple[float, float],
+    liver_hu: float,
+    rng: np.random.Generator,
 ) -> None:
     """Hepatic veins fanning out of the IVC and portal branches from the hilum, ~20 HU below the liver."""
     vein_hu = liver_hu - float(rng.uniform(17.0, 23.0))
     ys, xs = np.nonzero(liver)
     if len(xs) == 0:
         return
-    hilum = np.array([ivc_xy[0] - 40.0, ivc_xy[1] - 30.0])
-    starts = [np.array(ivc_xy)] * 3 + [hilum] * 4
+    starts = [np.array(ivc_xy)] * 3 + [np.array(hilum_xy)] * 4
     for start in starts:
         end_index = rng.integers(len(xs))
         end = np.array([xs[end_index], ys[end_index]], dtype=np.float64)

@@ -5,9 +5,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from core.imaging import load_slice
 from core.phantom import MANIFEST_COLUMNS, cohort_plan, dicom_bytes, iter_cohort, make_patient, write_cohort
+from core.phantom_anatomy import IMAGE_PX, make_abdomen
+from core.roi import mask_from_outlines
 
 
 def test_default_cohort_mirrors_table_1() -> None:
@@ -39,7 +42,6 @@ def test_the_slice_reads_as_a_plain_abdominal_ct() -> None:
     assert np.median(hu[:20, :]) < -900  # air above the patient
     core = liver & ~cv2.dilate(tumour.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
     assert 50 <= np.median(hu[core]) <= 70 and liver.sum() > 0.08 * hu.size
-    assert (tumour & ~liver).sum() <= 0.02 * tumour.sum()  # the mass is in the liver
     assert (hu > 500).sum() > 1000  # cortical bone: vertebra and ribs
     body = hu > -400
     assert ((hu < -60) & (hu > -150) & body).sum() > 0.1 * body.sum()  # fat, subcutaneous and visceral
@@ -47,7 +49,42 @@ def test_the_slice_reads_as_a_plain_abdominal_ct() -> None:
     filled = cv2.drawContours(np.zeros(hu.shape, np.uint8), [max(contours, key=cv2.contourArea)], -1, 1, -1)
     inside = cv2.erode(filled, np.ones((25, 25), np.uint8)).astype(bool)
     assert (inside & (hu < -900)).sum() > 200  # gas in the stomach and bowel
-    assert liver[:, :256].sum() > 2 * liver[:, 256:].sum()  # on the patient's right, the image's left
+
+
+def test_the_slice_is_in_the_radiological_orientation() -> None:
+    """Patient's right on the image's left, anterior at the top: liver and IVC left, aorta and stomach right, spine below."""
+    abdomen = make_abdomen(np.random.default_rng(5))
+    marks = abdomen.landmarks
+    assert marks["ivc"][0] < IMAGE_PX / 2 < marks["aorta"][0]
+    assert marks["stomach"][0] > IMAGE_PX / 2 and marks["stomach"][1] < marks["spine"][1]
+    assert marks["spine"][1] > IMAGE_PX / 2 + 30
+    assert abdomen.liver[:, : IMAGE_PX // 2].sum() > 2 * abdomen.liver[:, IMAGE_PX // 2 :].sum()
+    rows, _ = np.nonzero(abdomen.hu < -900)
+    gas_in_body = rows[(rows > 100) & (rows < marks["spine"][1])]
+    assert len(gas_in_body) > 0  # gas floats to the front of a supine patient: above the spine
+
+
+@pytest.mark.parametrize("size_mm", [16.0, 55.0, 150.0])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_tumour_is_one_piece_in_the_liver_of_its_recorded_size(size_mm: float, seed: int) -> None:
+    patient = make_patient("T-4", seed % 2, "N0", np.random.default_rng(seed), size_mm=size_mm)
+    mask = patient.mask
+    assert cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)[0] == 2  # background + one piece
+    np.testing.assert_array_equal(mask, mask_from_outlines([patient.outline_xy], mask.shape))
+    assert not (mask & ~patient.liver).any()
+    assert 0.6 <= patient.spacing_mm <= 0.8
+    # recorded = measured on the mask; within 1 mm of the request unless the liver's edge cuts a large one
+    assert patient.tumour_size_mm <= size_mm + 1.0
+    assert patient.tumour_size_mm >= (size_mm - 1.0 if size_mm <= 55 else 0.85 * size_mm)
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_the_tumour_spares_the_great_vessels_and_spine(seed: int) -> None:
+    """However large, the tumour grows in the liver: it never covers the IVC, the aorta or the vertebra."""
+    patient = make_patient("T-5", 1, "N1", np.random.default_rng(seed), size_mm=150.0)
+    for name in ("ivc", "aorta", "spine"):
+        x, y = patient.landmarks[name]
+        assert not patient.mask[int(y), int(x)], name
 
 
 def test_the_label_changes_only_the_inside_of_the_tumour() -> None:
@@ -62,9 +99,11 @@ def test_the_label_changes_only_the_inside_of_the_tumour() -> None:
     assert np.std(aggressive.hu[calm.mask]) > np.std(calm.hu[calm.mask])
 
 
-def test_tumour_sizes_span_the_paper_range() -> None:
-    sizes = [p.tumour_size_mm for p in iter_cohort(41, seed=0)]
-    assert min(sizes) >= 16 and max(sizes) <= 150 and 35 <= float(np.median(sizes)) <= 65
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_tumour_sizes_span_the_paper_range(seed: int) -> None:
+    """Table 1: 16–150 mm, median near 50; measured sizes may fall a few tenths of a mm short of 16."""
+    sizes = [p.tumour_size_mm for p in iter_cohort(41, seed=seed)]
+    assert min(sizes) >= 15.5 and max(sizes) <= 150 and 35 <= float(np.median(sizes)) <= 65
 
 
 def test_texture_heterogeneity_tracks_the_label_imperfectly() -> None:
