@@ -285,6 +285,8 @@ def test_outline_analyze_then_inputs_are_saved_as_shown(app_url: tuple[str, str]
 def test_sample_replaces_an_upload_and_clearing_the_canvas_clears_the_outline(app_url: tuple[str, str]) -> None:
     from playwright.sync_api import expect
 
+    from core.figures import sample_case_facts
+
     base, _ = app_url
     with browser_page(base) as page:
         page.locator("input[type=file]").first.set_input_files(get_testdata_file("CT_small.dcm"))
@@ -294,7 +296,8 @@ def test_sample_replaces_an_upload_and_clearing_the_canvas_clears_the_outline(ap
         page.get_by_label("Tumour size (mm)", exact=True).fill("30")  # any rerun: the sample must stay
         page.get_by_label("Tumour size (mm)", exact=True).press("Enter")
         page.wait_for_timeout(1_500)
-        expect(page.get_by_text("1,851 mm²", exact=False)).to_be_visible()
+        area_mm2 = sample_case_facts()[2]  # the sample's outline, as the README's figures give it
+        expect(page.get_by_text(f"{area_mm2:,.0f} mm²", exact=False)).to_be_visible()
         _idle(page)
         page.get_by_role("button", name="Clear outline").click()
         expect(page.get_by_text("No tumour outline yet", exact=False)).to_be_visible(timeout=30_000)
@@ -303,6 +306,8 @@ def test_sample_replaces_an_upload_and_clearing_the_canvas_clears_the_outline(ap
 
 def test_resetting_a_drawn_outline_leaves_no_outline(app_url: tuple[str, str]) -> None:
     from playwright.sync_api import expect
+
+    from core.figures import sample_case_facts
 
     base, _ = app_url
     with browser_page(base) as page:
