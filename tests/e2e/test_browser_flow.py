@@ -307,8 +307,6 @@ def test_sample_replaces_an_upload_and_clearing_the_canvas_clears_the_outline(ap
 def test_resetting_a_drawn_outline_leaves_no_outline(app_url: tuple[str, str]) -> None:
     from playwright.sync_api import expect
 
-    from core.figures import sample_case_facts
-
     base, _ = app_url
     with browser_page(base) as page:
         page.locator("input[type=file]").first.set_input_files(get_testdata_file("CT_small.dcm"))
