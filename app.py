@@ -14,6 +14,7 @@ from pages.common import (
     demo_build_banner,
     demo_build_wanted,
     engine,
+    may_enter,
     sign_in_configured,
     sign_in_gate,
 )
@@ -38,7 +39,9 @@ navigation = st.navigation(
         st.Page("pages/model_card.py", title="Model card", icon=":material/badge:"),
         st.Page("pages/audit.py", title="Audit", icon=":material/history:"),
     ],
-    position="top",
+    # Every page keeps its address (a deep link still resolves), but a visitor who may not enter
+    # sees no page links: the sign-in below is all they get.
+    position="top" if may_enter() else "hidden",
 )
 requested = st.session_state.pop(REQUESTED_PAGE, None)
 if requested and requested != "pages/analyze.py":  # a deep link that arrived before the shell had run

@@ -88,6 +88,16 @@ def sign_in_gate() -> Actor:
     return actor
 
 
+def may_enter() -> bool:
+    """Whether this visitor gets past the sign-in (signed in with a role, or the local user), drawing nothing.
+
+    The shell hides its page links from anyone who may not: they see the sign-in alone.
+    """
+    if sign_in_configured():
+        return bool(st.user.is_logged_in) and oidc_actor(st.user.get("sub"), st.secrets.get("roles", {})) is not None
+    return local_actor(str(st.get_option("server.address") or "")) is not None
+
+
 def sign_in_configured() -> bool:
     """Whether ``secrets.toml`` configures an OIDC identity provider (its ``[auth]`` section)."""
     return st.secrets.load_if_toml_exists() and "auth" in st.secrets

@@ -90,10 +90,12 @@ def test_sign_in_roles_refusal_and_sign_out_in_chromium(shared_app: tuple[str, s
                 _idle(page)
                 assert page.get_by_text("Analyze a case").count() == 0
                 assert page.get_by_text("Saved cases").count() == 0
+                assert page.get_by_role("link", name="Audit").count() == 0  # no page links either
 
             sign_in(page, "surgeon-a")
             page.wait_for_selector("text=Analyze a case", timeout=60_000)
             _idle(page)
+            assert page.get_by_role("link", name="Cases").count() >= 1  # signed in: the page links show
             page.goto(f"{base}/audit")  # an analyst may not read the audit trail
             page.wait_for_selector("text=Your role (analyst) may not read the audit trail", timeout=60_000)
             page.goto(f"{base}/cases")
@@ -107,6 +109,7 @@ def test_sign_in_roles_refusal_and_sign_out_in_chromium(shared_app: tuple[str, s
             page.wait_for_selector("text=your account has no role in this dashboard", timeout=60_000)
             _idle(page)
             assert page.get_by_text("Analyze a case").count() == 0
+            assert page.get_by_role("link", name="Cases").count() == 0
 
             _sign_out(page, base)
             sign_in(page, "admin-a")
