@@ -14,9 +14,9 @@ from pages.common import (
     demo_build_banner,
     demo_build_wanted,
     engine,
-    may_enter,
     sign_in_configured,
     sign_in_gate,
+    visitor,
 )
 
 # Pages are in the top bar and the sidebar (model, database) starts folded: on a 1400 × 900 screen
@@ -41,7 +41,7 @@ navigation = st.navigation(
     ],
     # Every page keeps its address (a deep link still resolves), but a visitor who may not enter
     # sees no page links: the sign-in below is all they get.
-    position="top" if may_enter() else "hidden",
+    position="top" if visitor() is not None else "hidden",
 )
 requested = st.session_state.pop(REQUESTED_PAGE, None)
 if requested and requested != "pages/analyze.py":  # a deep link that arrived before the shell had run

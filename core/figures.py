@@ -82,7 +82,7 @@ def render() -> str:
 
 
 PANEL_PX = 384
-ABDOMEN_WINDOW_HU = (40.0, 400.0)  # centre, width: a soft-tissue window
+ABDOMEN_WINDOW_HU = (40.0, 400.0)  # level, width: a soft-tissue window
 
 
 def _panel(hu: np.ndarray, caption: str, outline_xy: np.ndarray | None = None) -> np.ndarray:
@@ -90,8 +90,9 @@ def _panel(hu: np.ndarray, caption: str, outline_xy: np.ndarray | None = None) -
     ``outline_xy`` ((K, 2) px of ``hu``) drawn in green."""
     import cv2
 
-    centre, width = ABDOMEN_WINDOW_HU
-    grey = np.clip((hu - (centre - width / 2.0)) / width * 255.0, 0, 255).astype(np.uint8)
+    from core.imaging import window_to_unit
+
+    grey = np.round(window_to_unit(hu, *ABDOMEN_WINDOW_HU) * 255.0).astype(np.uint8)
     scale = PANEL_PX / hu.shape[1]
     image = cv2.cvtColor(cv2.resize(grey, (PANEL_PX, PANEL_PX), interpolation=cv2.INTER_CUBIC), cv2.COLOR_GRAY2BGR)
     if outline_xy is not None:
@@ -116,7 +117,6 @@ def phantom_picture() -> np.ndarray:
     """(412, 1152, 3) uint8 BGR: the sample phantom whole (its outline in green), the phantom around
     its spine at the real CT's field of view, and pydicom's ``CT_small.dcm`` (a real CT, 128 × 128 px
     at 0.66 mm), all in a 40/400 HU window."""
-    import pydicom
     from pydicom.data import get_testdata_file
 
     from core.imaging import load_slice
@@ -124,9 +124,8 @@ def phantom_picture() -> np.ndarray:
 
     sample = sample_case()
     phantom = load_slice(sample.dicom_bytes)
-    real = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    real_hu = real.pixel_array * float(real.RescaleSlope) + float(real.RescaleIntercept)
-    real_fov_mm = real.Rows * float(real.PixelSpacing[0])
+    real = load_slice(Path(get_testdata_file("CT_small.dcm")).read_bytes())  # the app's own reader: HU
+    real_fov_mm = real.shape[1] * real.spacing_mm[1]
     spacing = phantom.spacing_mm[0]
     cy, cx = _vertebral_body_centre(phantom.pixels)
     half = round(real_fov_mm / spacing / 2)
@@ -136,7 +135,7 @@ def phantom_picture() -> np.ndarray:
         [
             _panel(phantom.pixels, f"phantom (synthetic), {fov_mm:.0f} mm field", sample.outline_xy),
             _panel(crop, f"phantom around its spine, {real_fov_mm:.0f} mm"),
-            _panel(real_hu, f"pydicom CT_small.dcm (real CT), {real_fov_mm:.0f} mm"),
+            _panel(real.pixels, f"pydicom CT_small.dcm (real CT), {real_fov_mm:.0f} mm"),
         ]
     )
 

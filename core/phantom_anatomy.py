@@ -138,7 +138,7 @@ def make_abdomen(rng: np.random.Generator, room_px: float = 0.0) -> Abdomen:
     _liver_veins(hu, liver, vessels["ivc_xy"], hilum, liver_hu, rng)
     taken = liver | stomach | kidneys | vessels["aorta"] | vessels["ivc"] | spine["all"]
     _bowel(hu, c, cavity & ~dilate(taken, 3), rng)
-    _table(hu, body, rng)
+    _table(hu, body)
     return Abdomen(
         hu=hu,
         liver=liver,
@@ -190,7 +190,7 @@ def _body_wall(
     hu[wall] = float(rng.uniform(45.0, 55.0))
     cavity = body & (depth >= fat_px + muscle_px)
     hu[cavity] = float(rng.uniform(-100.0, -85.0))
-    _ribs(hu, c, by, half_width, front, back, fat_px, muscle_px, anterior, rng)
+    _ribs(hu, c, by, half_width, front, back, fat_px, muscle_px, rng)
     return body, cavity, by, by + back
 
 
@@ -203,7 +203,6 @@ def _ribs(
     back: float,
     fat_px: np.ndarray,
     muscle_px: float,
-    anterior: np.ndarray,
     rng: np.random.Generator,
 ) -> None:
     """Rib cross-sections in the wall along the flanks and back (cortex 700 HU, marrow 250 HU)."""
@@ -348,7 +347,7 @@ def _liver_veins(
             hu[draw_line(path[k : k + 2], width) & liver] = vein_hu
 
 
-def _table(hu: np.ndarray, body: np.ndarray, rng: np.random.Generator) -> None:
+def _table(hu: np.ndarray, body: np.ndarray) -> None:
     """The CT couch under the patient: a carbon-fibre shell around foam."""
     rows = np.nonzero(body.any(axis=1))[0]
     top = int(rows.max()) + 4

@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import streamlit as st
@@ -80,47 +80,43 @@ def sign_in_gate() -> Actor:
     Anyone else sees the sign-in (or one sentence) and nothing more: the run stops here.
     The actor is set for the rest of the run; core's role checks and the audit trail read it.
     """
-    actor = signed_in_actor() if sign_in_configured() else local_actor(str(st.get_option("server.address") or ""))
+    actor = visitor()
     set_actor(actor)
     if actor is None:
-        st.error(NETWORK_WITHOUT_SIGN_IN)
-        st.stop()
+        refuse_visitor()
     return actor
 
 
-def may_enter() -> bool:
-    """Whether this visitor gets past the sign-in (signed in with a role, or the local user), drawing nothing.
+def visitor() -> Actor | None:
+    """This run's actor, drawing nothing: the signed-in user with a role, or the local user; else ``None``.
 
-    The shell hides its page links from anyone who may not: they see the sign-in alone.
+    Roles come from ``[roles]`` in ``secrets.toml``: ``admin``, ``analyst`` and ``viewer``, each a
+    list of the identity provider's ``sub`` claims. The shell also asks it, to hide its page
+    links from a visitor who may not enter.
     """
     if sign_in_configured():
-        return bool(st.user.is_logged_in) and oidc_actor(st.user.get("sub"), st.secrets.get("roles", {})) is not None
-    return local_actor(str(st.get_option("server.address") or "")) is not None
+        return oidc_actor(st.user.get("sub"), st.secrets.get("roles", {})) if st.user.is_logged_in else None
+    return local_actor(str(st.get_option("server.address") or ""))
+
+
+def refuse_visitor() -> NoReturn:
+    """Show a visitor who may not enter the sign-in, or the one sentence that says why not, and stop the run."""
+    if not sign_in_configured():
+        st.error(NETWORK_WITHOUT_SIGN_IN)
+    elif not st.user.is_logged_in:
+        st.markdown("## iCCA early recurrence")
+        st.markdown("This dashboard is shared: sign in with your hospital account to continue.")
+        st.button("Sign in", type="primary", on_click=st.login, key="sign_in")
+        st.caption(RESEARCH_NOTICE)
+    else:  # signed in at the provider, but on no list
+        st.error(NO_ROLE)
+        st.button("Sign out", on_click=st.logout, key="sign_out_no_role")
+    st.stop()
 
 
 def sign_in_configured() -> bool:
     """Whether ``secrets.toml`` configures an OIDC identity provider (its ``[auth]`` section)."""
     return st.secrets.load_if_toml_exists() and "auth" in st.secrets
-
-
-def signed_in_actor() -> Actor:
-    """The signed-in user with their role; else the sign-in (or the no-role sentence) and the page stops.
-
-    Roles come from ``[roles]`` in ``secrets.toml``: ``admin``, ``analyst`` and ``viewer``, each a
-    list of the identity provider's ``sub`` claims.
-    """
-    if not st.user.is_logged_in:
-        st.markdown("## iCCA early recurrence")
-        st.markdown("This dashboard is shared: sign in with your hospital account to continue.")
-        st.button("Sign in", type="primary", on_click=st.login, key="sign_in")
-        st.caption(RESEARCH_NOTICE)
-        st.stop()
-    actor = oidc_actor(st.user.get("sub"), st.secrets.get("roles", {}))
-    if actor is None:
-        st.error(NO_ROLE)
-        st.button("Sign out", on_click=st.logout, key="sign_out_no_role")
-        st.stop()
-    return actor
 
 
 @st.cache_resource(show_spinner="Opening the case database…")
