@@ -74,7 +74,7 @@ def render() -> str:
         f"resized to {cfg.input_px}×{cfg.input_px} |",
         f"| a {DOCUMENTED_TUMOUR_MM:g} mm round tumour at {DOCUMENTED_SPACING_MM:g} mm/px | "
         f"**{documented_tumour_patches(cfg)} patches** |",
-        f"| the built-in sample case ({sample_mm:g} mm phantom tumour) | {sample_patches} patches, "
+        f"| the built-in sample case (phantom tumour, {sample_mm:g} mm longest diameter) | {sample_patches} patches, "
         f"outline {sample_area:,.0f} mm² |",
         END,
     ]

@@ -178,7 +178,7 @@ def _place_tumour(abdomen: Abdomen, size_px: float, rng: np.random.Generator) ->
 
 
 def _lobulated_profile(rng: np.random.Generator) -> np.ndarray:
-    """(192,) float64 radial profile, max 1: lobulation (harmonics 2–7) and two to five infiltrative prongs."""
+    """(192,) float64 radial profile, its longest diameter 2 (peaks up to ~1.2): lobulation (harmonics 2–7) and two to five infiltrative prongs."""
     theta = np.linspace(0.0, 2.0 * np.pi, 192, endpoint=False)
     wobble = np.ones_like(theta)
     for k in range(2, 8):  # lower harmonics carry more of the irregularity
@@ -376,10 +376,33 @@ def cohort_plan(n_patients: int, rng: np.random.Generator) -> list[tuple[int, st
 
 
 def iter_cohort(n_patients: int = 41, seed: int = 0) -> Iterator[PhantomPatient]:
-    """Phantom patients in a fixed order for a given seed."""
+    """Phantom patients in a fixed order for a given seed, each with at least one patch to train on.
+
+    A lobulated tumour near Table 1's 16 mm minimum can fail to fill half of one 16 mm patch;
+    such a patient is drawn again from the next stream (``[seed, index, attempt]``), so a
+    cohort never holds a patient the training pipeline would refuse.
+    """
     rng = np.random.default_rng(seed)
     for index, (label, n_category) in enumerate(cohort_plan(n_patients, rng)):
-        yield make_patient(f"PHANTOM-{index + 1:03d}", label, n_category, np.random.default_rng([seed, index]))
+        key = f"PHANTOM-{index + 1:03d}"
+        patient = make_patient(key, label, n_category, np.random.default_rng([seed, index]))
+        attempt = 1
+        while not has_a_patch(patient):
+            patient = make_patient(key, label, n_category, np.random.default_rng([seed, index, attempt]))
+            attempt += 1
+        yield patient
+
+
+def has_a_patch(patient: PhantomPatient) -> bool:
+    """Whether the default patch lattice (:class:`core.preprocess.PreprocessConfig`) finds a patch in the tumour."""
+    from core.errors import RoiError
+    from core.lattice import plan_lattice
+    from core.preprocess import PreprocessConfig
+
+    try:
+        return len(plan_lattice(patient.mask, (patient.spacing_mm, patient.spacing_mm), PreprocessConfig())) > 0
+    except RoiError:  # "too small for one patch"
+        return False
 
 
 def write_cohort(out: Path, n_patients: int = 41, seed: int = 0, progress: bool = True) -> Path:
@@ -422,7 +445,7 @@ class SampleCase:
     dicom_bytes: bytes
     outline_xy: np.ndarray
     shape: tuple[int, int]
-    tumour_size_mm: float  # longest diameter of the outline
+    tumour_size_mm: float  # longest diameter (mm), measured on the mask's pixel edges
 
     def fabric_json(self, view: CanvasView) -> dict:
         """The outline as a Fabric drawing for a canvas laid out as ``view``."""

@@ -428,6 +428,12 @@ _HEADER_KEYWORDS = (
 _META_KEYWORDS = ("MediaStorageSOPClassUID", "TransferSyntaxUID")
 
 
+# pydicom warns of a malformed value (and keeps its raw text) when it first converts it; our readers
+# then report it in one sentence (core.imaging), so its warning would only be a second, raw message.
+# One narrow filter at import: warnings.catch_warnings() per read is not thread-safe in a server.
+warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning, module=r"pydicom\.")
+
+
 def _readable(ds: pydicom.Dataset) -> pydicom.Dataset:
     """``ds`` with each value of :data:`_HEADER_KEYWORDS` (and of its file meta, :data:`_META_KEYWORDS`)
     that pydicom cannot convert made empty.
@@ -442,10 +448,7 @@ def _readable(ds: pydicom.Dataset) -> pydicom.Dataset:
             if tag is None or tag not in where:
                 continue
             try:
-                # pydicom warns as well as fails; the user hears of a damaged value once, from us.
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    where[tag]
+                where[tag]
             except Exception:
                 where[tag] = DataElement(tag, dictionary_VR(tag), None)
     return ds

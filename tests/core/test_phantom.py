@@ -144,3 +144,11 @@ def test_the_sample_outline_exports_as_a_seg_that_reads_back_exactly() -> None:
     pixels = seg.get_pixels_by_source_instance([ct.source_ref.sop_uid], segment_numbers=[1])
     np.testing.assert_array_equal(pixels[0, :, :, 0].astype(bool), mask)
     assert seg.FrameOfReferenceUID == ct.source_ref.frame_of_reference_uid
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_every_cohort_patient_has_a_patch_to_train_on(seed: int) -> None:
+    """Seed 4 once drew a 16 mm tumour with no patch, and training refused the whole cohort."""
+    from core.phantom import has_a_patch
+
+    assert all(has_a_patch(p) for p in iter_cohort(41, seed=seed))
