@@ -948,6 +948,9 @@ def build_engine(
             )
         worst = max(worst, diff)
         predictors.append(predictor)
+        # a conversion leaves its ONNX export and intermediate graph behind: hand them back before
+        # the next member converts, or the load peaks at every member's leftovers at once
+        return_freed_memory()
     return Engine(backend.key, backend.name, device, tuple(predictors), how, worst, patches_per_s)
 
 

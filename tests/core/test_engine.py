@@ -144,6 +144,17 @@ def test_every_member_of_an_ensemble_is_checked(tmp_path: Path) -> None:
     assert len(engine.predictors) == 3 and builds == ["off", "exact", "exact", "exact"]  # "off" fails member 1
 
 
+def test_each_members_leftovers_are_handed_back_before_the_next_member_converts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # measured: OpenVINO fp32 for 5 members at 224 px loaded at 2,345 MiB without this, 1,909 with it
+    builds: list[str] = []
+    exact = _fake_backends(builds)[1]
+    monkeypatch.setattr(engines, "return_freed_memory", lambda: builds.append("trim"))
+    build_engine([MeanBrightness()] * 3, CFG, exact, device=torch.device("cpu"), path=tmp_path / "c.json")
+    assert builds == ["exact", "trim"] * 3
+
+
 def test_without_a_measured_choice_and_measure_false_the_default_stays(tmp_path: Path) -> None:
     model = _model()
     engine = prepare_engine(model, measure=False, backends=_fake_backends([]), path=tmp_path / "none.json")
