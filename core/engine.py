@@ -943,6 +943,10 @@ def build_engine(
             if key is not None:
                 _update_cache(path, lambda data, k=key, d=diff: data["verified"].__setitem__(k, d))
         if not diff <= tolerance:
+            # the refused runtimes go now, not when the caller's handler lets go of this frame
+            predictor = None
+            predictors.clear()
+            return_freed_memory()
             raise EngineVerificationError(
                 f"{backend.name} is off by {diff:.4f} (> {tolerance:g}) on member {index + 1}; it is not used."
             )

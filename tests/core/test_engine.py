@@ -153,6 +153,11 @@ def test_each_members_leftovers_are_handed_back_before_the_next_member_converts(
     monkeypatch.setattr(engines, "return_freed_memory", lambda: builds.append("trim"))
     build_engine([MeanBrightness()] * 3, CFG, exact, device=torch.device("cpu"), path=tmp_path / "c.json")
     assert builds == ["exact", "trim"] * 3
+    builds.clear()
+    off = _fake_backends(builds)[0]
+    with pytest.raises(EngineVerificationError):
+        build_engine([MeanBrightness()] * 3, CFG, off, device=torch.device("cpu"), path=tmp_path / "d.json")
+    assert builds == ["off", "trim"]  # a refused backend's runtimes are handed back too
 
 
 def test_without_a_measured_choice_and_measure_false_the_default_stays(tmp_path: Path) -> None:
