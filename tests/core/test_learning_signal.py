@@ -1,7 +1,10 @@
 """A working pipeline must beat chance on the phantom cohort at patient level; shuffled labels must not.
 
-Marked slow (about 75 s on 2 idle cores, both tests): it really trains ResNet50s, on a reduced
-geometry (16 mm patches seen at 0.5 mm per input pixel) so that CI can afford it.
+Marked slow (3 min 15 s on 2 idle cores of an AVX-512 BF16 EPYC, both tests and the cohort): it
+really trains ResNet50s, on a reduced geometry (16 mm patches seen at 0.5 mm per input pixel) so
+that CI can afford it. 6 epochs, not 4: on the anatomical phantoms 4 epochs gave 0.72, too close
+to the 0.70 bar for a figure that moves with the CPU's arithmetic; 6 gave 0.76, 0.78, 0.77 and 0.84
+(seeds 0–2, the last three with one thread).
 Both tests use the same 30-patient cohort and recipe, so the only difference between
 them is whether the labels mean anything.
 """
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.slow
 GEOMETRY = PreprocessConfig(target_spacing_mm=0.25, patch_px=64, stride_px=16, input_px=32)
 RECIPE = TrainConfig(
     folds=3,
-    epochs=4,
+    epochs=6,
     batch_size=32,
     max_patches_per_patient=24,
     seed=0,
@@ -42,7 +45,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_patient_level_auc_clearly_beats_chance(manifest: Path, tmp_path: Path) -> None:
     summary = cross_validate(manifest, tmp_path, RECIPE, GEOMETRY)
     pooled = summary["out_of_fold_patient_level"]["all_patients"]
-    # 0.81 (95% CI 0.64–0.98) on this machine, seed 0, every validation patch scored; the control below gives 0.54
+    # 0.76 (95% CI 0.57–0.95), seed 0, every validation patch scored; the control below gives 0.52
     assert pooled["n"] == N_PATIENTS and pooled["dl_auc"] >= 0.70
 
 
@@ -60,7 +63,7 @@ def test_permuted_label_control_sits_near_chance(manifest: Path, tmp_path: Path)
     fixed, so the test is deterministic). It cannot be tighter with 30 patients. It still
     catches a leak of labels into validation (held-out patients in training, labels read
     from the manifest instead of the permutation), which gives the real-label level of
-    about 0.8 or more. Measured: 0.54 (seed 0).
+    about 0.76 or more. Measured: 0.52 (seed 0); 0.72 and 0.45 with seeds 1 and 2.
     """
     summary = cross_validate(manifest, tmp_path / "permuted-control", replace(RECIPE, permute_labels=True), GEOMETRY)
     assert summary["training_data"] == PERMUTED_CONTROL
