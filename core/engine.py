@@ -915,7 +915,8 @@ def build_engine(
     remembered failure is refused before anything is built.
 
     Raises:
-        EngineVerificationError: a member is off by more than ``tolerance``.
+        EngineVerificationError: a member is off by more than ``tolerance``. This and whatever
+            ``backend.build`` raises leave only after the runtimes built so far are released.
     """
     device = device or default_device()
     path = path or engine_cache_path()
@@ -927,35 +928,60 @@ def build_engine(
             raise EngineVerificationError(
                 f"{backend.name} was off by {float(known[key]):.4f} (> {tolerance:g}) on member {index + 1}."
             )
-    predictors, worst = [], 0.0
-    for index, (network, key) in enumerate(zip(networks, keys, strict=True)):
-        predictor = backend.build(network, cfg, device)
-        if key is not None and key in known:
-            diff = float(known[key])
-        elif backend.key == REFERENCE_BACKEND:
-            diff = 0.0
-        else:
-            patches = verification_patches(cfg)
-            reference = reference_probabilities(network, patches, cfg)
-            probs = predict_patches(predictor, patches, cfg, device=device, precision="fp32")
-            diff = float(np.max(np.abs(probs - reference)))
-            diff = diff if np.isfinite(diff) else float("inf")
-            if key is not None:
-                _update_cache(path, lambda data, k=key, d=diff: data["verified"].__setitem__(k, d))
-        if not diff <= tolerance:
-            # the refused runtimes go now, not when the caller's handler lets go of this frame
-            predictor = None
-            predictors.clear()
+    predictors: list[Any] = []
+    predictor, worst = None, 0.0
+    try:
+        for index, (network, key) in enumerate(zip(networks, keys, strict=True)):
+            predictor = backend.build(network, cfg, device)
+            diff = _member_diff(network, predictor, cfg, backend, device, known, key, path)
+            if not diff <= tolerance:
+                raise EngineVerificationError(
+                    f"{backend.name} is off by {diff:.4f} (> {tolerance:g}) on member {index + 1}; it is not used."
+                )
+            worst = max(worst, diff)
+            predictors.append(predictor)
+            # a conversion leaves its ONNX export and intermediate graph behind: hand them back before
+            # the next member converts, or the load peaks at every member's leftovers at once
             return_freed_memory()
-            raise EngineVerificationError(
-                f"{backend.name} is off by {diff:.4f} (> {tolerance:g}) on member {index + 1}; it is not used."
-            )
-        worst = max(worst, diff)
-        predictors.append(predictor)
-        # a conversion leaves its ONNX export and intermediate graph behind: hand them back before
-        # the next member converts, or the load peaks at every member's leftovers at once
+    except BaseException:
+        # a refusal, a failed conversion or running out of memory: the runtimes built so far go before
+        # the error leaves, so the caller's next backend does not build beside them (the traceback
+        # keeps this frame, and with it these locals, alive until the caller's handler ends)
+        predictor = None
+        predictors.clear()
         return_freed_memory()
+        raise
     return Engine(backend.key, backend.name, device, tuple(predictors), how, worst, patches_per_s)
+
+
+def _member_diff(
+    network: torch.nn.Module,
+    predictor: Any,
+    cfg: PreprocessConfig,
+    backend: Backend,
+    device: torch.device,
+    known: dict[str, Any],
+    key: str | None,
+    path: Path,
+) -> float:
+    """Max |Δp| of ``predictor`` against ``network`` in fp32 on the check case; remembered under ``key``.
+
+    Returns:
+        The largest absolute difference in P(early recurrence) over the check patches (0–1; ``inf``
+        when a probability is not finite); the remembered figure when this member was checked before.
+    """
+    if key is not None and key in known:
+        return float(known[key])
+    if backend.key == REFERENCE_BACKEND:
+        return 0.0
+    patches = verification_patches(cfg)
+    reference = reference_probabilities(network, patches, cfg)
+    probs = predict_patches(predictor, patches, cfg, device=device, precision="fp32")
+    diff = float(np.max(np.abs(probs - reference)))
+    diff = diff if np.isfinite(diff) else float("inf")
+    if key is not None:
+        _update_cache(path, lambda data: data["verified"].__setitem__(key, diff))
+    return diff
 
 
 def prepare_engine(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -153,11 +154,6 @@ def test_each_members_leftovers_are_handed_back_before_the_next_member_converts(
     monkeypatch.setattr(engines, "return_freed_memory", lambda: builds.append("trim"))
     build_engine([MeanBrightness()] * 3, CFG, exact, device=torch.device("cpu"), path=tmp_path / "c.json")
     assert builds == ["exact", "trim"] * 3
-    builds.clear()
-    off = _fake_backends(builds)[0]
-    with pytest.raises(EngineVerificationError):
-        build_engine([MeanBrightness()] * 3, CFG, off, device=torch.device("cpu"), path=tmp_path / "d.json")
-    assert builds == ["off", "trim"]  # a refused backend's runtimes are handed back too
 
 
 def test_without_a_measured_choice_and_measure_false_the_default_stays(tmp_path: Path) -> None:
@@ -232,3 +228,41 @@ def test_choose_backend_measures_real_torch_backends() -> None:
     )
     assert {c.key for c in choice.candidates} == set(keys) and all(c.accepted for c in choice.candidates)
     assert choice.best.patches_per_s > 0 and choice.signature["network"]["input_px"] == 32
+
+
+def _backend_failing_at(member: int, how: str, built: list[weakref.ref]) -> Backend:
+    """Exact for the members before ``member``; that one is off by 0.3 (``how="off"``) or cannot be built.
+
+    ``built`` gets a weak reference to every predictor, so a test can count those still alive.
+    """
+    calls: list[int] = []
+
+    def build(net: torch.nn.Module, cfg: PreprocessConfig, device: torch.device):
+        calls.append(len(calls) + 1)
+        if len(calls) == member and how == "raises":
+            raise MemoryError("out of memory while converting")
+        shift = torch.tensor([0.0, 0.3 if len(calls) == member else 0.0])
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            return net(x) + shift
+
+        built.append(weakref.ref(predict))
+        return predict
+
+    return Backend("third", "fails at a member", lambda device, features: None, build)
+
+
+@pytest.mark.parametrize(("how", "error"), [("off", EngineVerificationError), ("raises", MemoryError)])
+def test_runtimes_built_before_a_failing_member_are_released_before_the_error_leaves(
+    how: str, error: type[BaseException], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[weakref.ref] = []
+    alive_at_each_trim: list[int] = []
+    monkeypatch.setattr(
+        engines, "return_freed_memory", lambda: alive_at_each_trim.append(sum(r() is not None for r in built))
+    )
+    backend = _backend_failing_at(3, how, built)
+    with pytest.raises(error):
+        build_engine([MeanBrightness()] * 3, CFG, backend, device=torch.device("cpu"), path=tmp_path / "c.json")
+    # members 1 and 2 were kept after their trims; at the failure nothing built is alive any more
+    assert alive_at_each_trim == [1, 2, 0]
