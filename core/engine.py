@@ -509,6 +509,14 @@ def verification_patches(cfg: PreprocessConfig, n: int = VERIFY_PATCHES) -> np.n
     return _verification_patches_cached(json.dumps(cfg.to_dict(), sort_keys=True), n).copy()
 
 
+def max_abs_prob_diff(probs: np.ndarray, reference: np.ndarray) -> float:
+    """Largest |Δp| between two (N,) probability arrays (0–1); ``inf`` when one holds a NaN or inf, 0 when N = 0."""
+    if not len(probs):
+        return 0.0
+    diff = float(np.max(np.abs(probs - reference)))
+    return diff if np.isfinite(diff) else float("inf")
+
+
 def reference_probabilities(
     network: Callable[[torch.Tensor], torch.Tensor], patches: np.ndarray, cfg: PreprocessConfig
 ) -> np.ndarray:
@@ -657,8 +665,8 @@ def measure_backend(
         rate = timed_rate(predictor, patches, cfg, device, repeats, give_up_below)
     except Exception as error:  # a backend that cannot run here is skipped, never fatal
         return Candidate(backend.key, backend.name, reason=f"failed: {type(error).__name__}: {error}"[:300]), None
-    diff = float(np.max(np.abs(probs - reference))) if len(probs) else 0.0
-    if not np.isfinite(diff) or diff > tolerance:
+    diff = max_abs_prob_diff(probs, reference)
+    if not diff <= tolerance:
         reason = f"max |Δp| {diff:.4f} > {tolerance:g} against fp32"
         return Candidate(backend.key, backend.name, rate, diff, build_s, accepted=False, reason=reason), predictor
     return Candidate(backend.key, backend.name, rate, diff, build_s, accepted=True), predictor
@@ -929,7 +937,7 @@ def build_engine(
                 f"{backend.name} was off by {float(known[key]):.4f} (> {tolerance:g}) on member {index + 1}."
             )
     predictors: list[Any] = []
-    predictor, worst = None, 0.0
+    worst = 0.0
     try:
         for index, (network, key) in enumerate(zip(networks, keys, strict=True)):
             predictor = backend.build(network, cfg, device)
@@ -976,9 +984,7 @@ def _member_diff(
         return 0.0
     patches = verification_patches(cfg)
     reference = reference_probabilities(network, patches, cfg)
-    probs = predict_patches(predictor, patches, cfg, device=device, precision="fp32")
-    diff = float(np.max(np.abs(probs - reference)))
-    diff = diff if np.isfinite(diff) else float("inf")
+    diff = max_abs_prob_diff(predict_patches(predictor, patches, cfg, device=device, precision="fp32"), reference)
     if key is not None:
         _update_cache(path, lambda data: data["verified"].__setitem__(key, diff))
     return diff
