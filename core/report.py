@@ -57,6 +57,20 @@ def width_reason(n: int, events: int) -> str:
     )
 
 
+def fitting_clause(cap: int | None, per_epoch: int) -> str:
+    """What the networks were fitted on, for the report's cohort line.
+
+    ``per_epoch`` counts all patients together; each fold network draws from its own training
+    patients only, about (K − 1) / K of them.
+    """
+    if cap is None:
+        return "every patch, every epoch"
+    return (
+        f"fitting drew at most {cap} per patient afresh each epoch, {per_epoch:,} over all patients together, "
+        "of which each fold network used its training patients' share"
+    )
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     cohort, cfg, covers = summary["cohort"], summary["config"], summary["covers"]
     oof = summary["out_of_fold_patient_level"]
@@ -94,12 +108,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "",
         f"Cohort: {cohort['patients']} patients ({cohort['early_recurrence']} with early recurrence, "
         f"{cohort['known_n_category']} with known N), {cohort['patches']:,} patches in all "
-        f"({cohort['training_patches']:,} used for fitting). Data: {cohort['data_source']}"
+        f"({fitting_clause(cfg['max_patches_per_patient'], cohort['training_patches_per_epoch'])}). "
+        f"Data: {cohort['data_source']}"
         + (" **with permuted labels (control run)**" if cohort["permuted_labels"] else "")
         + f"; model card training data: {summary['training_data']}.",
         f"{cfg['folds']}-fold cross-validation split **by patient**, stratified by label. "
         f"Training: ResNet50 from scratch, {cfg['epochs']} epochs, batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}, "
-        f"seed {cfg['seed']}, max patches per patient for fitting {cfg['max_patches_per_patient'] or 'all'}.",
+        f"seed {cfg['seed']}.",
         f"Aggregation: {summary['patient_rule']}.",
         "",
         "Fold tables follow (mean ± SD over folds; each fold rests on a few patients, so they vary more "

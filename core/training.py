@@ -18,7 +18,8 @@ Honesty: folds are split **by patient**, stratified by label; no patient is in t
 folds. A validation patient is scored exactly as the dashboard scores a case with that
 fold's model and the default (fp32) engine: every patch of its grid,
 :func:`core.inference.aggregate`, :data:`core.inference.CASE_THRESHOLD`.
-``max_patches_per_patient`` subsamples the *training* patches only. The headline is the
+``max_patches_per_patient`` caps the *training* patches of a patient per epoch (a fresh
+draw each epoch); scoring always uses every patch. The headline is the
 pooled out-of-fold patient-level AUC with DeLong's 95% CI; fold means ± SD come second.
 What the model was trained on comes from the data (the manifest's ``data_source`` or
 ``--data-source``), never from a default. A permuted-label control writes no model.
@@ -36,8 +37,9 @@ import json
 import math
 import os
 import time
+import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +137,7 @@ class TrainConfig:
 
 @dataclass
 class PatientPatches:
-    """One patient's material: (N, P, P) uint8 patches (grey × 255), the whole grid unless subsampled."""
+    """One patient's material: (N, P, P) uint8 patches (grey × 255), the whole grid."""
 
     key: str
     label: int
@@ -424,20 +426,33 @@ def build_patient_patches(
     return out
 
 
-def training_subsample(data: Sequence[PatientPatches], max_patches: int | None, seed: int) -> list[PatientPatches]:
-    """At most ``max_patches`` patches per patient (a seeded subset), for fitting networks only.
+_DRAW_STREAM = 1  # keeps the draws' generators apart from the epoch's order / augmentation one ([seed, epoch])
 
-    The subset of patient ``i`` depends on (seed, i) alone, so it is the same in every fold
-    and in the final model. Validation never sees this: it scores every patch.
+
+def epoch_draw(
+    data: Sequence[PatientPatches], max_patches: int | None, seed: int, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """What one epoch trains on: ((M, P, P) uint8 patches, (M,) int64 labels), patients in ``data`` order.
+
+    At most ``max_patches`` patches per patient, a fresh seeded draw every epoch, so over a
+    run the networks see most of a large patient's grid rather than the same subset every
+    epoch. The draw for a patient depends on (seed, epoch, patient key) alone, so it is the
+    same on every DDP rank and after a resume. ``None`` takes every patch.
     """
-    out = []
-    for index, patient in enumerate(data):
-        if max_patches is None or len(patient.patches) <= max_patches:
-            out.append(patient)
-            continue
-        keep = np.sort(np.random.default_rng([seed, index]).choice(len(patient.patches), max_patches, replace=False))
-        out.append(replace(patient, patches=patient.patches[keep]))
-    return out
+    patches, labels = [], []
+    for patient in data:
+        chosen = patient.patches
+        if max_patches is not None and len(chosen) > max_patches:
+            rng = np.random.default_rng([seed, epoch, _DRAW_STREAM, zlib.crc32(patient.key.encode())])
+            chosen = chosen[np.sort(rng.choice(len(chosen), max_patches, replace=False))]
+        patches.append(chosen)
+        labels.append(np.full(len(chosen), patient.label, dtype=np.int64))
+    return np.concatenate(patches), np.concatenate(labels)
+
+
+def patches_per_epoch(data: Sequence[PatientPatches], max_patches: int | None) -> int:
+    """How many patches :func:`epoch_draw` yields for ``data`` each epoch."""
+    return sum(len(p.patches) if max_patches is None else min(len(p.patches), max_patches) for p in data)
 
 
 def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -496,7 +511,7 @@ def train_network(
     desc: str = "train",
     share: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[torch.nn.Module, float]:
-    """Train a fresh ResNet50 on every patch of ``data``; returns it and patches/s.
+    """Train a fresh ResNet50 on ``data`` (each epoch :func:`epoch_draw`'s patches); returns it and patches/s.
 
     Resumable: after every epoch rank 0 writes ``state_path`` (weights, optimizer, grad
     scaler, epoch); a later call with the same path continues from there. ``share`` is
@@ -507,8 +522,6 @@ def train_network(
         TrainingDivergedError: the loss became NaN or infinite (naming ``desc``, epoch and batch).
     """
     rank, size = world()
-    patches = np.concatenate([p.patches for p in data])
-    labels = np.concatenate([np.full(len(p.patches), p.label, dtype=np.int64) for p in data])
     network = build_resnet50(num_classes=len(cfg.labels), seed=seed).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(network.parameters(), lr=tc.lr)
     autocast_dtype = resolve_autocast(device, "auto")
@@ -520,8 +533,11 @@ def train_network(
             network, device_ids=[device.index] if device.type == "cuda" else None
         )
     seen, busy = 0, 0.0
+    # without a cap every epoch takes every patch: concatenate the cohort once, not once per epoch
+    every_patch = epoch_draw(data, None, seed, 0) if tc.max_patches_per_patient is None else None
     for epoch in range(start_epoch, tc.epochs):
         model.train()
+        patches, labels = every_patch or epoch_draw(data, tc.max_patches_per_patient, seed, epoch)
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(patches))
         n_batches = max(1, len(order) // tc.batch_size)  # drop the ragged tail: BatchNorm needs > 1 sample
@@ -683,16 +699,16 @@ def out_of_fold_aucs(patients: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def coverage(tc: TrainConfig) -> dict[str, str]:
     """Which patients (and patches) each figure of the run rests on, in words."""
-    subsample = (
-        f"the training subsample (at most {tc.max_patches_per_patient} patches per patient) the network was fitted on"
+    fitted = (
+        f"; the network was fitted on a fresh draw of at most {tc.max_patches_per_patient} of them per patient each epoch"
         if tc.max_patches_per_patient is not None
-        else "all their patches"
+        else ""
     )
     return {
         "out_of_fold_patient_level": "every patient once, scored by the fold in which it was held out, on all its patches",
         "same_patients": "the patients with a known N category (N0/N1): both models scored on exactly these",
         "validation": f"each fold's held-out patients, on all their patches; mean ± SD over the {tc.folds} folds",
-        "train": f"each fold's training patients, scored on {subsample}; mean ± SD over the {tc.folds} folds",
+        "train": f"each fold's training patients, on all their patches{fitted}; mean ± SD over the {tc.folds} folds",
         "table4": "every patient once, from the fold in which it was held out, on all its patches",
     }
 
@@ -750,13 +766,12 @@ def cross_validate(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessCo
     if rank == 0:  # recorded once the patches exist, so a manifest fixed after a failed start is no mismatch
         record_run(out, fingerprint)
         write_folds(out / "folds.csv", folds)
-    fit_data = training_subsample(data, tc.max_patches_per_patient, tc.seed)
-    results = [_run_fold(k, data, fit_data, folds, run) for k in range(tc.folds)]
+    results = [_run_fold(k, data, folds, run) for k in range(tc.folds)]
     deployable = tc.final_model and not tc.permute_labels  # a control's weights are never a model
     final_throughput = None
     if deployable and tc.deployable == "final":
         network, final_throughput = train_network(
-            fit_data,
+            data,
             cfg,
             tc,
             device,
@@ -765,7 +780,7 @@ def cross_validate(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessCo
             desc="the final model",
             share=(tc.folds / _networks_to_train(tc), 1 / _networks_to_train(tc)),
         )
-    summary = summarise(results, data, fit_data, folds, run, size, final_throughput, DATA_SOURCES[data_source])
+    summary = summarise(results, data, folds, run, size, final_throughput, DATA_SOURCES[data_source])
     if rank == 0:
         from core.report import write_report
 
@@ -794,11 +809,10 @@ def _networks_to_train(tc: TrainConfig) -> int:
 def _run_fold(
     k: int,
     data: Sequence[PatientPatches],
-    fit_data: Sequence[PatientPatches],
     folds: dict[str, int],
     run: _Run,
 ) -> FoldResult:
-    """Train on the other folds' subsample; score fold ``k``'s patients on all their patches."""
+    """Train on the other folds' patients, then score both them and fold ``k``'s patients on all their patches."""
     rank, _ = world()
     tc = run.tc
     done = run.out / f"fold{k + 1}" / "result.json"
@@ -806,7 +820,7 @@ def _run_fold(
         barrier()
         return FoldResult(**json.loads(done.read_text()))
     started = time.perf_counter()
-    train = [p for p in fit_data if folds[p.key] != k]
+    train = [p for p in data if folds[p.key] != k]
     validation = [p for p in data if folds[p.key] == k]
     network, throughput = train_network(
         train,
@@ -862,7 +876,6 @@ def _patient_row(patient: PatientPatches, risk: CaseRisk, clinical: float | None
 def summarise(
     results: Sequence[FoldResult],
     data: Sequence[PatientPatches],
-    fit_data: Sequence[PatientPatches],
     folds: dict[str, int],
     run: _Run,
     processes: int,
@@ -895,7 +908,7 @@ def summarise(
             "early_recurrence": int(sum(p.label for p in data)),
             "known_n_category": sum(1 for p in data if p.n_category in N_CATEGORIES),
             "patches": int(sum(len(p.patches) for p in data)),
-            "training_patches": int(sum(len(p.patches) for p in fit_data)),
+            "training_patches_per_epoch": patches_per_epoch(data, run.tc.max_patches_per_patient),
             "data_source": data_description,
             "permuted_labels": run.tc.permute_labels,
         },

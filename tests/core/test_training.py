@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import provenance
+from core import provenance, training
 from core.cohort import load_calibrated_image, load_mask, read_manifest
 from core.errors import (
     ControlRunError,
@@ -27,12 +27,12 @@ from core.errors import (
     TrainingDivergedError,
 )
 from core.imaging import load_slice, window_to_unit
-from core.inference import PATIENT_RULE
+from core.inference import PATIENT_RULE, to_network_input
 from core.lattice import plan_lattice
 from core.modelcard import patient_level_auc, same_patients_comparison
 from core.phantom import write_cohort
 from core.preprocess import PreprocessConfig
-from core.report import card_metric_rows
+from core.report import card_metric_rows, fitting_clause
 from core.training import (
     PatientPatches,
     TrainConfig,
@@ -40,14 +40,17 @@ from core.training import (
     backward_and_step,
     build_patient_patches,
     check_resume,
+    coverage,
     cross_validate,
+    epoch_draw,
     grad_scaler_enabled,
     make_grad_scaler,
     patch_probabilities,
+    patches_per_epoch,
     record_run,
     resolve_data_source,
     run_fingerprint,
-    training_subsample,
+    train_network,
 )
 from models.checkpoint import load_checkpoint
 
@@ -122,9 +125,10 @@ def test_report_leads_with_pooled_auc_then_same_patients_then_folds(run: tuple[P
     assert report.index("Trained on synthetic phantoms, not on patients") < pooled
     assert "95% CI" in report[pooled:same] and "n = 9 patients" in report[pooled:same]
     assert "the interval is wide" in report[pooled:same]
-    # every table says which patients it covers; the training table says it used the subsample
+    # every table says which patients it covers; the training table says how the networks were fitted
     assert report.count("Patients: ") >= 6
-    assert "training subsample (at most 8 patches per patient)" in report
+    assert "fitted on a fresh draw of at most 8 of them per patient each epoch" in report
+    assert "fitting drew at most 8 per patient afresh each epoch" in report
     oof = summary["out_of_fold_patient_level"]
     assert set(oof) == OOF_KEYS and oof["ci_method"] == "DeLong"
     assert set(oof["all_patients"]) == {"n", "events", "dl_auc", "dl_auc_ci"}
@@ -218,13 +222,105 @@ def test_a_manifest_that_is_not_utf8_is_one_sentence(tmp_path: Path) -> None:
         read_manifest(path, TINY)
 
 
-def test_training_subsample_is_per_patient_and_leaves_the_full_set() -> None:
-    data = [PatientPatches(f"P{i}", i % 2, "N0", None, np.full((20 + i, 4, 4), i, np.uint8)) for i in range(3)]
-    fit = training_subsample(data, 5, seed=1)
-    assert [len(p.patches) for p in fit] == [5, 5, 5] and [len(p.patches) for p in data] == [20, 21, 22]
-    again = training_subsample(data, 5, seed=1)
-    assert all(np.array_equal(a.patches, b.patches) for a, b in zip(fit, again, strict=True))
-    assert training_subsample(data, None, seed=1)[2] is data[2]
+def _patients(sizes: list[int], side: int = 4, offset: int = 0) -> list[PatientPatches]:
+    """Patients whose patch i is filled with the value ``n · offset + i`` (patient n), so a drawn patch tells where it came from."""
+    return [
+        PatientPatches(
+            f"P{n}",
+            n % 2,
+            "N0",
+            None,
+            (n * offset + np.arange(size, dtype=np.uint8))[:, None, None].repeat(side, 1).repeat(side, 2),
+        )
+        for n, size in enumerate(sizes)
+    ]
+
+
+def test_each_epoch_draws_at_most_the_cap_per_patient_with_its_label() -> None:
+    data = _patients([20, 3, 22])
+    patches, labels = epoch_draw(data, 5, seed=1, epoch=0)
+    assert patches.shape == (13, 4, 4) and patches.dtype == np.uint8
+    assert labels.tolist() == [0] * 5 + [1] * 3 + [0] * 5  # patient order, each patch with its patient's label
+    assert patches[5:8, 0, 0].tolist() == [0, 1, 2]  # a patient under the cap gives all its patches
+    assert len(set(patches[:5, 0, 0].tolist())) == 5  # without replacement
+    assert patches_per_epoch(data, 5) == 13 and patches_per_epoch(data, None) == 45
+
+
+def test_epochs_draw_afresh_and_over_a_run_cover_the_whole_grid() -> None:
+    data = _patients([40])
+    draws = [set(epoch_draw(data, 8, seed=3, epoch=e)[0][:, 0, 0].tolist()) for e in range(30)]
+    assert draws[0] != draws[1]  # a fixed subset would show the network the same 8 patches every epoch
+    assert set().union(*draws) == set(range(40))
+    again = epoch_draw(data, 8, seed=3, epoch=1)[0]
+    assert np.array_equal(again, epoch_draw(data, 8, seed=3, epoch=1)[0])  # reproducible: resumes and DDP ranks agree
+    assert not np.array_equal(again, epoch_draw(data, 8, seed=4, epoch=1)[0])
+
+
+def _spy_on_training(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
+    """Record, in order, each epoch's draw (cap, seed, epoch, the patch values drawn) and each batch's values."""
+    events: list[tuple[str, object]] = []
+
+    def draw(data: list[PatientPatches], cap: int | None, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        patches, labels = epoch_draw(data, cap, seed, epoch)
+        events.append(("draw", (cap, seed, epoch, set(patches[:, 0, 0].tolist()))))
+        return patches, labels
+
+    def network_input(batch: np.ndarray, *args: object, **kwargs: object) -> torch.Tensor:
+        events.append(("batch", set(batch[:, 0, 0].tolist())))
+        return to_network_input(batch, *args, **kwargs)
+
+    monkeypatch.setattr(training, "epoch_draw", draw)
+    monkeypatch.setattr(training, "to_network_input", network_input)
+    return events
+
+
+def test_training_fits_each_epoch_on_that_epochs_fresh_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _spy_on_training(monkeypatch)
+    data = _patients([12, 12], side=TINY.patch_px, offset=50)
+    train_network(data, TINY, replace(TINY_TRAIN, epochs=2, batch_size=4), torch.device("cpu"), seed=5)
+    draws = [(i, value) for i, (kind, value) in enumerate(events) if kind == "draw"]
+    assert [value[:3] for _, value in draws] == [(8, 5, 0), (8, 5, 1)]
+    assert draws[0][1][3] != draws[1][1][3]
+    for (start, (_, _, _, drawn)), end in zip(draws, [draws[1][0], len(events)], strict=True):
+        fitted = set().union(*(value for _, value in events[start + 1 : end]))
+        assert fitted == drawn  # every batch from this epoch's draw, and the whole draw used (16 = 4 batches of 4)
+
+
+def test_a_resumed_run_draws_what_the_uninterrupted_run_would(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    events = _spy_on_training(monkeypatch)
+    data = _patients([12, 12], side=TINY.patch_px, offset=50)
+    tc = replace(TINY_TRAIN, epochs=2, batch_size=4)
+    state = tmp_path / "state.pt"
+    train_network(data, TINY, replace(tc, epochs=1), torch.device("cpu"), seed=5, state_path=state)
+    events.clear()
+    train_network(data, TINY, tc, torch.device("cpu"), seed=5, state_path=state)
+    assert [value[:3] for kind, value in events if kind == "draw"] == [(8, 5, 1)]  # only the missing epoch
+    assert [value[3] for kind, value in events if kind == "draw"] == [
+        set(epoch_draw(data, 8, seed=5, epoch=1)[0][:, 0, 0].tolist())
+    ]
+
+
+def test_a_patients_draw_follows_its_key_not_its_place_in_the_list() -> None:
+    a, b = _patients([30, 30], offset=100)
+    alone = epoch_draw([b], 6, seed=2, epoch=3)[0]
+    assert np.array_equal(alone, epoch_draw([a, b], 6, seed=2, epoch=3)[0][6:])
+    moved = replace(b, key="another key")
+    assert not np.array_equal(alone, epoch_draw([moved], 6, seed=2, epoch=3)[0])
+
+
+def test_uncapped_runs_say_every_patch_trained_every_epoch() -> None:
+    uncapped = replace(TINY_TRAIN, max_patches_per_patient=None)
+    assert (
+        coverage(uncapped)["train"] == "each fold's training patients, on all their patches; mean ± SD over the 3 folds"
+    )
+    assert fitting_clause(None, 71081) == "every patch, every epoch"
+    assert fitting_clause(32, 1226).startswith("fitting drew at most 32 per patient afresh each epoch, 1,226 over all")
+
+
+def test_without_a_cap_every_patch_trains_every_epoch() -> None:
+    data = _patients([7, 9])
+    patches, _ = epoch_draw(data, None, seed=0, epoch=5)
+    assert patches[:, 0, 0].tolist() == list(range(7)) + list(range(9))
 
 
 def test_deployable_checkpoint_loads_with_its_card(run: tuple[Path, dict]) -> None:
@@ -269,6 +365,21 @@ def test_other_settings_refuse_to_resume(run: tuple[Path, dict], manifest: Path)
         cross_validate(manifest, out, replace(TINY_TRAIN, epochs=2), TINY)
     assert not isinstance(caught.value, ManifestError)  # not presented as a manifest row problem
     assert "data" not in str(caught.value) and "code" not in str(caught.value)
+
+
+def test_the_demo_build_starts_afresh_over_a_build_of_other_settings(
+    run: tuple[Path, dict], manifest: Path, tmp_path: Path
+) -> None:
+    """`make demo-model` owns runs/demo/train: a build left there by an older recipe must not block it for good."""
+    from core.training_cli import cross_validate_demo
+
+    out, _ = run
+    stale = tmp_path / "train"
+    shutil.copytree(out, stale)
+    (stale / "left by the old build").touch()
+    summary = cross_validate_demo(manifest, stale, replace(TINY_TRAIN, epochs=2), TINY)
+    assert summary["config"]["epochs"] == 2 and not (stale / "left by the old build").exists()
+    cross_validate(manifest, stale, replace(TINY_TRAIN, epochs=2), TINY)  # what is there now is the new build
 
 
 def test_run_json_holds_three_fingerprints(run: tuple[Path, dict]) -> None:
