@@ -114,7 +114,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         + f"; model card training data: {summary['training_data']}.",
         f"{cfg['folds']}-fold cross-validation split **by patient**, stratified by label. "
         f"Training: ResNet50 from scratch, {cfg['epochs']} epochs, batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}, "
-        f"seed {cfg['seed']}.",
+        f"seed {cfg['seed']}; network input {summary['preprocess']['input_px']} px (the paper: 224).",
         f"Aggregation: {summary['patient_rule']}.",
         "",
         "Fold tables follow (mean ± SD over folds; each fold rests on a few patients, so they vary more "

@@ -16,8 +16,7 @@ from core.provenance import DATA_SOURCES
 if TYPE_CHECKING:  # core.training imports torch: the CLI loads it only when a command needs it
     from core.training import TrainConfig
 
-# The CPU demo recipe, sized for `make demo-model` on 2 cores without BF16 (AVX2 only) in 15 minutes (this
-# recipe not yet timed on such a CPU, only emulated: README):
+# The CPU demo recipe, meant for `make demo-model` on 2 cores without BF16 (AVX2 only) in 15 minutes:
 # 32-px network input (16 mm patches seen at 0.5 mm per input pixel, finer than the phantoms' 0.6–0.8 mm
 # pixels and their 0.8–3 mm texture), and the deployable model is the ensemble of the 5 fold networks,
 # so no sixth network is trained after cross-validation (see README for the measured time and AUC).
@@ -25,10 +24,10 @@ if TYPE_CHECKING:  # core.training imports torch: the CLI loads it only when a c
 # 32 patches at batch 64 against 1.04 s at batch 32 (oneDNN's convolution backward is starved by
 # small batches of tiny images; 96 and 128 are no faster). The learning rate doubles with it
 # (linear scaling). 10 epochs of a fresh draw of 32 patches per patient at 32 px replaced 5 epochs of one
-# fixed subset at 48 px on 2026-12-03: under AVX2 emulation a 32-px step costs 0.6 of a 48-px one per
-# patch, and the whole build ×1.14 the wall time; on the demo cohort four runs of it averaged a
-# patient-level out-of-fold AUC of 0.823 against 0.764 for three of the old (one `make demo-model`:
-# 0.821), and it was no lower on two other cohort draws. Not yet the issue's 0.85. README, "Measured", has each run.
+# fixed subset at 48 px on 2026-12-03: on the demo cohort three paired runs went from a patient-level
+# out-of-fold AUC of 0.764 to 0.814 on average (+0.050), no lower on two other cohort draws; not yet the
+# issue's 0.85. The cost: ×1.14 the wall time under AVX2 emulation, which extrapolated from the last
+# Zen 3 run lands near 16.5 minutes, over the target (not measured on a real AVX2 CPU). README, "Measured".
 DEMO_RECIPE = {
     "patients": 41,
     "seed": 0,
@@ -165,15 +164,11 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 
 
 def _build_demo_model(args: argparse.Namespace) -> int:
-    from core.phantom import write_cohort
     from core.training import TrainConfig
     from models.checkpoint import allow_checkpoint, configured_model_path
 
     recipe = DEMO_RECIPE
     work = Path(args.workdir)
-    manifest = work / "cohort" / "manifest.csv"
-    if not manifest.exists():
-        write_cohort(work / "cohort", recipe["patients"], recipe["seed"])
     tc = TrainConfig(
         epochs=recipe["epochs"],
         batch_size=recipe["batch_size"],
@@ -187,7 +182,7 @@ def _build_demo_model(args: argparse.Namespace) -> int:
         deployable=recipe["deployable"],
     )
     cfg = replace(PreprocessConfig(), input_px=recipe["input_px"])
-    summary = cross_validate_demo(manifest, work / "train", tc, cfg)
+    summary = cross_validate_demo(work, tc, cfg, recipe["patients"], recipe["seed"])
     target = Path(args.out) if args.out else configured_model_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "train" / "model.pt", target)
@@ -204,21 +199,28 @@ def _build_demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def cross_validate_demo(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessConfig) -> dict[str, Any]:
-    """:func:`core.training.cross_validate` into the demo's own folder, starting afresh when it holds another build.
+def cross_validate_demo(work: Path, tc: TrainConfig, cfg: PreprocessConfig, patients: int, seed: int) -> dict[str, Any]:
+    """Write the phantoms into ``work/cohort`` unless there, then cross-validate into ``work/train``.
 
-    A build left there by an earlier recipe or version of the code would otherwise be refused
-    for good (a resume must match), and that folder belongs to the tool, not to the user.
+    When ``work/train`` holds a build of other settings or code (an earlier recipe or version),
+    which a resume must refuse, both folders are rebuilt from scratch: the phantoms too, since the
+    generator may have changed with the code. Both folders are the demo build's own.
     """
     from core.errors import ResumeMismatchError
+    from core.phantom import write_cohort
     from core.training import cross_validate
 
+    manifest = work / "cohort" / "manifest.csv"
+    if not manifest.exists():
+        write_cohort(work / "cohort", patients, seed)
     try:
-        return cross_validate(manifest, out, tc, cfg)
-    except ResumeMismatchError as error:
-        print(f"{error} It is the demo's own folder: starting the build afresh.")
-        shutil.rmtree(out)
-        return cross_validate(manifest, out, tc, cfg)
+        return cross_validate(manifest, work / "train", tc, cfg)
+    except ResumeMismatchError:
+        print(f"{work / 'train'} holds a demo build of other settings or code: building afresh, phantoms included.")
+    shutil.rmtree(work / "train")
+    shutil.rmtree(work / "cohort")
+    write_cohort(work / "cohort", patients, seed)
+    return cross_validate(manifest, work / "train", tc, cfg)
 
 
 def measure_engines(cfg: PreprocessConfig) -> None:

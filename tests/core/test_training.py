@@ -129,6 +129,7 @@ def test_report_leads_with_pooled_auc_then_same_patients_then_folds(run: tuple[P
     assert report.count("Patients: ") >= 6
     assert "fitted on a fresh draw of at most 8 of them per patient each epoch" in report
     assert "fitting drew at most 8 per patient afresh each epoch" in report
+    assert "network input 32 px (the paper: 224)" in report
     oof = summary["out_of_fold_patient_level"]
     assert set(oof) == OOF_KEYS and oof["ci_method"] == "DeLong"
     assert set(oof["all_patients"]) == {"n", "events", "dl_auc", "dl_auc_ci"}
@@ -290,14 +291,29 @@ def test_a_resumed_run_draws_what_the_uninterrupted_run_would(monkeypatch: pytes
     events = _spy_on_training(monkeypatch)
     data = _patients([12, 12], side=TINY.patch_px, offset=50)
     tc = replace(TINY_TRAIN, epochs=2, batch_size=4)
+    train_network(data, TINY, tc, torch.device("cpu"), seed=5)
+    uninterrupted = [value for kind, value in events if kind == "draw"]
+    events.clear()
     state = tmp_path / "state.pt"
     train_network(data, TINY, replace(tc, epochs=1), torch.device("cpu"), seed=5, state_path=state)
     events.clear()
     train_network(data, TINY, tc, torch.device("cpu"), seed=5, state_path=state)
-    assert [value[:3] for kind, value in events if kind == "draw"] == [(8, 5, 1)]  # only the missing epoch
-    assert [value[3] for kind, value in events if kind == "draw"] == [
-        set(epoch_draw(data, 8, seed=5, epoch=1)[0][:, 0, 0].tolist())
-    ]
+    assert [value for kind, value in events if kind == "draw"] == uninterrupted[1:]  # only the missing epoch, alike
+
+
+def test_without_a_cap_every_epoch_trains_on_every_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _spy_on_training(monkeypatch)
+    data = _patients([6, 6], side=TINY.patch_px, offset=50)
+    train_network(
+        data,
+        TINY,
+        replace(TINY_TRAIN, epochs=2, batch_size=4, max_patches_per_patient=None),
+        torch.device("cpu"),
+        seed=5,
+    )
+    batches = [value for kind, value in events if kind == "batch"]
+    everything = set(range(6)) | set(range(50, 56))
+    assert len(batches) == 6 and set().union(*batches[:3]) == set().union(*batches[3:]) == everything
 
 
 def test_a_patients_draw_follows_its_key_not_its_place_in_the_list() -> None:
@@ -308,7 +324,7 @@ def test_a_patients_draw_follows_its_key_not_its_place_in_the_list() -> None:
     assert not np.array_equal(alone, epoch_draw([moved], 6, seed=2, epoch=3)[0])
 
 
-def test_uncapped_runs_say_every_patch_trained_every_epoch() -> None:
+def test_uncapped_runs_are_described_as_every_patch_every_epoch() -> None:
     uncapped = replace(TINY_TRAIN, max_patches_per_patient=None)
     assert (
         coverage(uncapped)["train"] == "each fold's training patients, on all their patches; mean ± SD over the 3 folds"
@@ -367,19 +383,38 @@ def test_other_settings_refuse_to_resume(run: tuple[Path, dict], manifest: Path)
     assert "data" not in str(caught.value) and "code" not in str(caught.value)
 
 
-def test_the_demo_build_starts_afresh_over_a_build_of_other_settings(
+def _demo_work(run: tuple[Path, dict], manifest: Path, work: Path) -> Path:
+    """A demo work folder holding the module's cohort and its finished TINY_TRAIN build."""
+    shutil.copytree(manifest.parent, work / "cohort")
+    shutil.copytree(run[0], work / "train")
+    (work / "cohort" / "left by the old build").touch()
+    return work
+
+
+def test_the_demo_build_resumes_a_build_of_the_same_settings(
     run: tuple[Path, dict], manifest: Path, tmp_path: Path
 ) -> None:
-    """`make demo-model` owns runs/demo/train: a build left there by an older recipe must not block it for good."""
     from core.training_cli import cross_validate_demo
 
-    out, _ = run
-    stale = tmp_path / "train"
-    shutil.copytree(out, stale)
-    (stale / "left by the old build").touch()
-    summary = cross_validate_demo(manifest, stale, replace(TINY_TRAIN, epochs=2), TINY)
-    assert summary["config"]["epochs"] == 2 and not (stale / "left by the old build").exists()
-    cross_validate(manifest, stale, replace(TINY_TRAIN, epochs=2), TINY)  # what is there now is the new build
+    work = _demo_work(run, manifest, tmp_path)
+    stamp = (work / "train" / "fold1" / "model.pt").stat().st_mtime_ns
+    cross_validate_demo(work, TINY_TRAIN, TINY, patients=9, seed=11)
+    assert (work / "train" / "fold1" / "model.pt").stat().st_mtime_ns == stamp
+    assert (work / "cohort" / "left by the old build").exists()
+
+
+def test_the_demo_build_starts_afresh_phantoms_included_over_a_build_of_other_settings(
+    run: tuple[Path, dict], manifest: Path, tmp_path: Path
+) -> None:
+    """`make demo-model` owns its work folder: a build left there by an older recipe must not block it for good."""
+    from core.training_cli import cross_validate_demo
+
+    work = _demo_work(run, manifest, tmp_path)
+    summary = cross_validate_demo(work, replace(TINY_TRAIN, epochs=2), TINY, patients=9, seed=11)
+    assert summary["config"]["epochs"] == 2
+    assert not (work / "cohort" / "left by the old build").exists()  # the phantoms were written again
+    assert (work / "cohort" / "manifest.csv").read_bytes() == manifest.read_bytes()
+    cross_validate(work / "cohort" / "manifest.csv", work / "train", replace(TINY_TRAIN, epochs=2), TINY)  # resumable
 
 
 def test_run_json_holds_three_fingerprints(run: tuple[Path, dict]) -> None:
