@@ -537,7 +537,10 @@ def train_network(
     every_patch = epoch_draw(data, None, seed, 0) if tc.max_patches_per_patient is None else None
     for epoch in range(start_epoch, tc.epochs):
         model.train()
-        patches, labels = every_patch or epoch_draw(data, tc.max_patches_per_patient, seed, epoch)
+        if every_patch is None:
+            patches, labels = epoch_draw(data, tc.max_patches_per_patient, seed, epoch)
+        else:
+            patches, labels = every_patch
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(patches))
         n_batches = max(1, len(order) // tc.batch_size)  # drop the ragged tail: BatchNorm needs > 1 sample
