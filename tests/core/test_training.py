@@ -287,18 +287,45 @@ def test_training_fits_each_epoch_on_that_epochs_fresh_draw(monkeypatch: pytest.
         assert fitted == drawn  # every batch from this epoch's draw, and the whole draw used (16 = 4 batches of 4)
 
 
-def test_a_resumed_run_draws_what_the_uninterrupted_run_would(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+class _Killed(Exception):
+    """Stands for the process being stopped in the middle of an epoch."""
+
+
+def test_a_run_stopped_mid_epoch_resumes_to_what_the_uninterrupted_run_gives(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     events = _spy_on_training(monkeypatch)
     data = _patients([12, 12], side=TINY.patch_px, offset=50)
     tc = replace(TINY_TRAIN, epochs=2, batch_size=4)
-    train_network(data, TINY, tc, torch.device("cpu"), seed=5)
-    uninterrupted = [value for kind, value in events if kind == "draw"]
+    uninterrupted, _ = train_network(data, TINY, tc, torch.device("cpu"), seed=5)
+    draws = [value for kind, value in events if kind == "draw"]
+    spied_input = training.to_network_input
+
+    def stopped_in_epoch_2(batch: np.ndarray, *args: object, **kwargs: object) -> torch.Tensor:
+        if sum(kind == "draw" for kind, _ in events) == 2:
+            raise _Killed
+        return spied_input(batch, *args, **kwargs)
+
     events.clear()
     state = tmp_path / "state.pt"
-    train_network(data, TINY, replace(tc, epochs=1), torch.device("cpu"), seed=5, state_path=state)
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "to_network_input", stopped_in_epoch_2)
+        with pytest.raises(_Killed):
+            train_network(data, TINY, tc, torch.device("cpu"), seed=5, state_path=state)
+    assert "optimizer" in torch.load(state, weights_only=True)  # epoch 1 of 2: Adam's moments kept for the resume
     events.clear()
-    train_network(data, TINY, tc, torch.device("cpu"), seed=5, state_path=state)
-    assert [value for kind, value in events if kind == "draw"] == uninterrupted[1:]  # only the missing epoch, alike
+    resumed, _ = train_network(data, TINY, tc, torch.device("cpu"), seed=5, state_path=state)
+    assert [value for kind, value in events if kind == "draw"] == draws[1:]  # only the missing epoch, alike
+    for name, weight in uninterrupted.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], weight, msg=name)  # wrong without Adam's moments
+    assert "optimizer" not in torch.load(state, weights_only=True)  # finished: weights only
+
+
+def test_a_finished_run_keeps_no_fold_resume_state_and_a_slim_final_one(run: tuple[Path, dict]) -> None:
+    out, _ = run
+    assert not list(out.glob("fold*/state.pt")) and all((out / f"fold{k}" / "model.pt").exists() for k in (1, 2, 3))
+    final = torch.load(out / "final" / "state.pt", weights_only=True)
+    assert set(final) == {"model", "epoch"} and final["epoch"] == TINY_TRAIN.epochs
 
 
 def test_without_a_cap_every_epoch_trains_on_every_patch(monkeypatch: pytest.MonkeyPatch) -> None:
