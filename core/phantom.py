@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -409,13 +410,17 @@ def write_cohort(out: Path, n_patients: int = 41, seed: int = 0, progress: bool 
     """Write DICOM slices, PNG masks and ``manifest.csv`` under ``out``; returns the manifest path.
 
     Every row's ``data_source`` is ``synthetic``: ``core train`` reads it onto the model's card.
+    The manifest appears only once every patient is written, so a build stopped half-way leaves
+    none (``make demo-model`` then writes the cohort again) rather than a short one it would train on.
     """
     from tqdm import tqdm
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as handle:
+    manifest.unlink(missing_ok=True)  # an old manifest must not outlive the files rewritten under it
+    partial = out / "manifest.csv.partial"
+    with partial.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(MANIFEST_COLUMNS)
         for patient in tqdm(iter_cohort(n_patients, seed), total=n_patients, desc="phantoms", disable=not progress):
@@ -435,6 +440,7 @@ def write_cohort(out: Path, n_patients: int = 41, seed: int = 0, progress: bool 
                     PHANTOM_DATA_SOURCE,
                 ]
             )
+    os.replace(partial, manifest)
     return manifest
 
 

@@ -125,6 +125,24 @@ def test_manifest_marks_every_row_synthetic(tmp_path: Path) -> None:
     assert DATA_SOURCES["synthetic"] == "synthetic phantoms"
 
 
+def test_a_cohort_stopped_while_writing_leaves_no_manifest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from core import phantom
+
+    write_cohort(tmp_path, n_patients=3, seed=1, progress=False)
+    written: list[Path] = []
+
+    def stopped_after_one(path: str, image: np.ndarray) -> bool:
+        if written:
+            raise KeyboardInterrupt
+        written.append(Path(path))
+        return cv2.imwrite(path, image)
+
+    monkeypatch.setattr(phantom.cv2, "imwrite", stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        write_cohort(tmp_path, n_patients=3, seed=2, progress=False)
+    assert len(written) == 1 and not (tmp_path / "manifest.csv").exists()  # not the old one, nor a short new one
+
+
 def test_the_sample_outline_exports_as_a_seg_that_reads_back_exactly() -> None:
     """The sample has a frame of reference, as a real CT does: its outline can be exported as DICOM SEG."""
     import io
