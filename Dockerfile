@@ -33,7 +33,7 @@ COPY . .
 # The demo model is trained here, once, so that a container serves at once (about 15 min on 2 cores);
 # it approves itself on models/weights/allowed-models.txt.
 RUN python -m core demo-model --out models/weights/model.pt --no-engine-choice \
-    && rm -rf runs/demo/cohort runs/demo/train/fold*/state.pt
+    && rm -rf runs/demo/cohort
 USER 10001:10001
 
 VOLUME ["/data"]

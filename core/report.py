@@ -155,11 +155,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
     t = summary["throughput"]
     lines += [
         "",
-        f"Training throughput: {', '.join(f'{v:.1f}' for v in t['train_patches_per_s_per_fold'])} patches/s "
+        f"Training throughput: {', '.join(_throughput(v) for v in t['train_patches_per_s_per_fold'])} patches/s "
         f"per fold on {t['device']} × {t['processes']} process(es).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _throughput(patches_per_s: float | None) -> str:
+    """One fold's training patches/s; a fold resumed after its last epoch was not timed."""
+    return "— (resumed after training, not timed)" if patches_per_s is None else f"{patches_per_s:.1f}"
 
 
 def card_metric_rows(cv_metrics: dict[str, Any]) -> list[dict[str, str]]:

@@ -152,7 +152,7 @@ class FoldResult:
     patient_level: dict[str, dict[str, float]] = field(default_factory=dict)  # "train" / "validation"
     patch_level: dict[str, dict[str, float]] = field(default_factory=dict)
     validation_patients: list[dict[str, Any]] = field(default_factory=list)
-    train_patches_per_s: float = 0.0
+    train_patches_per_s: float | None = 0.0  # None: resumed after its last epoch, nothing timed
     seconds: float = 0.0
 
 
@@ -377,9 +377,7 @@ def check_resume(out: Path, current: RunFingerprint) -> None:
 
 def record_run(out: Path, current: RunFingerprint) -> None:
     """Write ``run.json`` atomically (other ranks may be reading it in :func:`check_resume`)."""
-    tmp = out / "run.json.tmp"
-    tmp.write_text(json.dumps(current.to_json(), indent=2))
-    os.replace(tmp, out / "run.json")
+    _write_atomically(out / "run.json", json.dumps(current.to_json(), indent=2))
 
 
 # ---------------------------------------------------------------- data
@@ -510,8 +508,10 @@ def train_network(
     state_path: Path | None = None,
     desc: str = "train",
     share: tuple[float, float] = (0.0, 1.0),
-) -> tuple[torch.nn.Module, float]:
+) -> tuple[torch.nn.Module, float | None]:
     """Train a fresh ResNet50 on ``data`` (each epoch :func:`epoch_draw`'s patches); returns it and patches/s.
+
+    The patches/s is None when ``state_path`` held a finished network, so this call trained nothing.
 
     Resumable: after every epoch rank 0 writes ``state_path`` (weights, optimizer, grad
     scaler, epoch; after the last epoch weights and epoch only); a later call with the same
@@ -575,7 +575,7 @@ def train_network(
             _save_state(state_path, network, None if finished else optimizer, scaler, epoch + 1)
         barrier()
     network.eval()
-    return network, (seen / busy if busy > 0 else 0.0)
+    return network, (seen / busy if busy > 0 else None)
 
 
 def _resume(
@@ -742,7 +742,7 @@ def cross_validate(manifest: Path, out: Path, tc: TrainConfig, cfg: PreprocessCo
     """Validate the manifest, run k-fold CV by patient, write the deployable model and the report.
 
     Files under ``out``: ``run.json`` (fingerprint), ``folds.csv``, ``fold{k}/model.pt`` and
-    ``result.json`` per fold (``fold{k}/state.pt`` only while the fold trains), ``model.pt`` (``tc.deployable`` "final": one network trained on all
+    ``result.json`` per fold (``fold{k}/state.pt`` only until its result is written), ``model.pt`` (``tc.deployable`` "final": one network trained on all
     patients after CV; "ensemble": the K fold networks in one checkpoint, no further training),
     ``metrics.json``, ``report.md``, ``roc.html`` / ``roc.png``. Re-running with the same
     arguments resumes (also into the other kind of deployable model: the folds are reused).
@@ -826,7 +826,10 @@ def _run_fold(
     rank, _ = world()
     tc = run.tc
     done = run.out / f"fold{k + 1}" / "result.json"
+    state = run.out / f"fold{k + 1}" / "state.pt"
     if done.exists():
+        if rank == 0:
+            _drop_resume_state(state)  # left by a run stopped between writing the result and deleting it
         barrier()
         return FoldResult(**json.loads(done.read_text()))
     started = time.perf_counter()
@@ -838,7 +841,7 @@ def _run_fold(
         tc,
         run.device,
         seed=tc.seed + k,
-        state_path=run.out / f"fold{k + 1}" / "state.pt",
+        state_path=state,
         desc=f"fold {k + 1}/{tc.folds}",
         share=(k / _networks_to_train(tc), 1 / _networks_to_train(tc)),
     )
@@ -861,11 +864,24 @@ def _run_fold(
                 run.cfg,
                 make_card(f"{run.model_name}, fold {k + 1}", f"fold {k + 1} of {tc.folds}", run.training_data),
             )
-        done.write_text(json.dumps(asdict(result), default=_json_default))
+        _write_atomically(done, json.dumps(asdict(result), default=_json_default))
         # a fold with its result on disk is never trained again (see above): its resume state is dead weight
-        (run.out / f"fold{k + 1}" / "state.pt").unlink(missing_ok=True)
+        _drop_resume_state(state)
     barrier()
     return FoldResult(**json.loads(done.read_text())) if rank != 0 else result
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: a run stopped mid-write leaves the old file or none."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _drop_resume_state(state_path: Path) -> None:
+    """Delete a finished fold's resume state (283 MB for ResNet50) and any half-written copy of it."""
+    state_path.unlink(missing_ok=True)
+    state_path.with_suffix(".tmp").unlink(missing_ok=True)
 
 
 def _patient_row(patient: PatientPatches, risk: CaseRisk, clinical: float | None) -> dict[str, Any]:

@@ -129,18 +129,20 @@ def test_a_cohort_stopped_while_writing_leaves_no_manifest(monkeypatch: pytest.M
     from core import phantom
 
     write_cohort(tmp_path, n_patients=3, seed=1, progress=False)
-    written: list[Path] = []
+    masks: list[str] = []
+    imwrite = cv2.imwrite
 
-    def stopped_after_one(path: str, image: np.ndarray) -> bool:
-        if written:
+    def stopped_after_one_patient(path: str, image: np.ndarray) -> bool:
+        if masks:
             raise KeyboardInterrupt
-        written.append(Path(path))
-        return cv2.imwrite(path, image)
+        masks.append(path)
+        return imwrite(path, image)
 
-    monkeypatch.setattr(phantom.cv2, "imwrite", stopped_after_one)
+    monkeypatch.setattr(phantom.cv2, "imwrite", stopped_after_one_patient)
     with pytest.raises(KeyboardInterrupt):
         write_cohort(tmp_path, n_patients=3, seed=2, progress=False)
-    assert len(written) == 1 and not (tmp_path / "manifest.csv").exists()  # not the old one, nor a short new one
+    assert len((tmp_path / "manifest.csv.partial").read_text().splitlines()) == 2  # header and the one patient
+    assert not (tmp_path / "manifest.csv").exists()  # neither the old manifest nor a short new one
 
 
 def test_the_sample_outline_exports_as_a_seg_that_reads_back_exactly() -> None:

@@ -32,7 +32,7 @@ from core.lattice import plan_lattice
 from core.modelcard import patient_level_auc, same_patients_comparison
 from core.phantom import write_cohort
 from core.preprocess import PreprocessConfig
-from core.report import card_metric_rows, fitting_clause
+from core.report import card_metric_rows, fitting_clause, render_markdown
 from core.training import (
     PatientPatches,
     TrainConfig,
@@ -319,13 +319,35 @@ def test_a_run_stopped_mid_epoch_resumes_to_what_the_uninterrupted_run_gives(
     for name, weight in uninterrupted.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], weight, msg=name)  # wrong without Adam's moments
     assert "optimizer" not in torch.load(state, weights_only=True)  # finished: weights only
+    # stopped after the last epoch, before its result was written: the weights come back, nothing is trained
+    events.clear()
+    finished, throughput = train_network(data, TINY, tc, torch.device("cpu"), seed=5, state_path=state)
+    assert not events and throughput is None
+    for name, weight in uninterrupted.state_dict().items():
+        torch.testing.assert_close(finished.state_dict()[name], weight, msg=name)
 
 
-def test_a_finished_run_keeps_no_fold_resume_state_and_a_slim_final_one(run: tuple[Path, dict]) -> None:
+def test_a_finished_run_keeps_no_fold_resume_state_and_a_slim_final_one(
+    run: tuple[Path, dict], manifest: Path, tmp_path: Path
+) -> None:
     out, _ = run
-    assert not list(out.glob("fold*/state.pt")) and all((out / f"fold{k}" / "model.pt").exists() for k in (1, 2, 3))
+    assert not list(out.glob("fold*/state.*")) and all((out / f"fold{k}" / "model.pt").exists() for k in (1, 2, 3))
     final = torch.load(out / "final" / "state.pt", weights_only=True)
     assert set(final) == {"model", "epoch"} and final["epoch"] == TINY_TRAIN.epochs
+    # a run stopped between writing a fold's result and deleting its state: the next run deletes it
+    copy = shutil.copytree(out, tmp_path / "run")
+    (copy / "fold2" / "state.pt").write_bytes(b"left behind")
+    (copy / "fold2" / "state.tmp").write_bytes(b"half written")
+    again = cross_validate(manifest, copy, TINY_TRAIN, TINY)
+    assert not list(copy.glob("fold*/state.*"))
+    assert again["throughput"]["final_train_patches_per_s"] is None  # resumed after its last epoch: not timed
+
+
+def test_a_fold_resumed_after_its_last_epoch_reports_its_throughput_as_not_timed(run: tuple[Path, dict]) -> None:
+    summary = json.loads(json.dumps(run[1]))
+    summary["throughput"]["train_patches_per_s_per_fold"][1] = None
+    lines = [line for line in render_markdown(summary).splitlines() if line.startswith("Training throughput")]
+    assert lines and ", — (resumed after training, not timed), " in lines[0]
 
 
 def test_without_a_cap_every_epoch_trains_on_every_patch(monkeypatch: pytest.MonkeyPatch) -> None:
