@@ -24,6 +24,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.files import replaced_on_success
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_WORKDIR = REPO_ROOT / "runs" / "demo"
 PROGRESS_ENV = "ICCA_TRAIN_PROGRESS"
@@ -117,9 +119,8 @@ def report_progress(stage: str, fraction: float) -> None:
         "seconds_left": (1 - fraction) / pace if pace > 0 else None,
         "updated": now,
     }
-    partial = Path(target).with_suffix(".tmp")
-    partial.write_text(json.dumps(record))
-    partial.replace(target)  # a reader never sees half a file
+    with replaced_on_success(Path(target)) as partial:  # a reader never sees half a file
+        partial.write_text(json.dumps(record))
 
 
 @dataclass(frozen=True)

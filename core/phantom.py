@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from core.clinical import T_CATEGORIES
+from core.files import replaced_on_success
 from core.phantom_anatomy import IMAGE_PX, Abdomen, draw_line, ellipse, make_abdomen
 from core.roi import FABRIC_VERSION, CanvasView, mask_from_outlines, polygon_to_fabric
 
@@ -419,8 +419,7 @@ def write_cohort(out: Path, n_patients: int = 41, seed: int = 0, progress: bool 
     (out / "masks").mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.csv"
     manifest.unlink(missing_ok=True)  # an old manifest must not outlive the files rewritten under it
-    partial = out / "manifest.csv.partial"
-    with partial.open("w", newline="") as handle:
+    with replaced_on_success(manifest) as partial, partial.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(MANIFEST_COLUMNS)
         for patient in tqdm(iter_cohort(n_patients, seed), total=n_patients, desc="phantoms", disable=not progress):
@@ -440,7 +439,6 @@ def write_cohort(out: Path, n_patients: int = 41, seed: int = 0, progress: bool 
                     PHANTOM_DATA_SOURCE,
                 ]
             )
-    os.replace(partial, manifest)
     return manifest
 
 

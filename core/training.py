@@ -68,6 +68,7 @@ from core.errors import (
     TrainingDivergedError,
     UserFacingError,
 )
+from core.files import beside, replaced_on_success
 from core.imaging import model_grey
 from core.inference import (
     CASE_THRESHOLD,
@@ -377,7 +378,8 @@ def check_resume(out: Path, current: RunFingerprint) -> None:
 
 def record_run(out: Path, current: RunFingerprint) -> None:
     """Write ``run.json`` atomically (other ranks may be reading it in :func:`check_resume`)."""
-    _write_atomically(out / "run.json", json.dumps(current.to_json(), indent=2))
+    with replaced_on_success(out / "run.json") as tmp:
+        tmp.write_text(json.dumps(current.to_json(), indent=2))
 
 
 # ---------------------------------------------------------------- data
@@ -439,10 +441,10 @@ def epoch_draw(
     """
     patches, labels = [], []
     for patient in data:
-        chosen = patient.patches
-        if max_patches is not None and len(chosen) > max_patches:
+        chosen, n = patient.patches, _drawn(len(patient.patches), max_patches)
+        if n < len(chosen):
             rng = np.random.default_rng([seed, epoch, _DRAW_STREAM, zlib.crc32(patient.key.encode())])
-            chosen = chosen[np.sort(rng.choice(len(chosen), max_patches, replace=False))]
+            chosen = chosen[np.sort(rng.choice(len(chosen), n, replace=False))]
         patches.append(chosen)
         labels.append(np.full(len(chosen), patient.label, dtype=np.int64))
     return np.concatenate(patches), np.concatenate(labels)
@@ -450,7 +452,12 @@ def epoch_draw(
 
 def patches_per_epoch(data: Sequence[PatientPatches], max_patches: int | None) -> int:
     """How many patches :func:`epoch_draw` yields for ``data`` each epoch."""
-    return sum(len(p.patches) if max_patches is None else min(len(p.patches), max_patches) for p in data)
+    return sum(_drawn(len(p.patches), max_patches) for p in data)
+
+
+def _drawn(n_patches: int, max_patches: int | None) -> int:
+    """How many of a patient's ``n_patches`` an epoch draws: all of them, or the cap when smaller."""
+    return n_patches if max_patches is None else min(n_patches, max_patches)
 
 
 def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -601,14 +608,13 @@ def _save_state(
 ) -> None:
     """Write the resume state atomically; ``optimizer`` None (a finished network) writes weights and epoch only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     state: dict[str, Any] = {"model": network.state_dict(), "epoch": epoch}
     if optimizer is not None:
         # Adam's two moments are twice the weights (a 283 MB file instead of 94 MB for ResNet50)
         state["optimizer"] = optimizer.state_dict()
         state["scaler"] = scaler.state_dict()  # {} when scaling is off
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with replaced_on_success(path) as tmp:
+        torch.save(state, tmp)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -864,24 +870,18 @@ def _run_fold(
                 run.cfg,
                 make_card(f"{run.model_name}, fold {k + 1}", f"fold {k + 1} of {tc.folds}", run.training_data),
             )
-        _write_atomically(done, json.dumps(asdict(result), default=_json_default))
+        with replaced_on_success(done) as tmp:
+            tmp.write_text(json.dumps(asdict(result), default=_json_default))
         # a fold with its result on disk is never trained again (see above): its resume state is dead weight
         _drop_resume_state(state)
     barrier()
     return FoldResult(**json.loads(done.read_text())) if rank != 0 else result
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step: a run stopped mid-write leaves the old file or none."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _drop_resume_state(state_path: Path) -> None:
     """Delete a finished fold's resume state (283 MB for ResNet50) and any half-written copy of it."""
     state_path.unlink(missing_ok=True)
-    state_path.with_suffix(".tmp").unlink(missing_ok=True)
+    beside(state_path).unlink(missing_ok=True)
 
 
 def _patient_row(patient: PatientPatches, risk: CaseRisk, clinical: float | None) -> dict[str, Any]:

@@ -219,8 +219,8 @@ def cross_validate_demo(work: Path, tc: TrainConfig, cfg: PreprocessConfig, pati
         print(f"{work / 'train'} holds a demo build of other settings or code: building afresh, phantoms included.")
     shutil.rmtree(work / "train")
     shutil.rmtree(work / "cohort")
-    write_cohort(work / "cohort", patients, seed)
-    return cross_validate(manifest, work / "train", tc, cfg)
+    # once more from empty folders: no earlier build is left to mismatch, so this cannot come back here
+    return cross_validate_demo(work, tc, cfg, patients, seed)
 
 
 def measure_engines(cfg: PreprocessConfig) -> None:

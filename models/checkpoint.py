@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from core.errors import CheckpointError, CheckpointNotAllowedError, ModelNotInstalledError
+from core.files import replaced_on_success
 from core.preprocess import PreprocessConfig, UnknownPreprocessingError
 from core.provenance import CARD_VERSION, TRAINING_DATA_KINDS, training_data_of, weights_warning
 from models.resnet import build_resnet50
@@ -231,9 +232,8 @@ def save_checkpoint(
         "preprocess": preprocess.to_dict(),
         "card": card,
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with replaced_on_success(path) as tmp:
+        torch.save(payload, tmp)
     return file_sha256(path)
 
 

@@ -141,7 +141,7 @@ def test_a_cohort_stopped_while_writing_leaves_no_manifest(monkeypatch: pytest.M
     monkeypatch.setattr(phantom.cv2, "imwrite", stopped_after_one_patient)
     with pytest.raises(KeyboardInterrupt):
         write_cohort(tmp_path, n_patients=3, seed=2, progress=False)
-    assert len((tmp_path / "manifest.csv.partial").read_text().splitlines()) == 2  # header and the one patient
+    assert len((tmp_path / "manifest.csv.tmp").read_text().splitlines()) == 2  # header and the one patient
     assert not (tmp_path / "manifest.csv").exists()  # neither the old manifest nor a short new one
 
 

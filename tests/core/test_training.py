@@ -337,7 +337,7 @@ def test_a_finished_run_keeps_no_fold_resume_state_and_a_slim_final_one(
     # a run stopped between writing a fold's result and deleting its state: the next run deletes it
     copy = shutil.copytree(out, tmp_path / "run")
     (copy / "fold2" / "state.pt").write_bytes(b"left behind")
-    (copy / "fold2" / "state.tmp").write_bytes(b"half written")
+    (copy / "fold2" / "state.pt.tmp").write_bytes(b"half written")
     again = cross_validate(manifest, copy, TINY_TRAIN, TINY)
     assert not list(copy.glob("fold*/state.*"))
     assert again["throughput"]["final_train_patches_per_s"] is None  # resumed after its last epoch: not timed
