@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from core import db
 from core.cohort import CALIBRATION_COLUMNS, DATA_SOURCE_COLUMN, REQUIRED_COLUMNS
 from core.errors import UserFacingError
+from core.files import replaced_on_success
 from core.outcomes import FollowUp
 from core.provenance import DATA_SOURCES
 
@@ -119,7 +120,7 @@ def export_cohort(session: Session, out: Path, data_source: str) -> ExportSummar
             f"No saved case has a known outcome yet ({unknown} without one); record outcomes on the Cases page first."
         )
     manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as handle:
+    with replaced_on_success(manifest) as partial, partial.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=EXPORT_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)

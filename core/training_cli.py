@@ -164,6 +164,7 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 
 
 def _build_demo_model(args: argparse.Namespace) -> int:
+    from core.files import replaced_on_success
     from core.training import TrainConfig
     from models.checkpoint import allow_checkpoint, configured_model_path
 
@@ -185,8 +186,10 @@ def _build_demo_model(args: argparse.Namespace) -> int:
     summary = cross_validate_demo(work, tc, cfg, recipe["patients"], recipe["seed"])
     target = Path(args.out) if args.out else configured_model_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(work / "train" / "model.pt", target)
-    allow_checkpoint(target, f"{tc.model_name}, built by make demo-model")  # the demo model approves itself
+    # the dashboard polls for this file and loads it once it appears: it appears whole and approved
+    with replaced_on_success(target) as partial:
+        shutil.copyfile(work / "train" / "model.pt", partial)
+        allow_checkpoint(partial, f"{tc.model_name}, built by make demo-model")  # by sha256, the same once moved
     pooled = summary["out_of_fold_patient_level"]["all_patients"]
     low, high = pooled["dl_auc_ci"]
     print(
