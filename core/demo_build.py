@@ -62,8 +62,19 @@ def build_lock(workdir: Path = DEMO_WORKDIR) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# Builds this process started, by work folder. A new build spends its first seconds importing torch
+# before it takes the lock; without this, a page opened then would call it "stopped".
+_started: dict[Path, subprocess.Popen] = {}
+
+
 def build_running(workdir: Path = DEMO_WORKDIR) -> bool:
-    """Whether a build holds the lock now (a crashed build's lock is released by the kernel)."""
+    """Whether a build holds the lock now, or one this process started is still alive (not yet locked).
+
+    A crashed build's lock is released by the kernel.
+    """
+    started = _started.get(workdir.resolve())
+    if started is not None and started.poll() is None:
+        return True
     if not lock_path(workdir).exists():
         return False
     try:
@@ -79,7 +90,7 @@ def start_background_build(model_path: Path, workdir: Path = DEMO_WORKDIR) -> bo
         return False
     workdir.mkdir(parents=True, exist_ok=True)
     with (workdir / "build.log").open("ab") as log:
-        subprocess.Popen(
+        _started[workdir.resolve()] = subprocess.Popen(
             [sys.executable, "-m", "core", "demo-model", "--out", str(model_path), "--workdir", str(workdir)],
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,

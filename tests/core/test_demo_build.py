@@ -36,6 +36,24 @@ def test_one_build_per_machine_the_lock_refuses_a_second_and_frees_on_exit(tmp_p
     assert not build_running(tmp_path)
 
 
+def test_a_build_just_started_counts_as_running_before_it_takes_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For its first seconds a new build imports torch and holds no lock; a page must not call it stopped."""
+    popen = subprocess.Popen
+    slow_start = [sys.executable, "-c", "import time; time.sleep(30)"]  # alive, never locks
+    monkeypatch.setattr(demo_build.subprocess, "Popen", lambda _, **kwargs: popen(slow_start, **kwargs))
+    assert start_background_build(tmp_path / "m.pt", tmp_path)
+    started = demo_build._started[tmp_path.resolve()]
+    try:
+        assert build_running(tmp_path) and build_progress(tmp_path).running
+        assert not start_background_build(tmp_path / "m.pt", tmp_path)  # nor a second one meanwhile
+    finally:
+        started.kill()
+        started.wait()
+    assert not build_running(tmp_path) and "stopped" in build_progress(tmp_path).sentence()
+
+
 def test_an_installed_model_is_never_rebuilt(tmp_path: Path) -> None:
     model = tmp_path / "model.pt"
     model.write_bytes(b"installed")
