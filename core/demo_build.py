@@ -150,7 +150,12 @@ class BuildProgress:
                 "The demo model build stopped before it finished; it resumes where it stopped when a page is "
                 f"opened again. Last lines of runs/demo/build.log: {self.log_tail or '(empty)'}"
             )
-        eta = f"about {self.seconds_left / 60:.0f} min left" if self.seconds_left else "estimating the time left"
+        if not self.seconds_left:
+            eta = "estimating the time left"
+        elif self.seconds_left < 30:  # would round to "about 0 min left", which reads as done
+            eta = "under a minute left"
+        else:
+            eta = f"about {self.seconds_left / 60:.0f} min left"
         return f"Building the demo model (synthetic phantoms): {self.stage}, {self.fraction:.0%} done, {eta}."
 
 

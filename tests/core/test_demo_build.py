@@ -54,6 +54,14 @@ def test_a_build_just_started_counts_as_running_before_it_takes_the_lock(
     assert not build_running(tmp_path) and "stopped" in build_progress(tmp_path).sentence()
 
 
+def test_the_last_seconds_of_a_build_never_read_as_zero_minutes_left() -> None:
+    def left(seconds: float) -> str:
+        return demo_build.BuildProgress(True, "fold 5/5, epoch 10/10", 0.99, seconds).sentence()
+
+    assert left(2.2).endswith("99% done, under a minute left.")
+    assert left(45.0).endswith("about 1 min left.")
+
+
 def test_an_installed_model_is_never_rebuilt(tmp_path: Path) -> None:
     model = tmp_path / "model.pt"
     model.write_bytes(b"installed")
