@@ -89,6 +89,7 @@ def start_background_build(model_path: Path, workdir: Path = DEMO_WORKDIR) -> bo
     if model_path.exists() or build_running(workdir):
         return False
     workdir.mkdir(parents=True, exist_ok=True)
+    _forget_time_left(workdir)
     with (workdir / "build.log").open("ab") as log:
         _started[workdir.resolve()] = subprocess.Popen(
             [sys.executable, "-m", "core", "demo-model", "--out", str(model_path), "--workdir", str(workdir)],
@@ -100,6 +101,16 @@ def start_background_build(model_path: Path, workdir: Path = DEMO_WORKDIR) -> bo
             start_new_session=True,  # outlives the Streamlit session (and a server restart) that started it
         )
     return True
+
+
+def _forget_time_left(workdir: Path) -> None:
+    """Keep a stopped build's stage and share done, but not its time left: the new process measures its own pace."""
+    path = progress_path(workdir)
+    with suppress(OSError, ValueError):
+        record = json.loads(path.read_text())
+        record["seconds_left"] = None
+        with replaced_on_success(path) as tmp:
+            tmp.write_text(json.dumps(record))
 
 
 _first_report: tuple[float, float] | None = None  # (time, fraction) of this process's first report
@@ -150,12 +161,13 @@ class BuildProgress:
                 "The demo model build stopped before it finished; it resumes where it stopped when a page is "
                 f"opened again. Last lines of runs/demo/build.log: {self.log_tail or '(empty)'}"
             )
-        if not self.seconds_left:
+        minutes = round(self.seconds_left / 60) if self.seconds_left else None
+        if minutes is None:
             eta = "estimating the time left"
-        elif self.seconds_left < 30:  # would round to "about 0 min left", which reads as done
+        elif minutes == 0:  # "about 0 min left" would read as done
             eta = "under a minute left"
         else:
-            eta = f"about {self.seconds_left / 60:.0f} min left"
+            eta = f"about {minutes} min left"
         return f"Building the demo model (synthetic phantoms): {self.stage}, {self.fraction:.0%} done, {eta}."
 
 

@@ -43,10 +43,17 @@ def test_a_build_just_started_counts_as_running_before_it_takes_the_lock(
     popen = subprocess.Popen
     slow_start = [sys.executable, "-c", "import time; time.sleep(30)"]  # alive, never locks
     monkeypatch.setattr(demo_build.subprocess, "Popen", lambda _, **kwargs: popen(slow_start, **kwargs))
+    monkeypatch.setattr(demo_build, "_started", {})
+    stopped = {"stage": "fold 5/5, epoch 10/10", "fraction": 0.99, "seconds_left": 2.2, "updated": 0.0}
+    demo_build.progress_path(tmp_path).write_text(json.dumps(stopped))  # left by a build that was stopped
     assert start_background_build(tmp_path / "m.pt", tmp_path)
     started = demo_build._started[tmp_path.resolve()]
     try:
         assert build_running(tmp_path) and build_progress(tmp_path).running
+        # its stage and share stand; its time left was the stopped process's pace, not this one's
+        assert (
+            build_progress(tmp_path).sentence().endswith("fold 5/5, epoch 10/10, 99% done, estimating the time left.")
+        )
         assert not start_background_build(tmp_path / "m.pt", tmp_path)  # nor a second one meanwhile
     finally:
         started.kill()
@@ -59,6 +66,7 @@ def test_the_last_seconds_of_a_build_never_read_as_zero_minutes_left() -> None:
         return demo_build.BuildProgress(True, "fold 5/5, epoch 10/10", 0.99, seconds).sentence()
 
     assert left(2.2).endswith("99% done, under a minute left.")
+    assert left(30.0).endswith("99% done, under a minute left.")  # 0.5 min rounds to 0
     assert left(45.0).endswith("about 1 min left.")
 
 
