@@ -27,13 +27,10 @@ if TYPE_CHECKING:  # core.training imports torch: the CLI loads it only when a c
 # fixed subset at 48 px on 2026-12-03: on the demo cohort three paired runs went from a patient-level
 # out-of-fold AUC of 0.764 to 0.814 on average (+0.050), no lower on two other cohort draws; not yet the
 # issue's 0.85. The cost: ×1.14 the wall time under AVX2 emulation, which extrapolated from the last
-# Zen 3 run lands near 16.5 minutes, over the target. This recipe alone under emulation on a Xeon took
-# 9 min 37 s (2026-12-07); estimates for a real Zen 3 from it range from 14 to 21 minutes. Not measured
-# on a real AVX2 CPU. README, "Measured".
-# Recomputing BatchNorm statistics after the last epoch (precise BN) and averaging the last epochs'
-# weights (SWA) were tried on 2026-12-03 (EPYC Zen 4) and 2026-12-07 (Xeon AMX): precise BN moved that
-# AUC by -0.005 on average over six paired runs (up in three, down in three), SWA had no consistent
-# effect; all within run-to-run noise, so neither was adopted (README, "Measured").
+# Zen 3 run lands near 16.5 minutes, over the target; other estimates range from 14 to 21 (not measured
+# on a real AVX2 CPU). Tried on this recipe and not adopted, for no gain beyond run-to-run noise: BatchNorm
+# statistics recomputed after the last epoch, weight averaging (SWA), 20 epochs, test-time augmentation.
+# Figures for all of it: README, "Measured".
 DEMO_RECIPE = {
     "patients": 41,
     "seed": 0,
