@@ -162,7 +162,9 @@ def audited_download(
             session.commit()
         return build()
 
-    (where or st).download_button(label, data=audited, **button)
+    # "ignore": a press reruns nothing. A rerun would also swap the button's file id for a new one,
+    # and a press whose request arrives after that rerun ended finds its id gone and gets no file.
+    (where or st).download_button(label, data=audited, on_click="ignore", **button)
 
 
 @st.cache_resource(show_spinner="Loading the model…")

@@ -76,6 +76,8 @@ def served_app(
         "ICCA_PSEUDONYM_SECRET": "e2e-secret",
         "ICCA_ENGINE_CACHE": str(tmp_path / "engine-choice.json"),  # this machine's ranking stays out of the test
     }
+    log_path = tmp_path / f"streamlit-{port}.log"
+    log = log_path.open("wb")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -93,8 +95,8 @@ def served_app(
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -103,6 +105,10 @@ def served_app(
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        log.close()
+        # pytest shows a fixture's teardown output only for a failed test: the server's side of the failure
+        print(f"--- last lines of the app's log ({log_path.name}) ---")
+        print("\n".join(log_path.read_text(errors="replace").splitlines()[-60:]))
 
 
 @pytest.fixture()
@@ -477,10 +483,15 @@ def _type_date(page: Page, label: str, value: str) -> None:
     """Type ``value`` (YYYY/MM/DD) into the Streamlit date field labelled ``label``, segment by segment.
 
     Streamlit's date input is a segmented field (year, month and day spin buttons), not a text box.
+    As with a selectbox, the browser can still hold a rerun's stale copy of the field for a moment
+    after the run has finished: digits typed there are lost, so wait until one copy is left.
     """
+    from playwright.sync_api import expect
+
     _idle(page)
     year, month, day = value.split("/")
     field = page.get_by_label(label, exact=True)
+    expect(field).to_have_count(1, timeout=30_000)
     for unit, digits in (("year", year), ("month", month), ("day", day)):
         field.get_by_role("spinbutton", name=re.compile(unit, re.IGNORECASE)).click()
         page.keyboard.type(digits, delay=80)  # one key at a time: the field moves focus between segments
