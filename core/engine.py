@@ -169,6 +169,18 @@ def _nchw_copy(network: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(network).eval().to(memory_format=torch.contiguous_format)
 
 
+def _nchw_for_export(network: torch.nn.Module) -> torch.nn.Module:
+    """``network`` itself when every weight is already contiguous (as loaded), else :func:`_nchw_copy`.
+
+    Exporting reads the weights and changes nothing, so the copy (a ResNet50's 94 MB, made
+    while every member's torch weights are still held) is needed only to change the format:
+    a channels-last network keeps its format for whoever else runs it.
+    """
+    if all(p.is_contiguous() for p in network.parameters()) and not network.training:
+        return network
+    return _nchw_copy(network)
+
+
 def _build_torch_eager(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
     net = _nchw_copy(network).to(device)
     return lambda x: net(x.contiguous())
@@ -238,7 +250,7 @@ def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice: fast and exact here
         torch.onnx.export(
-            _nchw_copy(network),
+            _nchw_for_export(network),
             (example,),
             buffer,
             dynamo=False,
@@ -322,7 +334,7 @@ def _build_ort_int8(network: torch.nn.Module, cfg: PreprocessConfig, device: tor
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32, prepared, int8 = (Path(tmp) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
-        fp32.write_bytes(export_onnx(_nchw_copy(network), cfg.input_px))
+        fp32.write_bytes(export_onnx(network, cfg.input_px))
         quant_pre_process(str(fp32), str(prepared))
         quantize_static(
             str(prepared),
@@ -386,7 +398,7 @@ def _build_openvino_mixed(network: torch.nn.Module, cfg: PreprocessConfig, devic
     """
     import openvino as ov
 
-    head, tail = split_resnet(_nchw_copy(network))
+    head, tail = split_resnet(_nchw_for_export(network))
     core = ov.Core()
     settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
     with torch.no_grad():

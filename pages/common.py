@@ -162,8 +162,8 @@ def audited_download(
             session.commit()
         return build()
 
-    # "ignore": a press reruns nothing. A rerun would also swap the button's file id for a new one,
-    # and a press whose request arrives after that rerun ended finds its id gone and gets no file.
+    # "ignore": the press starts no rerun of its own. Every rerun gives the button a new file id and
+    # retires the old one when it ends, so a press whose request is handled after such a rerun gets no file.
     (where or st).download_button(label, data=audited, on_click="ignore", **button)
 
 

@@ -219,6 +219,24 @@ def test_real_backends_agree_with_fp32(key: str) -> None:
     assert probs.shape == (12,) and np.max(np.abs(probs - reference)) <= engines.MAX_ABS_PROB_DIFF
 
 
+def test_export_reads_a_loaded_network_as_it_is_and_copies_only_to_change_its_format() -> None:
+    """No copy of the weights for a network as loaded (contiguous, eval); any other is copied and left as it was."""
+    from models.resnet import build_resnet50
+
+    loaded = build_resnet50(seed=0).eval()
+    assert engines._nchw_for_export(loaded) is loaded
+    channels_last = build_resnet50(seed=0).eval().to(memory_format=torch.channels_last)
+    training = build_resnet50(seed=0)
+    for network in (channels_last, training):
+        exported = engines._nchw_for_export(network)
+        assert exported is not network and not exported.training
+        assert all(p.is_contiguous() for p in exported.parameters())
+    assert channels_last.conv1.weight.is_contiguous(memory_format=torch.channels_last) and training.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(engines._nchw_for_export(channels_last)(x), loaded(x))
+
+
 def test_choose_backend_measures_real_torch_backends() -> None:
     from models.resnet import build_resnet50
 

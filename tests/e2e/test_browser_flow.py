@@ -57,11 +57,18 @@ def _free_port() -> int:
 
 @contextmanager
 def served_app(
-    tmp_path: Path, model_path: Path, extra_args: Sequence[str] = (), port: int | None = None
+    tmp_path: Path,
+    model_path: Path,
+    extra_args: Sequence[str] = (),
+    port: int | None = None,
+    show_log: bool = True,
 ) -> Iterator[tuple[str, str]]:
     """``streamlit run app.py`` on a free loopback port with its own SQLite file; yields (base URL, database URL).
 
     ``extra_args`` are more ``streamlit run`` options (e.g. ``--secrets.files``); ``port`` a port chosen beforehand.
+    With ``show_log``, the end of the app's log is printed when it stops: pytest shows a test's
+    printed output only when the test fails, and then it is the server's side of the failure
+    (e.g. the traceback of a download that could not be built; the e2e data is synthetic).
     """
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
@@ -76,39 +83,27 @@ def served_app(
         "ICCA_PSEUDONYM_SECRET": "e2e-secret",
         "ICCA_ENGINE_CACHE": str(tmp_path / "engine-choice.json"),  # this machine's ranking stays out of the test
     }
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
+    command += ["--server.address", "127.0.0.1", "--server.headless", "true", *extra_args]
     log_path = tmp_path / f"streamlit-{port}.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            *extra_args,
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(f"{base}/_stcore/health", proc)
-        yield base, url
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                base = f"http://127.0.0.1:{port}"
+                _wait_for(f"{base}/_stcore/health", proc)
+                yield base, url
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
-        # pytest shows a fixture's teardown output only for a failed test: the server's side of the failure
-        print(f"--- last lines of the app's log ({log_path.name}) ---")
-        print("\n".join(log_path.read_text(errors="replace").splitlines()[-60:]))
+        if show_log and log_path.exists():
+            print(f"--- the last lines of the app's log ({log_path.name}) ---")
+            print("\n".join(log_path.read_text(errors="replace").splitlines()[-60:]))
 
 
 @pytest.fixture()
@@ -493,7 +488,9 @@ def _type_date(page: Page, label: str, value: str) -> None:
     field = page.get_by_label(label, exact=True)
     expect(field).to_have_count(1, timeout=30_000)
     for unit, digits in (("year", year), ("month", month), ("day", day)):
-        field.get_by_role("spinbutton", name=re.compile(unit, re.IGNORECASE)).click()
+        segment = field.get_by_role("spinbutton", name=re.compile(unit, re.IGNORECASE))
+        expect(segment).to_have_count(1, timeout=30_000)  # a rerun can start mid-typing, too
+        segment.click()
         page.keyboard.type(digits, delay=80)  # one key at a time: the field moves focus between segments
     page.locator("h1").first.click()  # leave the field (Tab would open its calendar): the value is committed
     page.wait_for_timeout(500)
@@ -515,7 +512,7 @@ def _download(page: Page, button: str) -> bytes:
                 page.get_by_role("button", name=button).click()
             return Path(download.value.path()).read_bytes()
         except PlaywrightTimeout:
-            continue
+            continue  # a file that failed to build leaves its traceback in the app's log, printed on failure
     raise AssertionError(f"three presses of {button!r} downloaded nothing")
 
 

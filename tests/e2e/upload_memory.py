@@ -120,7 +120,7 @@ def measure(root: Path, archive: Path, workdir: Path) -> dict[str, object]:
     allow_checkpoint(model, "memory", workdir / "allowed-models.txt")
     flow.ROOT = root  # served_app runs ``streamlit run app.py`` in ROOT
     figures: dict[str, object] = {"root": str(root), "zip_mib": round(archive.stat().st_size / 1024**2, 1)}
-    with flow.served_app(workdir, model) as (base, _):
+    with flow.served_app(workdir, model, show_log=False) as (base, _):
         pid = server_pid(int(base.rsplit(":", 1)[1]))
         peak = {"rss": 0.0}
         done = threading.Event()
