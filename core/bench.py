@@ -114,7 +114,8 @@ def random_ensemble(members: int, cfg: PreprocessConfig | None = None) -> Any:
     """
     from models.checkpoint import LoadedModel
 
-    networks = tuple(build_resnet50(seed=k).eval() for k in range(members))
+    # channels-last, as models.checkpoint.load_checkpoint gives them: the probe takes the dashboard's path
+    networks = tuple(build_resnet50(seed=k).eval().to(memory_format=torch.channels_last) for k in range(members))
     return LoadedModel(
         networks[0],
         cfg or PreprocessConfig(),

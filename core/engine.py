@@ -165,18 +165,19 @@ def _cuda_only(device: torch.device, _: CpuFeatures) -> str | None:
 
 
 def _nchw_copy(network: torch.nn.Module) -> torch.nn.Module:
-    """A contiguous-format copy for exporters (a channels-last module exports with extra transposes)."""
+    """A contiguous-format eval copy: what the fp32 eager baseline runs, whatever the original's format."""
     return copy.deepcopy(network).eval().to(memory_format=torch.contiguous_format)
 
 
-def _nchw_for_export(network: torch.nn.Module) -> torch.nn.Module:
-    """``network`` itself when every weight is already contiguous (as loaded), else :func:`_nchw_copy`.
+def _for_export(network: torch.nn.Module) -> torch.nn.Module:
+    """``network`` itself when no module in it is training, else an eval copy (:func:`_nchw_copy`).
 
-    Exporting reads the weights and changes nothing, so the copy (a ResNet50's 94 MB, made
-    while every member's torch weights are still held) is needed only to change the format:
-    a channels-last network keeps its format for whoever else runs it.
+    The exporter sets a network to eval for the trace and back afterwards: one in eval already,
+    shared with the engine answering meanwhile, is left as it was, and no 94 MB copy is made
+    while every member's torch weights are held. Its memory format does not matter: a
+    channels-last ResNet50, as loaded, exports to the same ONNX bytes as an NCHW one (torch 2.14).
     """
-    if all(p.is_contiguous() for p in network.parameters()) and not network.training:
+    if not any(module.training for module in network.modules()):
         return network
     return _nchw_copy(network)
 
@@ -250,7 +251,7 @@ def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice: fast and exact here
         torch.onnx.export(
-            _nchw_for_export(network),
+            _for_export(network),
             (example,),
             buffer,
             dynamo=False,
@@ -398,7 +399,7 @@ def _build_openvino_mixed(network: torch.nn.Module, cfg: PreprocessConfig, devic
     """
     import openvino as ov
 
-    head, tail = split_resnet(_nchw_for_export(network))
+    head, tail = split_resnet(_for_export(network))
     core = ov.Core()
     settings = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
     with torch.no_grad():

@@ -219,22 +219,30 @@ def test_real_backends_agree_with_fp32(key: str) -> None:
     assert probs.shape == (12,) and np.max(np.abs(probs - reference)) <= engines.MAX_ABS_PROB_DIFF
 
 
-def test_export_reads_a_loaded_network_as_it_is_and_copies_only_to_change_its_format() -> None:
-    """No copy of the weights for a network as loaded (contiguous, eval); any other is copied and left as it was."""
+def test_export_uses_a_loaded_network_as_it_is_and_leaves_it_unchanged(test_checkpoint: Path) -> None:
+    """No copy of a loaded member (channels-last, eval): its ONNX is an NCHW copy's, and the member is untouched."""
+    from models.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(test_checkpoint).network
+    before = {name: (tensor, tensor.clone()) for name, tensor in loaded.state_dict(keep_vars=True).items()}
+    assert engines._for_export(loaded) is loaded
+    assert engines.export_onnx(loaded, 32) == engines.export_onnx(engines._nchw_copy(loaded), 32)
+    after = loaded.state_dict(keep_vars=True)
+    assert all(after[name] is tensor and torch.equal(tensor, value) for name, (tensor, value) in before.items())
+    assert not any(m.training for m in loaded.modules())
+    assert loaded.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_export_copies_a_network_with_any_module_in_training_and_leaves_it_training() -> None:
     from models.resnet import build_resnet50
 
-    loaded = build_resnet50(seed=0).eval()
-    assert engines._nchw_for_export(loaded) is loaded
-    channels_last = build_resnet50(seed=0).eval().to(memory_format=torch.channels_last)
     training = build_resnet50(seed=0)
-    for network in (channels_last, training):
-        exported = engines._nchw_for_export(network)
-        assert exported is not network and not exported.training
-        assert all(p.is_contiguous() for p in exported.parameters())
-    assert channels_last.conv1.weight.is_contiguous(memory_format=torch.channels_last) and training.training
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(engines._nchw_for_export(channels_last)(x), loaded(x))
+    half = build_resnet50(seed=0).eval()
+    half.layer4.train()  # eval at the top, one block training: the exporter's eval switch would stick
+    for network in (training, half):
+        exported = engines._for_export(network)
+        assert exported is not network and not any(m.training for m in exported.modules())
+    assert training.training and half.layer4.training and not half.training
 
 
 def test_choose_backend_measures_real_torch_backends() -> None:
