@@ -242,6 +242,7 @@ def test_export_copies_a_network_with_any_module_in_training_and_leaves_it_train
     for network in (training, half):
         exported = engines._for_export(network)
         assert exported is not network and not any(m.training for m in exported.modules())
+        engines.export_onnx(network, 32)
     assert training.training and half.layer4.training and not half.training
 
 
