@@ -85,25 +85,23 @@ def served_app(
     }
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
     command += ["--server.address", "127.0.0.1", "--server.headless", "true", *extra_args]
+    base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / f"streamlit-{port}.log"
-    try:
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(f"{base}/_stcore/health", proc)
+            yield base, url
+        finally:
+            proc.terminate()
             try:
-                base = f"http://127.0.0.1:{port}"
-                _wait_for(f"{base}/_stcore/health", proc)
-                yield base, url
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-    finally:
-        if show_log and log_path.exists():
-            print(f"--- the last lines of the app's log ({log_path.name}) ---")
-            print("\n".join(log_path.read_text(errors="replace").splitlines()[-60:]))
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if show_log:  # the server wrote through its own descriptor: the file is complete once it has stopped
+                print(f"--- the last lines of the app's log ({log_path.name}) ---")
+                print("\n".join(log_path.read_text(errors="replace").splitlines()[-60:]))
 
 
 @pytest.fixture()
@@ -479,17 +477,17 @@ def _type_date(page: Page, label: str, value: str) -> None:
 
     Streamlit's date input is a segmented field (year, month and day spin buttons), not a text box.
     As with a selectbox, the browser can still hold a rerun's stale copy of the field for a moment
-    after the run has finished: digits typed there are lost, so wait until one copy is left.
+    after the run has finished (or one can start mid-typing): digits typed there are lost, so each
+    segment is typed only once one copy of it is left.
     """
     from playwright.sync_api import expect
 
     _idle(page)
     year, month, day = value.split("/")
     field = page.get_by_label(label, exact=True)
-    expect(field).to_have_count(1, timeout=30_000)
     for unit, digits in (("year", year), ("month", month), ("day", day)):
         segment = field.get_by_role("spinbutton", name=re.compile(unit, re.IGNORECASE))
-        expect(segment).to_have_count(1, timeout=30_000)  # a rerun can start mid-typing, too
+        expect(segment).to_have_count(1, timeout=30_000)
         segment.click()
         page.keyboard.type(digits, delay=80)  # one key at a time: the field moves focus between segments
     page.locator("h1").first.click()  # leave the field (Tab would open its calendar): the value is committed
