@@ -279,9 +279,12 @@ def _backend_failing_at(member: int, how: str, built: list[weakref.ref]) -> Back
     return Backend("third", "fails at a member", lambda device, features: None, build)
 
 
-@pytest.mark.parametrize(("how", "error"), [("off", EngineVerificationError), ("raises", MemoryError)])
+@pytest.mark.parametrize(
+    ("how", "error", "alive"),
+    [("off", EngineVerificationError, [1, 2, 3, 0]), ("raises", MemoryError, [1, 2, 0])],
+)
 def test_runtimes_built_before_a_failing_member_are_released_before_the_error_leaves(
-    how: str, error: type[BaseException], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    how: str, error: type[BaseException], alive: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[weakref.ref] = []
     alive_at_each_trim: list[int] = []
@@ -291,5 +294,57 @@ def test_runtimes_built_before_a_failing_member_are_released_before_the_error_le
     backend = _backend_failing_at(3, how, built)
     with pytest.raises(error):
         build_engine([MeanBrightness()] * 3, CFG, backend, device=torch.device("cpu"), path=tmp_path / "c.json")
-    # members 1 and 2 were kept after their trims; at the failure nothing built is alive any more
-    assert alive_at_each_trim == [1, 2, 0]
+    # the members built were kept after their trims (member 3's check comes after all are built);
+    # at the failure nothing built is alive any more
+    assert alive_at_each_trim == alive
+
+
+def test_the_first_member_is_checked_at_once_and_the_others_once_all_are_built(tmp_path: Path) -> None:
+    events: list[str] = []
+
+    def build(net: torch.nn.Module, cfg: PreprocessConfig, device: torch.device):
+        member = sum(e.startswith("build") for e in events) + 1
+        events.append(f"build {member}")
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            if events[-1] != f"check {member}":
+                events.append(f"check {member}")
+            return net(x)
+
+        return predict
+
+    backend = Backend("logged", "logged", lambda device, features: None, build)
+    build_engine([MeanBrightness()] * 3, CFG, backend, device=torch.device("cpu"), path=tmp_path / "c.json")
+    assert events == ["build 1", "check 1", "build 2", "build 3", "check 2", "check 3"]
+    events.clear()
+    with pytest.raises(EngineVerificationError):  # refused on the first member: nothing else is converted
+        build_engine([MeanBrightness()] * 3, CFG, _fake_backends([])[0], device=torch.device("cpu"))
+    assert events == []
+
+
+@pytest.mark.parametrize(("key", "compressed"), [("openvino-bf16", 1), ("openvino-mixed", 1), ("openvino-fp32", 0)])
+def test_openvino_keeps_fp16_weights_only_where_it_computes_in_bf16(
+    key: str, compressed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models.resnet import build_resnet50
+
+    backend = engines.BACKENDS_BY_KEY[key]
+    if backend.unusable(torch.device("cpu"), detect_cpu_features()) is not None:
+        pytest.skip("needs OpenVINO and, for bf16, a CPU with native bf16")
+    precisions: list[set[str]] = []
+    real = engines._with_fp16_weights
+
+    def spy(model):
+        compressed_model = real(model)
+        precisions.append({c.get_output_element_type(0).get_type_name() for c in _weights(compressed_model)})
+        return compressed_model
+
+    monkeypatch.setattr(engines, "_with_fp16_weights", spy)
+    backend.build(build_resnet50(seed=0).eval(), CFG, torch.device("cpu"))
+    assert len(precisions) == compressed and all(p == {"f16"} for p in precisions)
+
+
+def _weights(model) -> list:
+    """The model's weight constants: those of over 1,000 values."""
+    return [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_output_size() == 1
+            and np.prod(list(op.get_output_shape(0))) > 1000]  # fmt: skip
