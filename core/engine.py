@@ -405,7 +405,7 @@ def _build_openvino(precision: str) -> Callable[[torch.nn.Module, PreprocessConf
 
 
 def split_resnet(network: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(stem + layer1, layer2 … fc) of a torchvision ResNet: the halves the mixed backend runs in fp32 and bf16."""
+    """(stem + layer1, layer2 … fc) of a ResNet50 (``models.resnet``): the halves the mixed backend runs in fp32 and bf16."""
     head = torch.nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool, network.layer1)
     tail = torch.nn.Sequential(
         network.layer2, network.layer3, network.layer4, network.avgpool, torch.nn.Flatten(1), network.fc

@@ -166,13 +166,8 @@ class LoadedModel:
 
 
 def library_versions() -> dict[str, str]:
-    import torchvision
-
-    return {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
-    }
+    # no torchvision: the network is models/resnet.py's, and importing torchvision costs 164 MiB
+    return {"python": platform.python_version(), "torch": str(torch.__version__)}
 
 
 def make_card(name: str, provenance: str, training_data: str, **extra: Any) -> dict[str, Any]:
