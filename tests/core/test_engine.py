@@ -7,6 +7,7 @@ predictors; nothing here is timed (which backend is "faster" is made so by const
 from __future__ import annotations
 
 import json
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -316,10 +317,10 @@ def test_the_first_member_is_checked_at_once_and_the_others_once_all_are_built(t
     backend = Backend("logged", "logged", lambda device, features: None, build)
     build_engine([MeanBrightness()] * 3, CFG, backend, device=torch.device("cpu"), path=tmp_path / "c.json")
     assert events == ["build 1", "check 1", "build 2", "build 3", "check 2", "check 3"]
-    events.clear()
-    with pytest.raises(EngineVerificationError):  # refused on the first member: nothing else is converted
-        build_engine([MeanBrightness()] * 3, CFG, _fake_backends([])[0], device=torch.device("cpu"))
-    assert events == []
+    builds: list[str] = []
+    with pytest.raises(EngineVerificationError, match="member 1"):  # refused on the first: no more conversions
+        build_engine([MeanBrightness()] * 3, CFG, _fake_backends(builds)[0], device=torch.device("cpu"))
+    assert builds == ["off"]
 
 
 @pytest.mark.parametrize(("key", "compressed"), [("openvino-bf16", 1), ("openvino-mixed", 1), ("openvino-fp32", 0)])
@@ -342,6 +343,47 @@ def test_openvino_keeps_fp16_weights_only_where_it_computes_in_bf16(
     monkeypatch.setattr(engines, "_with_fp16_weights", spy)
     backend.build(build_resnet50(seed=0).eval(), CFG, torch.device("cpu"))
     assert len(precisions) == compressed and all(p == {"f16"} for p in precisions)
+
+
+def test_fp16_weights_replace_every_float_weight_and_the_model_still_answers_alike() -> None:
+    """The graph change alone, on any CPU OpenVINO runs on (the bf16 backends need native bf16)."""
+    pytest.importorskip("openvino")
+    import openvino as ov
+
+    from models.resnet import build_resnet50
+
+    network = build_resnet50(seed=0).eval()
+    model = engines._openvino_model(network, 32)
+    assert {c.get_output_element_type(0).get_type_name() for c in _weights(model)} == {"f32"}
+    compressed = engines._with_fp16_weights(model)
+    assert {c.get_output_element_type(0).get_type_name() for c in _weights(compressed)} == {"f16"}
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    got = ov.Core().compile_model(compressed, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: x})[0]
+    with torch.no_grad():
+        want = torch.softmax(network(torch.from_numpy(x)), 1).numpy()
+    assert np.max(np.abs(np.exp(got[:, 1]) / np.exp(got).sum(1) - want[:, 1])) < 0.02
+
+
+def test_without_openvinos_transformation_the_model_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino._offline_transformations", None)  # import fails
+    marker = object()
+    assert engines._with_fp16_weights(marker) is marker
+
+
+def test_a_model_is_checked_again_after_the_conversions_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    builds: list[str] = []
+    exact = _fake_backends(builds)[1]
+    signature = machine_signature(CFG, 2, torch.device("cpu"))
+    path = tmp_path / "c.json"
+    build_engine(
+        [MeanBrightness()], CFG, exact, model_id="m", signature=signature, path=path, device=torch.device("cpu")
+    )
+    assert len(json.loads(path.read_text())["verified"]) == 1
+    monkeypatch.setattr(engines, "CHECK_REVISION", engines.CHECK_REVISION + 1)
+    build_engine(
+        [MeanBrightness()], CFG, exact, model_id="m", signature=signature, path=path, device=torch.device("cpu")
+    )
+    assert len(json.loads(path.read_text())["verified"]) == 2  # checked afresh, under the new revision
 
 
 def _weights(model) -> list:
