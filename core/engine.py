@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,12 +90,16 @@ class Backend:
         unusable: the reason this backend cannot run on a device / CPU, or ``None`` when it can.
         build: (network in eval mode, preprocessing, device) → predictor; may take seconds
             (export, compilation), never per request.
+        from_onnx: for a runtime that reads the network's ONNX export: (path of that file,
+            preprocessing, device) → predictor. :func:`build_engine` then exports every member
+            before it builds any runtime (:func:`onnx_files`).
     """
 
     key: str
     name: str
     unusable: Callable[[torch.device, CpuFeatures], str | None]
     build: Callable[[torch.nn.Module, PreprocessConfig, torch.device], Predictor]
+    from_onnx: Callable[[Path, PreprocessConfig, torch.device], Predictor] | None = None
 
 
 def _cpu_only(device: torch.device, _: CpuFeatures) -> str | None:
@@ -250,8 +254,28 @@ def export_onnx(network: torch.nn.Module, input_px: int) -> bytes:
     return _export_onnx_from(network, torch.zeros(1, 3, input_px, input_px))
 
 
-def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
+@contextlib.contextmanager
+def onnx_files(networks: Sequence[torch.nn.Module], input_px: int) -> Iterator[list[Path]]:
+    """Each network's ONNX export (:func:`export_onnx`) as a file, all made first; removed on leaving.
+
+    About 90 MB per 224-px ResNet50, in a temporary directory (``$TMPDIR``). Why all first: an
+    export is the highest point of a model's loading (about 370 MiB above where it starts, for a
+    94 MB network), so it is made while no runtime is held yet. Why files: a runtime given a
+    path kept less than one given the bytes (ONNX Runtime about 90 MiB less per member).
+    """
+    with tempfile.TemporaryDirectory(prefix="icca-onnx-") as folder:
+        paths = []
+        for index, network in enumerate(networks):
+            path = Path(folder) / f"member{index + 1}.onnx"
+            _export_onnx_from(network, torch.zeros(1, 3, input_px, input_px), destination=path)
+            paths.append(path)
+            return_freed_memory()  # the exporter's graph and buffers, before the next export
+        yield paths
+
+
+def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor, destination: Path | None = None) -> bytes:
+    """The ONNX export of ``network`` traced on ``example``: its bytes, or ``b""`` once written to ``destination``."""
+    buffer = io.BytesIO() if destination is None else str(destination)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice: fast and exact here
         torch.onnx.export(
@@ -268,7 +292,7 @@ def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor) -> bytes:
             output_names=["logits"],
             dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
         )
-    return buffer.getvalue()
+    return buffer.getvalue() if isinstance(buffer, io.BytesIO) else b""
 
 
 def runtime_chunk(input_px: int, bytes_per_value: int) -> int:
@@ -310,13 +334,13 @@ def _ort_session(model: bytes | str) -> Any:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def _build_ort_fp32(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
-    session = _ort_session(export_onnx(network, cfg.input_px))
+def _ort_fp32_from_onnx(path: Path, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+    session = _ort_session(str(path))
     # run() is thread-safe
     return _numpy_predictor(lambda a: session.run(None, {"x": a})[0], lock=False, chunk=runtime_chunk(cfg.input_px, 4))
 
 
-def _build_ort_int8(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+def _ort_int8_from_onnx(path: Path, cfg: PreprocessConfig, device: torch.device) -> Predictor:
     """Static int8 (QDQ, per-channel weights), calibrated on :func:`calibration_patches`.
 
     Calibrated on other phantoms than the check case, so that the check against fp32 that
@@ -342,9 +366,8 @@ def _build_ort_int8(network: torch.nn.Module, cfg: PreprocessConfig, device: tor
             return next(self.batches, None)
 
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, prepared, int8 = (Path(tmp) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
-        fp32.write_bytes(export_onnx(network, cfg.input_px))
-        quant_pre_process(str(fp32), str(prepared))
+        prepared, int8 = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(path), str(prepared))
         quantize_static(
             str(prepared),
             str(int8),
@@ -359,8 +382,8 @@ def _build_ort_int8(network: torch.nn.Module, cfg: PreprocessConfig, device: tor
     return _numpy_predictor(lambda a: session.run(None, {"x": a})[0], lock=False, chunk=runtime_chunk(cfg.input_px, 1))
 
 
-def _openvino_model(network: torch.nn.Module, input_px: int) -> Any:
-    """The network as an OpenVINO model, through ONNX.
+def _openvino_model(path: Path) -> Any:
+    """The network as an OpenVINO model, read from its ONNX export.
 
     Not through OpenVINO's own torch tracing (``convert_model`` on the module): that path has a
     lower peak, but each conversion left about 25 MiB behind for good (torch 2.14, OpenVINO
@@ -368,7 +391,7 @@ def _openvino_model(network: torch.nn.Module, input_px: int) -> Any:
     """
     import openvino as ov
 
-    return ov.convert_model(io.BytesIO(export_onnx(network, input_px)))
+    return ov.convert_model(str(path))
 
 
 def _with_fp16_weights(model: Any) -> Any:
@@ -390,11 +413,11 @@ def _with_fp16_weights(model: Any) -> Any:
     return model
 
 
-def _build_openvino(precision: str) -> Callable[[torch.nn.Module, PreprocessConfig, torch.device], Predictor]:
-    def build(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+def _openvino_from_onnx(precision: str) -> Callable[[Path, PreprocessConfig, torch.device], Predictor]:
+    def build(path: Path, cfg: PreprocessConfig, device: torch.device) -> Predictor:
         import openvino as ov
 
-        model = _openvino_model(network, cfg.input_px)
+        model = _openvino_model(path)
         if precision == "bf16":
             model = _with_fp16_weights(model)
         compiled = ov.Core().compile_model(
@@ -459,26 +482,43 @@ def _build_openvino_mixed(network: torch.nn.Module, cfg: PreprocessConfig, devic
     return _numpy_predictor(run, lock=True, chunk=runtime_chunk(cfg.input_px, 2))
 
 
+def _onnx_backend(
+    key: str,
+    name: str,
+    unusable: Callable[[torch.device, CpuFeatures], str | None],
+    from_onnx: Callable[[Path, PreprocessConfig, torch.device], Predictor],
+) -> Backend:
+    """A backend whose runtime reads the network's ONNX export; ``build`` exports to a temporary file first."""
+
+    def build(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+        with onnx_files([network], cfg.input_px) as (path,):
+            return from_onnx(path, cfg, device)
+
+    return Backend(key, name, unusable, build, from_onnx)
+
+
 # Measured in this order, likely fastest first, so that a slow backend is abandoned after one timed run.
 BACKENDS: tuple[Backend, ...] = (
-    Backend("openvino-bf16", "OpenVINO bf16", _needs(_needs_module("openvino"), _native_bf16), _build_openvino("bf16")),
+    _onnx_backend(
+        "openvino-bf16", "OpenVINO bf16", _needs(_needs_module("openvino"), _native_bf16), _openvino_from_onnx("bf16")
+    ),
     Backend(
         "openvino-mixed",
         "OpenVINO bf16, fp32 stem + layer1",
         _needs(_needs_module("openvino"), _native_bf16),
         _build_openvino_mixed,
     ),
-    Backend("onnxruntime-fp32", "ONNX Runtime fp32", _needs_module("onnxruntime"), _build_ort_fp32),
-    Backend("openvino-fp32", "OpenVINO fp32", _needs_module("openvino"), _build_openvino("f32")),
+    _onnx_backend("onnxruntime-fp32", "ONNX Runtime fp32", _needs_module("onnxruntime"), _ort_fp32_from_onnx),
+    _onnx_backend("openvino-fp32", "OpenVINO fp32", _needs_module("openvino"), _openvino_from_onnx("f32")),
     Backend(
         "torch-compile-bf16", "torch.compile bf16", _needs(_cpu_only, _native_bf16), _build_compiled(torch.bfloat16)
     ),
     Backend("torch-compile-fp32", "torch.compile fp32", _cpu_only, _build_compiled(None)),
-    Backend(
+    _onnx_backend(
         "onnxruntime-int8",
         "ONNX Runtime int8",
         _needs(_needs_module("onnxruntime"), _vnni_without_bf16),
-        _build_ort_int8,
+        _ort_int8_from_onnx,
     ),
     Backend(
         "torch-cl-bf16", "torch channels-last bf16", _needs(_cpu_only, _native_bf16), _build_torch_cl(torch.bfloat16)
@@ -962,6 +1002,7 @@ def build_engine(
     path: Path | None = None,
     patches_per_s: float | None = None,
     tolerance: float = MAX_ABS_PROB_DIFF,
+    references: dict[int, np.ndarray] | None = None,
 ) -> Engine:
     """Build ``backend`` for every member and check each against its fp32 reference on the check case.
 
@@ -969,7 +1010,11 @@ def build_engine(
     (the checkpoint's sha256), so a model is checked once per machine and backend; a
     remembered failure is refused before anything is built.
 
-    Every member is built before any but the first is checked (see the loop's comments).
+    In order, for the loading's memory (each step's peak no longer stacks on the runtimes):
+    the members' fp32 references on the check case (kept in ``references``, by member index,
+    for the next backend tried on the same networks), their ONNX exports for a runtime that
+    reads ONNX, every member's runtime (the first checked at once: a refusal mostly shows
+    there), then the other members' checks.
 
     Raises:
         EngineVerificationError: a member is off by more than ``tolerance``. This and whatever
@@ -988,9 +1033,10 @@ def build_engine(
                 f"{backend.name} was off by {float(known[key]):.4f} (> {tolerance:g}) on member {index + 1}."
             )
     predictors: list[Any] = []
+    references = {} if references is None else references
 
     def checked(index: int) -> float:
-        diff = _member_diff(networks[index], predictors[index], cfg, backend, device, known, keys[index], path)
+        diff = _member_diff(predictors[index], references.get(index), cfg, device, known, keys[index], path)
         if not diff <= tolerance:
             raise EngineVerificationError(
                 f"{backend.name} is off by {diff:.4f} (> {tolerance:g}) on member {index + 1}; it is not used."
@@ -999,16 +1045,29 @@ def build_engine(
 
     worst = 0.0
     try:
-        for index, network in enumerate(networks):
-            predictors.append(backend.build(network, cfg, device))
-            # a conversion leaves its ONNX export and intermediate graph behind: hand them back before
-            # the next member converts, or the load peaks at every member's leftovers at once
+        unchecked = [i for i, key in enumerate(keys) if key not in known and i not in references]
+        if backend.key != REFERENCE_BACKEND and unchecked:
+            # before any runtime exists: a reference run's activations and allocator leftovers (about
+            # 200 MiB at 224 px) would otherwise come on top of every runtime built
+            patches = verification_patches(cfg)
+            references.update({i: reference_probabilities(networks[i], patches, cfg) for i in unchecked})
             return_freed_memory()
-            if index == 0:
-                worst = checked(0)  # a refusal mostly shows on the first member: no more conversions then
+        with contextlib.ExitStack() as files:
+            # a runtime that reads ONNX gets every member's export made first, while none is held
+            paths = files.enter_context(onnx_files(networks, cfg.input_px)) if backend.from_onnx else []
+            for index, network in enumerate(networks):
+                if backend.from_onnx is not None:
+                    predictors.append(backend.from_onnx(paths[index], cfg, device))
+                else:
+                    predictors.append(backend.build(network, cfg, device))
+                # a conversion leaves its intermediate graph behind: hand it back before the next
+                # member converts, or the load peaks at every member's leftovers at once
+                return_freed_memory()
+                if index == 0:
+                    worst = checked(0)  # a refusal mostly shows on the first member: no more conversions then
         # the others are checked once all are built: a runtime that has run holds its repacked weights
         # and buffers (about 60 MiB per 224-px ResNet50 in bf16), which would stack under every later
-        # conversion's peak, the highest point of the loading
+        # conversion's peak
         for index in range(1, len(networks)):
             worst = max(worst, checked(index))
     except BaseException:
@@ -1022,27 +1081,28 @@ def build_engine(
 
 
 def _member_diff(
-    network: torch.nn.Module,
     predictor: Any,
+    reference: np.ndarray | None,
     cfg: PreprocessConfig,
-    backend: Backend,
     device: torch.device,
     known: dict[str, Any],
     key: str | None,
     path: Path,
 ) -> float:
-    """Max |Δp| of ``predictor`` against ``network`` in fp32 on the check case; remembered under ``key``.
+    """Max |Δp| of ``predictor`` against ``reference``, the member's fp32 probabilities on the check case.
+
+    Remembered under ``key``.
 
     Returns:
         The largest absolute difference in P(early recurrence) over the check patches (0–1; ``inf``
-        when a probability is not finite); the remembered figure when this member was checked before.
+        when a probability is not finite); the remembered figure when this member was checked
+        before; 0 without a reference (the fp32 reference backend itself).
     """
     if key is not None and key in known:
         return float(known[key])
-    if backend.key == REFERENCE_BACKEND:
+    if reference is None:
         return 0.0
     patches = verification_patches(cfg)
-    reference = reference_probabilities(network, patches, cfg)
     diff = max_abs_prob_diff(predict_patches(predictor, patches, cfg, device=device, precision="fp32"), reference)
     if key is not None:
         _update_cache(path, lambda data: data["verified"].__setitem__(key, diff))
@@ -1102,6 +1162,7 @@ def prepare_engine(
     by_key = {b.key: b for b in backends}
     model_id = getattr(model, "cache_id", None)
     failed_before = False
+    references: dict[int, np.ndarray] = {}  # the members' fp32 references, computed once for every backend tried
     for candidate in choice.ranking():
         if failed_before:
             # a failed backend's runtimes went with its traceback, at the end of its handler below:
@@ -1126,6 +1187,7 @@ def prepare_engine(
                 path=path,
                 patches_per_s=candidate.patches_per_s,
                 tolerance=tolerance,
+                references=references,
             )
             break
         except EngineVerificationError as error:
