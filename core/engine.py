@@ -258,7 +258,8 @@ def export_onnx(network: torch.nn.Module, input_px: int) -> bytes:
 def onnx_files(networks: Sequence[torch.nn.Module], input_px: int) -> Iterator[list[Path]]:
     """Each network's ONNX export (:func:`export_onnx`) as a file, all made first; removed on leaving.
 
-    About 90 MB per 224-px ResNet50, in a temporary directory (``$TMPDIR``). Why all first: an
+    About 90 MB per 224-px ResNet50, in a temporary directory (``$TMPDIR``: where ``/tmp`` is a
+    tmpfs, those files take memory, only not the process's; point it at a disk). Why all first: an
     export is the highest point of a model's loading (about 370 MiB above where it starts, for a
     94 MB network), so it is made while no runtime is held yet. Why files: a runtime given a
     path kept less than one given the bytes (ONNX Runtime about 90 MiB less per member).
@@ -274,7 +275,8 @@ def onnx_files(networks: Sequence[torch.nn.Module], input_px: int) -> Iterator[l
 
 
 def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor, destination: Path | None = None) -> bytes:
-    """The ONNX export of ``network`` traced on ``example``: its bytes, or ``b""`` once written to ``destination``."""
+    """The ONNX export of ``network`` traced on ``example``: its bytes; with ``destination``, written
+    there instead (and ``b""`` returned)."""
     buffer = io.BytesIO() if destination is None else str(destination)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice: fast and exact here
@@ -610,7 +612,7 @@ def reference_probabilities(
     """(N,) fp32 eager probabilities: what every backend is checked against.
 
     In batches of 8: fp32 needs no particular batch for its answer, and eager activations for
-    32 patches at 224 px would take some 400 MB at the moment a model's members are converted.
+    32 patches at 224 px would take some 400 MB more at the loading's peak.
     """
     return predict_patches(lambda x: network(x.contiguous()), patches, cfg, batch_size=8, precision="fp32")
 
@@ -1012,13 +1014,15 @@ def build_engine(
 
     In order, for the loading's memory (each step's peak no longer stacks on the runtimes):
     the members' fp32 references on the check case (kept in ``references``, by member index,
-    for the next backend tried on the same networks), their ONNX exports for a runtime that
-    reads ONNX, every member's runtime (the first checked at once: a refusal mostly shows
-    there), then the other members' checks.
+    for the next backend tried on the same networks: a dict filled for other networks or
+    another ``cfg`` would give wrong checks), their ONNX exports for a runtime that reads ONNX,
+    every member's runtime (the first checked at once: a refusal mostly shows there, and the
+    others are then not built, though already exported), then the other members' checks.
 
     Raises:
         EngineVerificationError: a member is off by more than ``tolerance``. This and whatever
-            ``backend.build`` or a check raises leave after this function lets go of the runtimes
+            a reference run, an export, a build or a check raises leave after this function lets
+            go of the exports and the runtimes
             built so far; one that the raising frame itself held stays alive with the traceback,
             until the caller's handler ends.
     """
@@ -1036,7 +1040,8 @@ def build_engine(
     references = {} if references is None else references
 
     def checked(index: int) -> float:
-        diff = _member_diff(predictors[index], references.get(index), cfg, device, known, keys[index], path)
+        reference = None if backend.key == REFERENCE_BACKEND else references.get(index)
+        diff = _member_diff(predictors[index], reference, cfg, device, known, keys[index], path)
         if not diff <= tolerance:
             raise EngineVerificationError(
                 f"{backend.name} is off by {diff:.4f} (> {tolerance:g}) on member {index + 1}; it is not used."
@@ -1064,7 +1069,7 @@ def build_engine(
                 # member converts, or the load peaks at every member's leftovers at once
                 return_freed_memory()
                 if index == 0:
-                    worst = checked(0)  # a refusal mostly shows on the first member: no more conversions then
+                    worst = checked(0)  # a refusal mostly shows on the first member: no more builds then
         # the others are checked once all are built: a runtime that has run holds its repacked weights
         # and buffers (about 60 MiB per 224-px ResNet50 in bf16), which would stack under every later
         # conversion's peak

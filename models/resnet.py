@@ -39,8 +39,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        out += x if self.downsample is None else self.downsample(x)  # in place: one block-sized tensor fewer
+        return self.relu(out)
 
 
 def _stage(in_channels: int, width: int, blocks: int, stride: int) -> nn.Sequential:

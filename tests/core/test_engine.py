@@ -42,15 +42,19 @@ ZEN3 = "model name\t: AMD EPYC 7003\nflags\t\t: fpu sse avx2 fma\n"
 
 
 class MeanBrightness(torch.nn.Module):
-    """Logits whose softmax gives P(positive) = mean of the de-normalised input, exactly."""
+    """Logits whose softmax gives P(positive) = mean of the de-normalised input (+ ``shift``), exactly."""
+
+    def __init__(self, shift: float = 0.0) -> None:
+        super().__init__()
+        self.shift = shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = (x[:, 0] * CFG.std + CFG.mean).mean(dim=(1, 2)).clamp(1e-6, 1 - 1e-6)
+        p = ((x[:, 0] * CFG.std + CFG.mean).mean(dim=(1, 2)) + self.shift).clamp(1e-6, 1 - 1e-6)
         return torch.stack([torch.log1p(-p), torch.log(p)], dim=1)
 
 
 def _model(cache_id: str = "model-a", members: int = 1) -> LoadedModel:
-    nets = tuple(MeanBrightness() for _ in range(members))
+    nets = tuple(MeanBrightness(shift=0.05 * k) for k in range(members))  # members differ: no mix-up passes
     return LoadedModel(nets[0], CFG, {}, "0" * 64, Path("m.pt"), members=nets if members > 1 else (), cache_id=cache_id)
 
 
@@ -368,6 +372,17 @@ def test_a_runtime_reading_onnx_gets_every_members_export_before_any_is_built(tm
     assert len(engine.predictors) == 3
     assert files_seen == [["member1.onnx", "member2.onnx", "member3.onnx"]] * 3
     assert len(set(folders)) == 1 and not folders[0].exists()  # removed once the runtimes are built
+
+
+def test_onnx_runtime_int8_builds_from_an_onnx_file() -> None:
+    """The int8 path on any CPU ONNX Runtime runs on (it is only chosen on VNNI CPUs without bf16)."""
+    pytest.importorskip("onnxruntime")
+    from models.resnet import build_resnet50
+
+    with engines.onnx_files([build_resnet50(seed=0).eval()], CFG.input_px) as (path,):
+        predictor = engines._ort_int8_from_onnx(path, CFG, torch.device("cpu"))
+    probs = predict_patches(predictor, verification_patches(CFG)[:4], CFG, precision="fp32")
+    assert probs.shape == (4,) and np.all((probs >= 0) & (probs <= 1))
 
 
 def test_fp16_weights_replace_every_float_weight_and_the_model_still_answers_alike() -> None:
