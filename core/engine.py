@@ -264,26 +264,30 @@ def onnx_files(networks: Sequence[torch.nn.Module], input_px: int) -> Iterator[l
     94 MB network), so it is made while no runtime is held yet. Why files: a runtime given a
     path kept less than one given the bytes (ONNX Runtime about 90 MiB less per member).
     """
+    example = torch.zeros(1, 3, input_px, input_px)
     with tempfile.TemporaryDirectory(prefix="icca-onnx-") as folder:
-        paths = []
-        for index, network in enumerate(networks):
-            path = Path(folder) / f"member{index + 1}.onnx"
-            _export_onnx_from(network, torch.zeros(1, 3, input_px, input_px), destination=path)
-            paths.append(path)
+        paths = [Path(folder) / f"member{index + 1}.onnx" for index in range(len(networks))]
+        for network, path in zip(networks, paths, strict=True):
+            _write_onnx(network, example, str(path))
             return_freed_memory()  # the exporter's graph and buffers, before the next export
         yield paths
 
 
-def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor, destination: Path | None = None) -> bytes:
-    """The ONNX export of ``network`` traced on ``example``: its bytes; with ``destination``, written
-    there instead (and ``b""`` returned)."""
-    buffer = io.BytesIO() if destination is None else str(destination)
+def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor) -> bytes:
+    """The ONNX export of ``network`` traced on ``example``, as bytes."""
+    buffer = io.BytesIO()
+    _write_onnx(network, example, buffer)
+    return buffer.getvalue()
+
+
+def _write_onnx(network: torch.nn.Module, example: torch.Tensor, destination: io.BytesIO | str) -> None:
+    """Export ``network`` traced on ``example`` to ``destination`` (a buffer or a file path)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice: fast and exact here
         torch.onnx.export(
             _for_export(network),
             (example,),
-            buffer,
+            destination,
             dynamo=False,
             # the exporter's folding of each BatchNorm into its convolution writes a second set of
             # weights while the first is held: about 90 MiB more at a 224-px ResNet50's export, the
@@ -294,7 +298,6 @@ def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor, destinati
             output_names=["logits"],
             dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
         )
-    return buffer.getvalue() if isinstance(buffer, io.BytesIO) else b""
 
 
 def runtime_chunk(input_px: int, bytes_per_value: int) -> int:
@@ -1022,9 +1025,8 @@ def build_engine(
     Raises:
         EngineVerificationError: a member is off by more than ``tolerance``. This and whatever
             a reference run, an export, a build or a check raises leave after this function lets
-            go of the exports and the runtimes
-            built so far; one that the raising frame itself held stays alive with the traceback,
-            until the caller's handler ends.
+            go of the exports and the runtimes built so far; one that the raising frame itself held
+            stays alive with the traceback, until the caller's handler ends.
     """
     device = device or default_device()
     path = path or engine_cache_path()
@@ -1057,9 +1059,9 @@ def build_engine(
             patches = verification_patches(cfg)
             references.update({i: reference_probabilities(networks[i], patches, cfg) for i in unchecked})
             return_freed_memory()
-        with contextlib.ExitStack() as files:
-            # a runtime that reads ONNX gets every member's export made first, while none is held
-            paths = files.enter_context(onnx_files(networks, cfg.input_px)) if backend.from_onnx else []
+        # a runtime that reads ONNX gets every member's export made first, while none is held
+        exports = onnx_files(networks, cfg.input_px) if backend.from_onnx else contextlib.nullcontext([])
+        with exports as paths:
             for index, network in enumerate(networks):
                 if backend.from_onnx is not None:
                     predictors.append(backend.from_onnx(paths[index], cfg, device))
@@ -1166,14 +1168,8 @@ def prepare_engine(
         return engine
     by_key = {b.key: b for b in backends}
     model_id = getattr(model, "cache_id", None)
-    failed_before = False
     references: dict[int, np.ndarray] = {}  # the members' fp32 references, computed once for every backend tried
     for candidate in choice.ranking():
-        if failed_before:
-            # a failed backend's runtimes went with its traceback, at the end of its handler below:
-            # hand their memory back before the next backend converts
-            return_freed_memory()
-            failed_before = False
         backend = by_key.get(candidate.key)
         if backend is None or backend.unusable(device, features) is not None:
             continue
@@ -1196,13 +1192,14 @@ def prepare_engine(
             )
             break
         except EngineVerificationError as error:
-            failed_before = True
             if log is not None:
                 log(f"  {backend.name}: not used for this model ({error})")
         except Exception as error:  # a backend that fails to build here is passed over
-            failed_before = True
             if log is not None:
                 log(f"  {backend.name}: failed to build ({type(error).__name__}: {error})")
+        # only a failure gets here: its runtimes went with the traceback at the end of its handler,
+        # so hand their memory back before the next backend converts
+        return_freed_memory()
     model.engine = engine
     return engine
 
