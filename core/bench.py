@@ -263,6 +263,7 @@ def inference_benchmark(
     choice = engines.cached_choice(signature)
     if choice is not None:
         out["candidates_patches_per_s"] = {c.name: c.patches_per_s for c in choice.ranking()}
+        out["candidates_resident_mib"] = {c.name: c.resident_mib for c in choice.ranking()}  # per member
 
     # one case, cut once: the patches both sides score
     ct, mask = standard_case()
@@ -488,8 +489,10 @@ def _render(results: dict[str, Any]) -> str:
         f"weights: {results['weights']}; input {results['input_px']} px",
         f"engine: {results['engine']} ({results['engine_how']}; prepared in {results['engine_prepare_s']:.1f} s)",
     ]
+    held = results.get("candidates_resident_mib") or {}
     for name, rate in (results.get("candidates_patches_per_s") or {}).items():
-        lines.append(f"  candidate {name:34s} {rate:8.1f} patches/s")
+        memory = f"  holds {held[name]:.0f} MiB per member" if held.get(name) is not None else ""
+        lines.append(f"  candidate {name:34s} {rate:8.1f} patches/s{memory}")
     case = results["case"]
     lines += [
         f"standard case: {case['tumour_mm']:g} mm tumour, {case['spacing_mm']:.2f} mm/px, {case['patches']} patches",

@@ -17,7 +17,10 @@ So the engine is chosen by measuring, once per machine, never by guessing:
    eager on a fixed case (:func:`verification_patches`). Exactness depends on the weights
    (an untrained ResNet50 is exact in any precision; the trained demo model moves by up to 0.034
    in all-bf16), so each model is checked, once per machine and backend; the result is kept in
-   the same file under the checkpoint's sha256.
+   the same file under the checkpoint's sha256. A backend whose runtimes would hold more
+   than ``$ICCA_ENGINE_MEMORY_MB`` (900 MiB) for all members is passed over: the ranking
+   records what one member's runtime holds (OpenVINO fp32 keeps its weights twice, about
+   200 MiB per 224-px member against about 120 for ONNX Runtime fp32, at much the same speed).
 
 Where the choice is made: ``make demo-model`` and ``python -m core.engine`` rank the backends
 (a minute, once per machine); the dashboard calls :func:`prepare_engine_in_background` at
@@ -71,6 +74,13 @@ CHECK_REVISION = 2
 VERIFY_PATCHES = 32  # patches of the fixed case each backend and each model is checked on
 DEFAULT_BACKEND = "torch-cl-fp32"
 REFERENCE_BACKEND = "torch-eager-fp32"
+# backends that run the model's own torch networks: their weights stay with the model
+TORCH_BACKENDS = (REFERENCE_BACKEND, DEFAULT_BACKEND, "torch-cl-bf16", "torch-cuda-fp32", "torch-cuda-autocast")
+ENGINE_MEMORY_ENV = "ICCA_ENGINE_MEMORY_MB"
+# What every member's runtime together may hold: the 2 GiB a server gets, less what the rest of it
+# measured on a Xeon (2026-12-07): about 850 MiB for Python, CUDA-build torch and the app's imports,
+# 160 for the runtimes' libraries, 100 for analysing a 1,586-patch case
+DEFAULT_ENGINE_MEMORY_MB = 900.0
 
 
 def default_device() -> torch.device:
@@ -255,22 +265,46 @@ def export_onnx(network: torch.nn.Module, input_px: int) -> bytes:
 
 
 @contextlib.contextmanager
-def onnx_files(networks: Sequence[torch.nn.Module], input_px: int) -> Iterator[list[Path]]:
+def onnx_files(networks: Sequence[torch.nn.Module], input_px: int, *, park: bool = False) -> Iterator[list[Path]]:
     """Each network's ONNX export (:func:`export_onnx`) as a file, all made first; removed on leaving.
 
     About 90 MB per 224-px ResNet50, in a temporary directory (``$TMPDIR``: where ``/tmp`` is a
     tmpfs, those files take memory, only not the process's; point it at a disk). Why all first: an
     export is the highest point of a model's loading (about 370 MiB above where it starts, for a
     94 MB network), so it is made while no runtime is held yet. Why files: a runtime given a
-    path kept less than one given the bytes (ONNX Runtime about 90 MiB less per member).
+    path kept less than one given the bytes (ONNX Runtime about 90 MiB less per member). With
+    ``park``, each network's weights are parked (:func:`park_weights`) once it is exported.
     """
     example = torch.zeros(1, 3, input_px, input_px)
     with tempfile.TemporaryDirectory(prefix="icca-onnx-") as folder:
         paths = [Path(folder) / f"member{index + 1}.onnx" for index in range(len(networks))]
         for network, path in zip(networks, paths, strict=True):
             _write_onnx(network, example, str(path))
+            if park:
+                park_weights(network)
             return_freed_memory()  # the exporter's graph and buffers, before the next export
         yield paths
+
+
+def park_weights(network: torch.nn.Module) -> None:
+    """Move ``network``'s CPU weights out of the process's memory, into a file it maps, in place.
+
+    The network keeps working and gives the same results: its tensors become read-only maps of
+    a file in ``$TMPDIR``, unlinked at once (the map keeps it until the tensors go), which the
+    system reads back only where something runs the network again. Why: while a converted
+    runtime is built, the torch weights (94 MB per 224-px ResNet50) are needed only by the
+    default engine answering meanwhile, or by a next backend should this one be refused; held
+    in memory, every member's stacked under every runtime built (about 470 MiB for five).
+    """
+    if getattr(network, "_icca_parked", False) or any(t.device.type != "cpu" for t in network.state_dict().values()):
+        return
+    with tempfile.TemporaryDirectory(prefix="icca-weights-") as folder:
+        path = Path(folder) / "weights.pt"
+        torch.save(network.state_dict(), path)
+        mapped = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        path.unlink()
+    network.load_state_dict(mapped, assign=True)
+    network._icca_parked = True  # type: ignore[assignment]
 
 
 def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor) -> bytes:
@@ -690,6 +724,10 @@ class Candidate:
         patches_per_s: best of the timed batches (the least disturbed by other processes).
         max_abs_diff: max |Δp| against fp32 eager on the check case, for the model measured.
         accepted: within the tolerance for that model (others are checked again per model).
+        resident_mib: memory one member's runtime holds once it has run (MiB): the anonymous
+            memory it added (weights, repacked copies, buffers), plus the torch network itself
+            for a backend that runs it; ``None`` where not measured (a ranking measured before
+            this was, or on CUDA, whose memory is not the process's).
     """
 
     key: str
@@ -699,6 +737,7 @@ class Candidate:
     build_s: float | None = None
     accepted: bool = False
     reason: str | None = None
+    resident_mib: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -746,9 +785,12 @@ def measure_backend(
     """Build one backend, check it against ``reference`` on ``patches``, then time it.
 
     The check run also warms the backend up. A backend off by more than ``tolerance`` is still
-    timed (another model's weights may pass), but not accepted. Returns the candidate and its
-    predictor (``None`` when it could not run).
+    timed (another model's weights may pass), but not accepted. Also measures what the runtime
+    holds (:attr:`Candidate.resident_mib`). Returns the candidate and its predictor (``None``
+    when it could not run).
     """
+    return_freed_memory()  # the previous backend's leftovers are not this one's
+    before = resident_anonymous_mib() if device.type == "cpu" else None
     started = time.perf_counter()
     try:
         predictor = backend.build(network, cfg, device)
@@ -757,11 +799,41 @@ def measure_backend(
         rate = timed_rate(predictor, patches, cfg, device, repeats, give_up_below)
     except Exception as error:  # a backend that cannot run here is skipped, never fatal
         return Candidate(backend.key, backend.name, reason=f"failed: {type(error).__name__}: {error}"[:300]), None
+    held = _held_mib(before, backend.key, network)
     diff = max_abs_prob_diff(probs, reference)
     if not diff <= tolerance:
         reason = f"max |Δp| {diff:.4f} > {tolerance:g} against fp32"
-        return Candidate(backend.key, backend.name, rate, diff, build_s, accepted=False, reason=reason), predictor
-    return Candidate(backend.key, backend.name, rate, diff, build_s, accepted=True), predictor
+        return Candidate(backend.key, backend.name, rate, diff, build_s, False, reason, held), predictor
+    return Candidate(backend.key, backend.name, rate, diff, build_s, accepted=True, resident_mib=held), predictor
+
+
+def resident_anonymous_mib() -> float | None:
+    """This process's resident anonymous memory in MiB (heap and private mappings, not libraries' code).
+
+    Linux's ``RssAnon``; ``None`` where there is none. Libraries a runtime loads once (OpenVINO's
+    plugins, about 160 MiB of file-backed pages) are not counted: they are not per member.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _held_mib(before: float | None, key: str, network: torch.nn.Module) -> float | None:
+    """MiB a runtime built since ``before`` (:func:`resident_anonymous_mib`) holds, its torch network included where it runs one."""
+    if before is None:
+        return None
+    return_freed_memory()  # the conversion's leftovers are not held
+    after = resident_anonymous_mib()
+    if after is None:
+        return None
+    held = max(0.0, after - before)
+    if key in TORCH_BACKENDS:  # runs the model's own network, which then stays loaded
+        held += sum(t.numel() * t.element_size() for t in [*network.parameters(), *network.buffers()]) / 2**20
+    return held
 
 
 @dataclass(frozen=True)
@@ -916,7 +988,39 @@ def measure_machine(
 def _candidate_line(candidate: Candidate) -> str:
     speed = f"{candidate.patches_per_s:7.1f} patches/s" if candidate.patches_per_s else "  did not run    "
     diff = f"max |Δp| {candidate.max_abs_diff:.4f}" if candidate.max_abs_diff is not None else ""
-    return f"  {candidate.name:34s} {speed}  {diff}  {candidate.reason or ''}".rstrip()
+    held = f"holds {candidate.resident_mib:4.0f} MiB" if candidate.resident_mib is not None else ""
+    return f"  {candidate.name:34s} {speed}  {diff}  {held}  {candidate.reason or ''}".rstrip()
+
+
+def engine_memory_budget_mib() -> float:
+    """MiB every member's runtime together may hold: ``$ICCA_ENGINE_MEMORY_MB`` or :data:`DEFAULT_ENGINE_MEMORY_MB`.
+
+    Raises:
+        ValueError: the variable is set but not a positive number.
+    """
+    text = os.environ.get(ENGINE_MEMORY_ENV, "").strip()
+    if not text:
+        return DEFAULT_ENGINE_MEMORY_MB
+    try:
+        budget = float(text)
+    except ValueError:
+        budget = float("nan")
+    if not budget > 0:
+        raise ValueError(f"{ENGINE_MEMORY_ENV} must be a positive number of MiB, such as 900; it is {text!r}.")
+    return budget
+
+
+def over_memory_budget(candidate: Candidate, members: int, budget_mib: float) -> str | None:
+    """Why ``candidate`` is passed over for a model of ``members`` networks, or ``None`` when it fits.
+
+    A backend whose memory was not measured fits (a ranking made before it was).
+    """
+    if candidate.resident_mib is None or candidate.resident_mib * members <= budget_mib:
+        return None
+    return (
+        f"{candidate.name} passed over: {members} × {candidate.resident_mib:.0f} MiB "
+        f"would exceed the {budget_mib:.0f} MiB for the runtimes ({ENGINE_MEMORY_ENV})"
+    )
 
 
 def _num_classes(network: torch.nn.Module, cfg: PreprocessConfig) -> int:
@@ -1060,7 +1164,8 @@ def build_engine(
             references.update({i: reference_probabilities(networks[i], patches, cfg) for i in unchecked})
             return_freed_memory()
         # a runtime that reads ONNX gets every member's export made first, while none is held
-        exports = onnx_files(networks, cfg.input_px) if backend.from_onnx else contextlib.nullcontext([])
+        # parked once exported: from there on this backend reads the files, not the torch weights
+        exports = onnx_files(networks, cfg.input_px, park=True) if backend.from_onnx else contextlib.nullcontext([])
         with exports as paths:
             for index, network in enumerate(networks):
                 if backend.from_onnx is not None:
@@ -1134,7 +1239,9 @@ def prepare_engine(
     and ``measure`` is true (tens of seconds, once; in a child process when ``isolate``, the
     default for the built-in backends); walks it fastest first and takes the first backend
     whose every member passes the check (|Δp| ≤ ``tolerance`` against fp32 on the check
-    case). Without a ranking, or when nothing faster passes, the default fp32 engine stays.
+    case). A backend whose runtimes would hold more than the memory budget for this many
+    members (:func:`over_memory_budget`) is passed over, and said so in ``engine.how``.
+    Without a ranking, or when nothing faster passes, the default fp32 engine stays.
     ``store=False`` keeps a ranking measured now out of the choice file (a partial one).
     Sets and returns ``model.engine``.
     """
@@ -1169,6 +1276,8 @@ def prepare_engine(
     by_key = {b.key: b for b in backends}
     model_id = getattr(model, "cache_id", None)
     references: dict[int, np.ndarray] = {}  # the members' fp32 references, computed once for every backend tried
+    budget = engine_memory_budget_mib()
+    passed_over: list[str] = []
     for candidate in choice.ranking():
         backend = by_key.get(candidate.key)
         if backend is None or backend.unusable(device, features) is not None:
@@ -1176,6 +1285,12 @@ def prepare_engine(
         if candidate.key == engine.backend:
             engine.how, engine.patches_per_s = how, candidate.patches_per_s
             break
+        too_big = over_memory_budget(candidate, len(networks), budget)
+        if too_big is not None:
+            passed_over.append(too_big)
+            if log is not None:
+                log(f"  {too_big}")
+            continue
         try:
             engine = build_engine(
                 networks,
@@ -1200,6 +1315,8 @@ def prepare_engine(
         # only a failure gets here: its runtimes went with the traceback at the end of its handler,
         # so hand their memory back before the next backend converts
         return_freed_memory()
+    if passed_over:
+        engine.how = f"{engine.how}; {'; '.join(passed_over)}"
     model.engine = engine
     return engine
 
@@ -1209,9 +1326,6 @@ class ReleasedNetwork:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("this model's torch weights were released after its engine was built; reload the model")
-
-
-TORCH_BACKENDS = (REFERENCE_BACKEND, DEFAULT_BACKEND, "torch-cl-bf16", "torch-cuda-fp32", "torch-cuda-autocast")
 
 
 def release_networks(model: Any) -> bool:

@@ -266,6 +266,139 @@ def test_choose_backend_measures_real_torch_backends() -> None:
     )
     assert {c.key for c in choice.candidates} == set(keys) and all(c.accepted for c in choice.candidates)
     assert choice.best.patches_per_s > 0 and choice.signature["network"]["input_px"] == 32
+    if engines.resident_anonymous_mib() is not None:
+        # both run the model's own network (90 MiB), eager on a copy of it besides
+        held = {c.key: c.resident_mib for c in choice.candidates}
+        assert 85 < held["torch-cl-fp32"] < 150 and 170 < held["torch-eager-fp32"] < 260
+
+
+def test_what_a_runtime_holds_is_measured() -> None:
+    if engines.resident_anonymous_mib() is None:
+        pytest.skip("needs Linux's RssAnon")
+    megabytes = 64
+
+    def hoarding(net: torch.nn.Module, cfg: PreprocessConfig, device: torch.device):
+        held = np.ones(megabytes * 2**20, dtype=np.uint8)  # pages written: resident
+        return lambda x: net(x) + float(held[0]) * 0
+
+    def leaving_garbage(net: torch.nn.Module, cfg: PreprocessConfig, device: torch.device):
+        np.ones(megabytes * 2**20, dtype=np.uint8)  # a conversion's leftovers: not held
+        return net
+
+    patches = verification_patches(CFG)
+    reference = engines.reference_probabilities(MeanBrightness(), patches, CFG)
+    figures = {}
+    for build in (hoarding, leaving_garbage):
+        backend = Backend(build.__name__, build.__name__, lambda device, features: None, build)
+        candidate, _ = engines.measure_backend(
+            backend, MeanBrightness(), CFG, torch.device("cpu"), reference=reference, patches=patches, repeats=1
+        )
+        figures[build.__name__] = candidate.resident_mib
+    assert megabytes - 8 < figures["hoarding"] < megabytes + 24
+    assert figures["leaving_garbage"] < 16
+
+
+def _ranked(path: Path, held: dict[str, float | None]) -> list[Backend]:
+    """Exact backends, stored as measured: fastest first in ``held``'s order, each holding ``held[key]`` MiB."""
+    builds = [Backend(key, key, lambda device, features: None, lambda net, cfg, device: net) for key in held]
+    candidates = tuple(
+        engines.Candidate(key, key, 100.0 - rank, 0.0, 0.1, True, resident_mib=mib)
+        for rank, (key, mib) in enumerate(held.items())
+    )
+    engines.store_choice(engines.Choice(machine_signature(CFG, 2, torch.device("cpu")), candidates), path)
+    return builds
+
+
+def test_a_backend_whose_runtimes_exceed_the_memory_budget_is_passed_over_and_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.json"
+    backends = _ranked(path, {"big": 300.0, "small": 100.0})
+    monkeypatch.setenv(engines.ENGINE_MEMORY_ENV, "500")
+    engine = prepare_engine(_model(members=3), backends=backends, path=path, measure=False)
+    assert engine.backend == "small"  # 3 × 300 MiB > 500, 3 × 100 ≤ 500
+    assert "big passed over: 3 × 300 MiB would exceed the 500 MiB" in engine.how
+    # one member fits: the fastest is used
+    assert prepare_engine(_model(members=1), backends=backends, path=path, measure=False).backend == "big"
+    monkeypatch.setenv(engines.ENGINE_MEMORY_ENV, "1000")
+    assert prepare_engine(_model(members=3), backends=backends, path=path, measure=False).backend == "big"
+
+
+def test_a_ranking_without_memory_figures_is_used_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.json"
+    backends = _ranked(path, {"unmeasured": None, "small": 1.0})
+    monkeypatch.setenv(engines.ENGINE_MEMORY_ENV, "1")
+    engine = prepare_engine(_model(members=3), backends=backends, path=path, measure=False)
+    assert engine.backend == "unmeasured" and "passed over" not in engine.how
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5", "nan"])
+def test_a_memory_budget_that_is_not_a_positive_number_is_refused_in_words(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(engines.ENGINE_MEMORY_ENV, value)
+    with pytest.raises(ValueError, match="ICCA_ENGINE_MEMORY_MB must be a positive number of MiB"):
+        engines.engine_memory_budget_mib()
+    monkeypatch.setenv(engines.ENGINE_MEMORY_ENV, " ")
+    assert engines.engine_memory_budget_mib() == engines.DEFAULT_ENGINE_MEMORY_MB
+
+
+def _convolutions(megabytes: int) -> torch.nn.Module:
+    """A small real network with about ``megabytes`` MB of weights, channels-last, in eval."""
+    channels = int((megabytes * 2**20 / 4 / 9) ** 0.5)
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(3, channels, 3, padding=1),
+        torch.nn.BatchNorm2d(channels),
+        torch.nn.Conv2d(channels, channels, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(channels, 2),
+    )
+    return network.eval().to(memory_format=torch.channels_last)
+
+
+def test_parked_weights_answer_alike_and_leave_the_process_memory() -> None:
+    network = _convolutions(48)
+    x = torch.rand(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        before_out = network(x)
+    strides = {name: t.stride() for name, t in network.state_dict().items()}
+    engines.return_freed_memory()
+    before = engines.resident_anonymous_mib()
+    engines.park_weights(network)
+    engines.return_freed_memory()
+    after = engines.resident_anonymous_mib()
+    with torch.no_grad():
+        assert torch.equal(network(x), before_out)
+    assert {name: t.stride() for name, t in network.state_dict().items()} == strides  # channels-last kept
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in network.parameters())
+    maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+    if before is not None:
+        assert before - after > 40  # the weights left the anonymous memory
+        assert "icca-weights-" in maps and "(deleted)" in maps  # a map of a removed file
+    first = network[0].weight
+    engines.park_weights(network)  # already parked: left as it is
+    assert network[0].weight is first
+
+
+def test_a_runtime_reading_onnx_parks_each_network_once_exported(tmp_path: Path) -> None:
+    networks = [_convolutions(1), _convolutions(1)]
+    parked_when_built: list[bool] = []
+
+    def from_onnx(path: Path, cfg: PreprocessConfig, device: torch.device):
+        parked_when_built.append(all(getattr(n, "_icca_parked", False) for n in networks))
+        return MeanBrightness()
+
+    backend = Backend("files", "reads ONNX", lambda device, features: None, lambda *_: MeanBrightness(), from_onnx)
+    build_engine(networks, CFG, backend, device=torch.device("cpu"), path=tmp_path / "c.json", tolerance=1.0)
+    assert parked_when_built == [True, True]
+    # a backend that runs the torch networks leaves them in memory
+    others = [_convolutions(1)]
+    build_engine(
+        others, CFG, _fake_backends([])[1], device=torch.device("cpu"), path=tmp_path / "c.json", tolerance=1.0
+    )
+    assert not getattr(others[0], "_icca_parked", False)
 
 
 def _backend_failing_at(member: int, how: str, built: list[weakref.ref]) -> Backend:
