@@ -289,22 +289,52 @@ def onnx_files(networks: Sequence[torch.nn.Module], input_px: int, *, park: bool
 def park_weights(network: torch.nn.Module) -> None:
     """Move ``network``'s CPU weights out of the process's memory, into a file it maps, in place.
 
-    The network keeps working and gives the same results: its tensors become read-only maps of
-    a file in ``$TMPDIR``, unlinked at once (the map keeps it until the tensors go), which the
-    system reads back only where something runs the network again. Why: while a converted
-    runtime is built, the torch weights (94 MB per 224-px ResNet50) are needed only by the
-    default engine answering meanwhile, or by a next backend should this one be refused; held
-    in memory, every member's stacked under every runtime built (about 470 MiB for five).
+    The network keeps working and gives the same results: its tensors become private
+    (copy-on-write) maps of a file in ``$TMPDIR``, unlinked at once (the map keeps its disk
+    space until the tensors go), which the system reads back only where something runs the
+    network again. Why: while a converted runtime is built, the torch weights (94 MB per 224-px
+    ResNet50) are needed only by the default engine answering meanwhile, or by a next backend
+    should this one be refused; held in memory, every member's stacked under every runtime
+    built (about 470 MiB for five). Left in memory where ``$TMPDIR`` is itself memory (a
+    tmpfs), and where the file cannot be written (a full disk): slower to load, never wrong.
     """
     if getattr(network, "_icca_parked", False) or any(t.device.type != "cpu" for t in network.state_dict().values()):
         return
-    with tempfile.TemporaryDirectory(prefix="icca-weights-") as folder:
-        path = Path(folder) / "weights.pt"
-        torch.save(network.state_dict(), path)
-        mapped = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        path.unlink()
+    if temporary_files_in_memory():
+        return
+    try:
+        with tempfile.TemporaryDirectory(prefix="icca-weights-", ignore_cleanup_errors=True) as folder:
+            path = Path(folder) / "weights.pt"
+            torch.save(network.state_dict(), path)
+            mapped = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            path.unlink()
+    except (OSError, RuntimeError):
+        return
     network.load_state_dict(mapped, assign=True)
     network._icca_parked = True  # type: ignore[assignment]
+
+
+def unpark_weights(network: torch.nn.Module) -> None:
+    """Bring parked weights (:func:`park_weights`) back into memory, for an engine that runs the torch network."""
+    if not getattr(network, "_icca_parked", False):
+        return
+    network.load_state_dict({k: v.clone() for k, v in network.state_dict().items()}, assign=True)
+    network._icca_parked = False  # type: ignore[assignment]
+
+
+def temporary_files_in_memory() -> bool:
+    """Whether ``$TMPDIR`` (the system's temporary folder) is on a tmpfs, whose files take memory."""
+    folder = os.path.realpath(tempfile.gettempdir())
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return False
+    best = max(
+        ((point, kind) for point, kind in mounts if folder == point or folder.startswith(point.rstrip("/") + "/")),
+        key=lambda mount: len(mount[0]),
+        default=("", ""),
+    )
+    return best[1] == "tmpfs"
 
 
 def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor) -> bytes:
@@ -789,8 +819,11 @@ def measure_backend(
     holds (:attr:`Candidate.resident_mib`). Returns the candidate and its predictor (``None``
     when it could not run).
     """
-    return_freed_memory()  # the previous backend's leftovers are not this one's
-    before = resident_anonymous_mib() if device.type == "cpu" else None
+    before = None
+    if device.type == "cpu" and resident_anonymous_mib() is not None:
+        _warm_up(backend, cfg, device, patches[:2])
+        return_freed_memory()  # the previous backend's leftovers are not this one's
+        before = resident_anonymous_mib()
     started = time.perf_counter()
     try:
         predictor = backend.build(network, cfg, device)
@@ -805,6 +838,26 @@ def measure_backend(
         reason = f"max |Δp| {diff:.4f} > {tolerance:g} against fp32"
         return Candidate(backend.key, backend.name, rate, diff, build_s, False, reason, held), predictor
     return Candidate(backend.key, backend.name, rate, diff, build_s, accepted=True, resident_mib=held), predictor
+
+
+def _warm_up(backend: Backend, cfg: PreprocessConfig, device: torch.device, patches: np.ndarray) -> None:
+    """Build and run ``backend`` once on a tiny network, so that its library's one-time allocations are made.
+
+    What one member's runtime holds is measured after this: torch.compile's first compilation
+    alone adds about 150 MiB that later ones do not (OpenVINO and ONNX Runtime about 15–25),
+    which counted once per member would pass a fast backend over for memory it does not take.
+    A backend that cannot build the tiny network (the mixed one needs a ResNet) is measured as it is.
+    """
+    tiny = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, len(cfg.labels)),
+    ).eval()
+    with contextlib.suppress(Exception):
+        predict_patches(backend.build(tiny, cfg, device), patches, cfg, device=device, precision="fp32")
 
 
 def resident_anonymous_mib() -> float | None:
@@ -1172,6 +1225,8 @@ def build_engine(
                     predictors.append(backend.from_onnx(paths[index], cfg, device))
                 else:
                     predictors.append(backend.build(network, cfg, device))
+                    if backend.key not in TORCH_BACKENDS:  # converted: the runtime holds its own weights
+                        park_weights(network)
                 # a conversion leaves its intermediate graph behind: hand it back before the next
                 # member converts, or the load peaks at every member's leftovers at once
                 return_freed_memory()
@@ -1254,11 +1309,15 @@ def prepare_engine(
     if not all(isinstance(n, torch.nn.Module) for n in networks):
         model.engine = default_engine(networks, device)  # fake predictors: nothing to convert
         return model.engine
+    budget = engine_memory_budget_mib()  # a mistyped budget is said before any work
     num_classes = _num_classes(networks[0], cfg)
     features = detect_cpu_features()  # once: it reads /proc/cpuinfo
     signature = machine_signature(cfg, num_classes, device, features)
     choice = cached_choice(signature, path)
     how = "chosen by measurement on this machine (cached)"
+    unweighed = choice is not None and device.type == "cpu" and not memory_measured(choice)
+    if unweighed and measure:
+        choice = None  # ranked before memory was measured: measured again, once
     if choice is None and measure:
         isolate = all(b in BACKENDS for b in backends) if isolate is None else isolate
         if isolate and store:
@@ -1276,8 +1335,7 @@ def prepare_engine(
     by_key = {b.key: b for b in backends}
     model_id = getattr(model, "cache_id", None)
     references: dict[int, np.ndarray] = {}  # the members' fp32 references, computed once for every backend tried
-    budget = engine_memory_budget_mib()
-    passed_over: list[str] = []
+    passed_over = ["memory per member not measured: run `python -m core.engine --remeasure`"] if unweighed else []
     for candidate in choice.ranking():
         backend = by_key.get(candidate.key)
         if backend is None or backend.unusable(device, features) is not None:
@@ -1317,8 +1375,16 @@ def prepare_engine(
         return_freed_memory()
     if passed_over:
         engine.how = f"{engine.how}; {'; '.join(passed_over)}"
+    if engine.backend in TORCH_BACKENDS:  # it runs the torch networks: parked weights come back into memory
+        for network in networks:
+            unpark_weights(network)
     model.engine = engine
     return engine
+
+
+def memory_measured(choice: Choice) -> bool:
+    """Whether ``choice`` records what its backends' runtimes hold (rankings made before it did not)."""
+    return any(c.resident_mib is not None for c in choice.candidates)
 
 
 class ReleasedNetwork:
@@ -1377,11 +1443,16 @@ def prepare_engine_in_background(
     model.engine = default_engine(list(model.ensemble), default_device())
     model.engine.how = "default while the measured choice is being prepared"
 
+    default = model.engine
+
     def work() -> None:
-        with contextlib.suppress(Exception):  # the default stays: slower, never wrong
+        try:
             prepare_engine(model, measure=measure, path=path, backends=backends)
-            if release:
-                release_networks(model)
+        except Exception as error:  # the default stays: slower, never wrong; the sidebar says why
+            default.how = f"default: the measured choice could not be prepared ({error})"[:300]
+            return
+        if release:
+            release_networks(model)
 
     thread = threading.Thread(target=work, name="engine-preparation", daemon=True)
     thread.start()
