@@ -1315,8 +1315,7 @@ def prepare_engine(
     signature = machine_signature(cfg, num_classes, device, features)
     choice = cached_choice(signature, path)
     how = "chosen by measurement on this machine (cached)"
-    unweighed = choice is not None and device.type == "cpu" and not memory_measured(choice)
-    if unweighed and measure:
+    if measure and _lacks_memory_figures(choice, device):
         choice = None  # ranked before memory was measured: measured again, once
     if choice is None and measure:
         isolate = all(b in BACKENDS for b in backends) if isolate is None else isolate
@@ -1335,6 +1334,7 @@ def prepare_engine(
     by_key = {b.key: b for b in backends}
     model_id = getattr(model, "cache_id", None)
     references: dict[int, np.ndarray] = {}  # the members' fp32 references, computed once for every backend tried
+    unweighed = _lacks_memory_figures(choice, device)  # still, where measuring failed or was not allowed
     passed_over = ["memory per member not measured: run `python -m core.engine --remeasure`"] if unweighed else []
     for candidate in choice.ranking():
         backend = by_key.get(candidate.key)
@@ -1385,6 +1385,16 @@ def prepare_engine(
 def memory_measured(choice: Choice) -> bool:
     """Whether ``choice`` records what its backends' runtimes hold (rankings made before it did not)."""
     return any(c.resident_mib is not None for c in choice.candidates)
+
+
+def _lacks_memory_figures(choice: Choice | None, device: torch.device) -> bool:
+    """A CPU ranking without memory figures on a machine that can measure them (Linux): one made before they were."""
+    return (
+        choice is not None
+        and device.type == "cpu"
+        and not memory_measured(choice)
+        and resident_anonymous_mib() is not None
+    )
 
 
 class ReleasedNetwork:

@@ -468,9 +468,11 @@ def test_a_ranking_made_before_memory_was_measured_is_measured_again_or_said_so(
     backends = _ranked(path, {"unmeasured": None, "small": None})
     engine = prepare_engine(_model(), backends=backends, path=path, measure=False)
     assert engine.backend == "unmeasured" and "memory per member not measured" in engine.how
-    prepare_engine(_model(), backends=backends, path=path, measure=True, isolate=False)  # measures again, once
+    if engines.resident_anonymous_mib() is None:
+        return  # nothing to measure memory with: the ranking stays as it is
+    again = prepare_engine(_model(), backends=backends, path=path, measure=True, isolate=False)  # measured, once
     choice = cached_choice(machine_signature(CFG, 2, torch.device("cpu")), path)
-    assert choice is not None and engines.memory_measured(choice) == (engines.resident_anonymous_mib() is not None)
+    assert choice is not None and engines.memory_measured(choice) and "not measured" not in again.how
 
 
 def test_background_preparation_that_fails_says_why_beside_the_default(
