@@ -679,9 +679,20 @@ def reference_probabilities(
     """(N,) fp32 eager probabilities: what every backend is checked against.
 
     In batches of 8: fp32 needs no particular batch for its answer, and eager activations for
-    32 patches at 224 px would take some 400 MB more at the loading's peak.
+    32 patches at 224 px would take some 400 MB more at the loading's peak. Runs where the
+    network's weights are (a GPU once the default engine has moved them there), else on the CPU.
     """
-    return predict_patches(lambda x: network(x.contiguous()), patches, cfg, batch_size=8, precision="fp32")
+    return predict_patches(
+        lambda x: network(x.contiguous()), patches, cfg, batch_size=8, device=_device_of(network), precision="fp32"
+    )
+
+
+def _device_of(network: Callable[[torch.Tensor], torch.Tensor]) -> torch.device:
+    """Where ``network``'s weights are: its inputs must go there too (the CPU for a plain callable)."""
+    if isinstance(network, torch.nn.Module):
+        for tensor in network.parameters():
+            return tensor.device
+    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------- engines

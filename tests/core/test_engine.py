@@ -649,3 +649,16 @@ def _weights(model) -> list:
     """The model's weight constants: those of over 1,000 values."""
     return [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_output_size() == 1
             and np.prod(list(op.get_output_shape(0))) > 1000]  # fmt: skip
+
+
+def test_the_fp32_reference_runs_where_the_networks_weights_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the default engine moves the networks there: their reference inputs must follow (no CUDA here)."""
+    devices: list[str] = []
+    monkeypatch.setattr(engines, "predict_patches", lambda *args, device="cpu", **kwargs: devices.append(str(device)))
+    network = _convolutions(1)
+    engines.reference_probabilities(network, verification_patches(CFG), CFG)
+    on_gpu = _convolutions(1)
+    monkeypatch.setattr(on_gpu, "parameters", lambda: iter([torch.empty(0, device="meta")]))
+    engines.reference_probabilities(on_gpu, verification_patches(CFG), CFG)
+    engines.reference_probabilities(MeanBrightness(), verification_patches(CFG), CFG)  # no weights: the CPU
+    assert devices == ["cpu", "meta", "cpu"]
