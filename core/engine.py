@@ -1074,16 +1074,24 @@ def engine_memory_budget_mib() -> float:
     return budget
 
 
-def over_memory_budget(candidate: Candidate, members: int, budget_mib: float) -> str | None:
-    """Why ``candidate`` is passed over for a model of ``members`` networks, or ``None`` when it fits.
+def over_memory_budget(candidate: Candidate, members: int, budget_mib: float) -> bool:
+    """Whether ``candidate``'s runtimes for ``members`` networks would hold more than ``budget_mib``.
 
-    A backend whose memory was not measured fits (a ranking made before it was).
+    A backend that runs the model's own torch networks has no runtime of its own to hold (the
+    networks are loaded whatever the engine), and one whose memory was not measured (a ranking
+    made before it was) fits.
     """
-    if candidate.resident_mib is None or candidate.resident_mib * members <= budget_mib:
-        return None
+    if candidate.key in TORCH_BACKENDS or candidate.resident_mib is None:
+        return False
+    return candidate.resident_mib * members > budget_mib
+
+
+def _passed_over_note(passed: Sequence[Candidate], members: int, budget_mib: float) -> str:
+    """One clause for the engine's description: which faster backends did not fit, and what each member needs."""
+    each = ", ".join(f"{c.name} ({c.resident_mib:.0f} MiB each)" for c in passed)
     return (
-        f"{candidate.name} passed over: {members} × {candidate.resident_mib:.0f} MiB "
-        f"would exceed the {budget_mib:.0f} MiB for the runtimes ({ENGINE_MEMORY_ENV})"
+        f"passed over because {members} members' runtimes would exceed the {budget_mib:.0f} MiB "
+        f"of {ENGINE_MEMORY_ENV}: {each}"
     )
 
 
@@ -1347,6 +1355,7 @@ def prepare_engine(
     references: dict[int, np.ndarray] = {}  # the members' fp32 references, computed once for every backend tried
     unweighed = _lacks_memory_figures(choice, device)  # still, where measuring failed or was not allowed
     passed_over = ["memory per member not measured: run `python -m core.engine --remeasure`"] if unweighed else []
+    too_big: list[Candidate] = []
     for candidate in choice.ranking():
         backend = by_key.get(candidate.key)
         if backend is None or backend.unusable(device, features) is not None:
@@ -1354,11 +1363,10 @@ def prepare_engine(
         if candidate.key == engine.backend:
             engine.how, engine.patches_per_s = how, candidate.patches_per_s
             break
-        too_big = over_memory_budget(candidate, len(networks), budget)
-        if too_big is not None:
-            passed_over.append(too_big)
+        if over_memory_budget(candidate, len(networks), budget):
+            too_big.append(candidate)
             if log is not None:
-                log(f"  {too_big}")
+                log(f"  {_passed_over_note([candidate], len(networks), budget)}")
             continue
         try:
             engine = build_engine(
@@ -1384,6 +1392,8 @@ def prepare_engine(
         # only a failure gets here: its runtimes went with the traceback at the end of its handler,
         # so hand their memory back before the next backend converts
         return_freed_memory()
+    if too_big:
+        passed_over.append(_passed_over_note(too_big, len(networks), budget))
     if passed_over:
         engine.how = f"{engine.how}; {'; '.join(passed_over)}"
     if engine.backend in TORCH_BACKENDS:  # it runs the torch networks: parked weights come back into memory

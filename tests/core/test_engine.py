@@ -319,11 +319,23 @@ def test_a_backend_whose_runtimes_exceed_the_memory_budget_is_passed_over_and_sa
     monkeypatch.setenv(engines.ENGINE_MEMORY_ENV, "500")
     engine = prepare_engine(_model(members=3), backends=backends, path=path, measure=False)
     assert engine.backend == "small"  # 3 × 300 MiB > 500, 3 × 100 ≤ 500
-    assert "big passed over: 3 × 300 MiB would exceed the 500 MiB" in engine.how
+    assert (
+        "passed over because 3 members' runtimes would exceed the 500 MiB of ICCA_ENGINE_MEMORY_MB: big (300 MiB each)"
+        in engine.how
+    )
     # one member fits: the fastest is used
     assert prepare_engine(_model(members=1), backends=backends, path=path, measure=False).backend == "big"
     monkeypatch.setenv(engines.ENGINE_MEMORY_ENV, "1000")
     assert prepare_engine(_model(members=3), backends=backends, path=path, measure=False).backend == "big"
+
+
+def test_a_backend_that_runs_the_torch_networks_is_never_passed_over_for_memory() -> None:
+    """Its memory is the model's own networks, loaded whatever the engine; only a converted runtime's counts."""
+    torch_run = engines.Candidate("torch-cl-bf16", "torch channels-last bf16", 50.0, 0.0, 0.1, True, resident_mib=92.0)
+    converted = engines.Candidate("openvino-bf16", "OpenVINO bf16", 90.0, 0.0, 0.1, True, resident_mib=92.0)
+    assert not engines.over_memory_budget(torch_run, 5, 100.0)
+    assert engines.over_memory_budget(converted, 5, 100.0)
+    assert not engines.over_memory_budget(converted, 1, 100.0)
 
 
 def test_a_ranking_without_memory_figures_is_used_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
