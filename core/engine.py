@@ -74,8 +74,11 @@ CHECK_REVISION = 2
 VERIFY_PATCHES = 32  # patches of the fixed case each backend and each model is checked on
 DEFAULT_BACKEND = "torch-cl-fp32"
 REFERENCE_BACKEND = "torch-eager-fp32"
-# backends that run the model's own torch networks: their weights stay with the model
+# backends that run the model's own torch networks (eager: an NCHW copy of each): their weights stay with the model
 TORCH_BACKENDS = (REFERENCE_BACKEND, DEFAULT_BACKEND, "torch-cl-bf16", "torch-cuda-fp32", "torch-cuda-autocast")
+# of those, the ones that run the networks themselves, no copy: they hold no more than the default engine
+OWN_NETWORK_BACKENDS = (DEFAULT_BACKEND, "torch-cl-bf16", "torch-cuda-fp32", "torch-cuda-autocast")
+TMPFS_MAGIC, RAMFS_MAGIC = 0x01021994, 0x858458F6  # statfs f_type of file systems held in memory (linux/magic.h)
 ENGINE_MEMORY_ENV = "ICCA_ENGINE_MEMORY_MB"
 # What every member's runtime together may hold: the 2 GiB a server gets, less what the rest of it
 # measured on a Xeon (2026-12-07): about 850 MiB for Python, CUDA-build torch and the app's imports,
@@ -232,6 +235,7 @@ def _build_compiled(
     dtype: torch.dtype | None,
 ) -> Callable[[torch.nn.Module, PreprocessConfig, torch.device], Predictor]:
     def build(network: torch.nn.Module, cfg: PreprocessConfig, device: torch.device) -> Predictor:
+        import torch._dynamo.config as dynamo_config
         import torch._inductor.config as inductor_config
 
         net = copy.deepcopy(network).eval().to(memory_format=torch.channels_last)
@@ -251,8 +255,15 @@ def _build_compiled(
                     )
             return torch.cat(outs)[:n]
 
-        # weights become constants of the compiled graph; the copy's own parameters are then dropped
-        with inductor_config.patch(freezing=True, freezing_discard_parameters=True), torch.inference_mode():
+        # weights become constants of the compiled graph; the copy's own parameters are then dropped.
+        # Each member is a recompilation of the same forward: past dynamo's limit of 8 (5 members in
+        # bf16, then 5 in fp32 after a refusal) it would run eager under this backend's name; raised,
+        # and a build past it fails instead
+        with (
+            dynamo_config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True),
+            inductor_config.patch(freezing=True, freezing_discard_parameters=True),
+            torch.inference_mode(),
+        ):
             predict(torch.zeros(chunk, 3, cfg.input_px, cfg.input_px))  # compile now, at load
         return predict
 
@@ -323,18 +334,23 @@ def unpark_weights(network: torch.nn.Module) -> None:
 
 
 def temporary_files_in_memory() -> bool:
-    """Whether ``$TMPDIR`` (the system's temporary folder) is on a tmpfs, whose files take memory."""
-    folder = os.path.realpath(tempfile.gettempdir())
+    """Whether ``$TMPDIR`` (the system's temporary folder) is a tmpfs or ramfs, whose files take memory.
+
+    Asked of the kernel (``statfs``), which knows the mount in effect there. An overlay whose
+    upper layer is a tmpfs reads as an overlay: not recognised. ``False`` where it cannot be asked.
+    """
+    import ctypes
+    import struct
+
+    buffer = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
     try:
-        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
-    except OSError:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.statfs(os.fsencode(tempfile.gettempdir()), buffer) != 0:
+            return False
+    except (OSError, AttributeError):
         return False
-    best = max(
-        ((point, kind) for point, kind in mounts if folder == point or folder.startswith(point.rstrip("/") + "/")),
-        key=lambda mount: len(mount[0]),
-        default=("", ""),
-    )
-    return best[1] == "tmpfs"
+    (kind,) = struct.unpack_from("l", buffer)  # f_type, the first field
+    return (kind & 0xFFFFFFFF) in (TMPFS_MAGIC, RAMFS_MAGIC)
 
 
 def _export_onnx_from(network: torch.nn.Module, example: torch.Tensor) -> bytes:
@@ -769,6 +785,9 @@ class Candidate:
             memory it added (weights, repacked copies, buffers), plus the torch network itself
             for a backend that runs it; ``None`` where not measured (a ranking measured before
             this was, or on CUDA, whose memory is not the process's).
+        one_time_mib: memory its library took once, whatever the members (torch.compile's first
+            compilation about 150 MiB), as a first build on a tiny network added it; 0 where
+            another backend of the library was measured first; ``None`` where not measured.
     """
 
     key: str
@@ -779,6 +798,7 @@ class Candidate:
     accepted: bool = False
     reason: str | None = None
     resident_mib: float | None = None
+    one_time_mib: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -830,11 +850,14 @@ def measure_backend(
     holds (:attr:`Candidate.resident_mib`). Returns the candidate and its predictor (``None``
     when it could not run).
     """
-    before = None
+    before = one_time = None
     if device.type == "cpu" and resident_anonymous_mib() is not None:
-        _warm_up(backend, cfg, device, patches[:2])
         return_freed_memory()  # the previous backend's leftovers are not this one's
+        start = resident_anonymous_mib()
+        _warm_up(backend, cfg, device, patches[:2])
+        return_freed_memory()
         before = resident_anonymous_mib()
+        one_time = max(0.0, before - start) if before is not None and start is not None else None
     started = time.perf_counter()
     try:
         predictor = backend.build(network, cfg, device)
@@ -847,8 +870,8 @@ def measure_backend(
     diff = max_abs_prob_diff(probs, reference)
     if not diff <= tolerance:
         reason = f"max |Δp| {diff:.4f} > {tolerance:g} against fp32"
-        return Candidate(backend.key, backend.name, rate, diff, build_s, False, reason, held), predictor
-    return Candidate(backend.key, backend.name, rate, diff, build_s, accepted=True, resident_mib=held), predictor
+        return Candidate(backend.key, backend.name, rate, diff, build_s, False, reason, held, one_time), predictor
+    return Candidate(backend.key, backend.name, rate, diff, build_s, True, None, held, one_time), predictor
 
 
 def _warm_up(backend: Backend, cfg: PreprocessConfig, device: torch.device, patches: np.ndarray) -> None:
@@ -1075,24 +1098,23 @@ def engine_memory_budget_mib() -> float:
 
 
 def over_memory_budget(candidate: Candidate, members: int, budget_mib: float) -> bool:
-    """Whether ``candidate``'s runtimes for ``members`` networks would hold more than ``budget_mib``.
+    """Whether ``candidate`` would hold more than ``budget_mib`` for ``members`` networks.
 
-    A backend that runs the model's own torch networks has no runtime of its own to hold (the
-    networks are loaded whatever the engine), and one whose memory was not measured (a ranking
-    made before it was) fits.
+    What it holds: its library's one-time memory and each member's runtime. A backend that runs
+    the model's own torch networks, no copy, holds nothing the default engine does not (the
+    networks are loaded whatever the engine); one whose memory was not measured (a ranking made
+    before it was) fits.
     """
-    if candidate.key in TORCH_BACKENDS or candidate.resident_mib is None:
+    if candidate.key in OWN_NETWORK_BACKENDS or candidate.resident_mib is None:
         return False
-    return candidate.resident_mib * members > budget_mib
+    return (candidate.one_time_mib or 0.0) + candidate.resident_mib * members > budget_mib
 
 
 def _passed_over_note(passed: Sequence[Candidate], members: int, budget_mib: float) -> str:
     """One clause for the engine's description: which faster backends did not fit, and what each member needs."""
-    each = ", ".join(f"{c.name} ({c.resident_mib:.0f} MiB each)" for c in passed)
-    return (
-        f"passed over because {members} members' runtimes would exceed the {budget_mib:.0f} MiB "
-        f"of {ENGINE_MEMORY_ENV}: {each}"
-    )
+    each = ", ".join(f"{c.name} ({c.resident_mib:.0f} MiB a member)" for c in passed)
+    whose = "its member's runtime" if members == 1 else f"its {members} members' runtimes"
+    return f"passed over because {whose} would exceed the {budget_mib:.0f} MiB of {ENGINE_MEMORY_ENV}: {each}"
 
 
 def _num_classes(network: torch.nn.Module, cfg: PreprocessConfig) -> int:
@@ -1334,7 +1356,7 @@ def prepare_engine(
     signature = machine_signature(cfg, num_classes, device, features)
     choice = cached_choice(signature, path)
     how = "chosen by measurement on this machine (cached)"
-    if measure and _lacks_memory_figures(choice, device):
+    if measure and lacks_memory_figures(choice, device):
         choice = None  # ranked before memory was measured: measured again, once
     if choice is None and measure:
         isolate = all(b in BACKENDS for b in backends) if isolate is None else isolate
@@ -1353,8 +1375,8 @@ def prepare_engine(
     by_key = {b.key: b for b in backends}
     model_id = getattr(model, "cache_id", None)
     references: dict[int, np.ndarray] = {}  # the members' fp32 references, computed once for every backend tried
-    unweighed = _lacks_memory_figures(choice, device)  # still, where measuring failed or was not allowed
-    passed_over = ["memory per member not measured: run `python -m core.engine --remeasure`"] if unweighed else []
+    unweighed = lacks_memory_figures(choice, device)  # still, where measuring failed or was not allowed
+    passed_over = ["memory per member not measured yet (`python -m core.engine` measures it)"] if unweighed else []
     too_big: list[Candidate] = []
     for candidate in choice.ranking():
         backend = by_key.get(candidate.key)
@@ -1408,7 +1430,7 @@ def memory_measured(choice: Choice) -> bool:
     return any(c.resident_mib is not None for c in choice.candidates)
 
 
-def _lacks_memory_figures(choice: Choice | None, device: torch.device) -> bool:
+def lacks_memory_figures(choice: Choice | None, device: torch.device) -> bool:
     """A CPU ranking without memory figures on a machine that can measure them (Linux): one made before they were."""
     return (
         choice is not None

@@ -235,10 +235,11 @@ def measure_engines(cfg: PreprocessConfig) -> None:
     Only the ranking: building and checking the chosen backend for each member is the
     dashboard's job at model load, in the background.
     """
-    from core.engine import cached_choice, default_device, machine_signature, measure_machine
+    from core.engine import cached_choice, default_device, lacks_memory_figures, machine_signature, measure_machine
 
-    if cached_choice(machine_signature(cfg, len(cfg.labels), default_device())) is not None:
-        return
+    cached = cached_choice(machine_signature(cfg, len(cfg.labels), default_device()))
+    if cached is not None and not lacks_memory_figures(cached, default_device()):
+        return  # ranked already (a ranking made before memory was measured is measured again, once)
     print("ranking this machine's inference backends once (the dashboard reuses the ranking):")
     choice = measure_machine(cfg, len(cfg.labels), log=print)
     if choice is not None:

@@ -41,3 +41,29 @@ def test_the_demo_model_appears_whole_and_already_approved(
     assert training_cli._build_demo_model(args) == 0
     assert served_while == [("copying", False), ("approving", False)]  # nothing under the served name until then
     assert file_sha256(target) in allowed_sha256s(allowlist) and not beside(target).exists()
+
+
+def test_the_demo_build_ranks_again_a_ranking_made_before_memory_was_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from core import engine as engines
+    from core.preprocess import PreprocessConfig
+
+    if engines.resident_anonymous_mib() is None:
+        pytest.skip("memory is measured on Linux only")
+    cfg = PreprocessConfig(target_spacing_mm=0.5, patch_px=16, stride_px=8, input_px=32)
+    path = tmp_path / "choice.json"
+    monkeypatch.setenv(engines.ENGINE_CACHE_ENV, str(path))
+    measured: list[str] = []
+    monkeypatch.setattr(engines, "measure_machine", lambda *args, **kwargs: measured.append("ranked"))
+    signature = engines.machine_signature(cfg, len(cfg.labels), torch.device("cpu"))
+    old = engines.Candidate(engines.DEFAULT_BACKEND, "torch channels-last fp32", 10.0, 0.0, 0.1, True)
+    engines.store_choice(engines.Choice(signature, (old,)), path)
+    training_cli.measure_engines(cfg)
+    assert measured == ["ranked"]
+    weighed = engines.Candidate(engines.DEFAULT_BACKEND, "torch channels-last fp32", 10.0, 0.0, 0.1, True, None, 91.0)
+    engines.store_choice(engines.Choice(signature, (weighed,)), path)
+    training_cli.measure_engines(cfg)
+    assert measured == ["ranked"]  # ranked with its memory: not again
