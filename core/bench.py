@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.cpu import detect_cpu_features
+from core.cpu import detect_cpu_features, process_status_mib
 from core.inference import INFERENCE_BATCH, bf16_supported, to_network_input
 from core.preprocess import PreprocessConfig
 from models.resnet import build_resnet50
@@ -77,13 +77,8 @@ def peak_rss_mb() -> float:
     Linux's ``VmHWM`` where there is one: ``ru_maxrss`` survives ``exec``, so a child started
     from a large parent would report the parent's peak.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak = process_status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # ---------------------------------------------------------------- the standard case

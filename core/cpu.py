@@ -158,3 +158,17 @@ def native_bf16() -> bool:
 @functools.cache
 def _cached_features() -> CpuFeatures:
     return detect_cpu_features()
+
+
+def process_status_mib(field: str) -> float | None:
+    """A memory figure of this process from Linux's ``/proc/self/status``, in MiB; ``None`` where there is none.
+
+    ``field`` is the line's name: ``VmHWM`` (peak resident), ``RssAnon`` (resident anonymous), …
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.cpu import CpuFeatures, detect_cpu_features
+from core.cpu import CpuFeatures, detect_cpu_features, process_status_mib
 from core.inference import INFERENCE_BATCH, predict_patches
 from core.preprocess import PreprocessConfig
 
@@ -74,10 +74,10 @@ CHECK_REVISION = 2
 VERIFY_PATCHES = 32  # patches of the fixed case each backend and each model is checked on
 DEFAULT_BACKEND = "torch-cl-fp32"
 REFERENCE_BACKEND = "torch-eager-fp32"
-# backends that run the model's own torch networks (eager: an NCHW copy of each): their weights stay with the model
-TORCH_BACKENDS = (REFERENCE_BACKEND, DEFAULT_BACKEND, "torch-cl-bf16", "torch-cuda-fp32", "torch-cuda-autocast")
-# of those, the ones that run the networks themselves, no copy: they hold no more than the default engine
+# backends that run the model's torch networks themselves, no copy: they hold no more than the default engine
 OWN_NETWORK_BACKENDS = (DEFAULT_BACKEND, "torch-cl-bf16", "torch-cuda-fp32", "torch-cuda-autocast")
+# and with the eager reference (an NCHW copy of each), the ones after which the torch weights stay with the model
+TORCH_BACKENDS = (REFERENCE_BACKEND, *OWN_NETWORK_BACKENDS)
 TMPFS_MAGIC, RAMFS_MAGIC = 0x01021994, 0x858458F6  # statfs f_type of file systems held in memory (linux/magic.h)
 ENGINE_MEMORY_ENV = "ICCA_ENGINE_MEMORY_MB"
 # What every member's runtime together may hold: the 2 GiB a server gets, less what the rest of it
@@ -309,14 +309,15 @@ def park_weights(network: torch.nn.Module) -> None:
     built (about 470 MiB for five). Left in memory where ``$TMPDIR`` is itself memory (a
     tmpfs), and where the file cannot be written (a full disk): slower to load, never wrong.
     """
-    if getattr(network, "_icca_parked", False) or any(t.device.type != "cpu" for t in network.state_dict().values()):
+    state = network.state_dict()
+    if getattr(network, "_icca_parked", False) or any(t.device.type != "cpu" for t in state.values()):
         return
     if temporary_files_in_memory():
         return
     try:
         with tempfile.TemporaryDirectory(prefix="icca-weights-", ignore_cleanup_errors=True) as folder:
             path = Path(folder) / "weights.pt"
-            torch.save(network.state_dict(), path)
+            torch.save(state, path)
             mapped = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             path.unlink()
     except (OSError, RuntimeError):
@@ -900,13 +901,7 @@ def resident_anonymous_mib() -> float | None:
     Linux's ``RssAnon``; ``None`` where there is none. Libraries a runtime loads once (OpenVINO's
     plugins, about 160 MiB of file-backed pages) are not counted: they are not per member.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return process_status_mib("RssAnon")
 
 
 def _held_mib(before: float | None, key: str, network: torch.nn.Module) -> float | None:
