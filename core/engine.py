@@ -119,6 +119,17 @@ def _cpu_only(device: torch.device, _: CpuFeatures) -> str | None:
     return None if device.type == "cpu" else "runs on the CPU only"
 
 
+def _cpp_compiler(device: torch.device, _: CpuFeatures) -> str | None:
+    """torch.compile builds C++ for the CPU at load: without a compiler (a slim container image) it cannot."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except RuntimeError:  # torch's InvalidCxxCompiler
+        return "torch.compile needs a C++ compiler, and none was found"
+    return None
+
+
 def _needs_module(name: str) -> Callable[[torch.device, CpuFeatures], str | None]:
     """A runtime from PyPI: installed, on the CPU, and not under an ISA cap it would ignore.
 
@@ -243,17 +254,26 @@ def _build_compiled(
         chunk = runtime_chunk(cfg.input_px, 1)  # 8 patches at 224 px: activations stay ~100 MB
 
         def predict(x: torch.Tensor) -> torch.Tensor:
-            # one static shape: a ragged last chunk is padded, never a recompilation on a request
+            # Every call must pass the guards of the graph compiled at load: a recompilation would
+            # trace the network, whose parameters freezing discarded, and fail. So each chunk is
+            # copied into one buffer of one static shape (a ragged last chunk zero-padded), made in
+            # inference mode: an ordinary tensor (made outside inference mode, as the benchmark's
+            # batches are) carries another dispatch key set, which dynamo guards on. Dynamo also
+            # guards on the thread count (nothing here changes it after load) and on autocast's cache
+            # flag, which is set rather than inherited from the caller
             n = x.shape[0]
-            if n % chunk:
-                x = torch.cat([x, x.new_zeros((chunk - n % chunk, *x.shape[1:]))])
             outs = []
-            for start in range(0, x.shape[0], chunk):
-                with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-                    outs.append(
-                        compiled(x[start : start + chunk].contiguous(memory_format=torch.channels_last)).float()
-                    )
-            return torch.cat(outs)[:n]
+            with torch.inference_mode():
+                buffer = torch.empty((chunk, *x.shape[1:]), dtype=torch.float32, memory_format=torch.channels_last)
+                for start in range(0, n, chunk):
+                    rows = min(chunk, n - start)
+                    buffer[:rows] = x[start : start + rows]
+                    buffer[rows:] = 0.0
+                    with torch.autocast(
+                        "cpu", dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=True
+                    ):
+                        outs.append(compiled(buffer).float()[:rows])
+                return torch.cat(outs)
 
         # weights become constants of the compiled graph; the copy's own parameters are then dropped.
         # Each member is a recompilation of the same forward: past dynamo's limit of 8 (5 members in
@@ -262,7 +282,6 @@ def _build_compiled(
         with (
             dynamo_config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True),
             inductor_config.patch(freezing=True, freezing_discard_parameters=True),
-            torch.inference_mode(),
         ):
             predict(torch.zeros(chunk, 3, cfg.input_px, cfg.input_px))  # compile now, at load
         return predict
@@ -597,9 +616,12 @@ BACKENDS: tuple[Backend, ...] = (
     _onnx_backend("onnxruntime-fp32", "ONNX Runtime fp32", _needs_module("onnxruntime"), _ort_fp32_from_onnx),
     _onnx_backend("openvino-fp32", "OpenVINO fp32", _needs_module("openvino"), _openvino_from_onnx("f32")),
     Backend(
-        "torch-compile-bf16", "torch.compile bf16", _needs(_cpu_only, _native_bf16), _build_compiled(torch.bfloat16)
+        "torch-compile-bf16",
+        "torch.compile bf16",
+        _needs(_cpu_only, _cpp_compiler, _native_bf16),
+        _build_compiled(torch.bfloat16),
     ),
-    Backend("torch-compile-fp32", "torch.compile fp32", _cpu_only, _build_compiled(None)),
+    Backend("torch-compile-fp32", "torch.compile fp32", _needs(_cpu_only, _cpp_compiler), _build_compiled(None)),
     _onnx_backend(
         "onnxruntime-int8",
         "ONNX Runtime int8",

@@ -32,7 +32,7 @@ from core.engine import (
     release_networks,
     verification_patches,
 )
-from core.inference import predict_patches
+from core.inference import predict_patches, to_network_input
 from core.preprocess import PreprocessConfig
 from models.checkpoint import LoadedModel
 
@@ -228,6 +228,45 @@ def test_real_backends_agree_with_fp32(key: str) -> None:
     predictor = backend.build(network, CFG, torch.device("cpu"))
     probs = predict_patches(predictor, patches, CFG, precision="fp32")
     assert probs.shape == (12,) and np.max(np.abs(probs - reference)) <= engines.MAX_ABS_PROB_DIFF
+
+
+def test_a_compiled_network_answers_tensors_made_in_or_out_of_inference_mode() -> None:
+    """Its graph is compiled once, at load, and its parameters discarded: every call must reuse that graph.
+
+    A whole chunk made outside inference mode (as the benchmark makes its batches) failed
+    dynamo's guards on the graph compiled at load; the recompilation traced the discarded
+    weights and raised. Whole chunks, ragged ones, several at once, grad mode and inference
+    mode all reuse the one graph now.
+    """
+    from models.resnet import build_resnet50
+
+    backend = engines.BACKENDS_BY_KEY["torch-compile-fp32"]
+    reason = backend.unusable(torch.device("cpu"), detect_cpu_features())
+    if reason is not None:
+        pytest.skip(reason)
+    chunk = engines.runtime_chunk(CFG.input_px, 1)
+    patches = verification_patches(CFG)
+    patches = np.concatenate([patches] * (-(-(chunk + 8) // len(patches))))[: chunk + 8]  # a chunk and a ragged one
+    network = build_resnet50(seed=0).eval()
+    reference = engines.reference_probabilities(network, patches, CFG)
+    predictor = backend.build(network, CFG, torch.device("cpu"))
+    ordinary = to_network_input(patches, CFG)  # made in grad mode: not an inference tensor
+    with torch.inference_mode():
+        inference = to_network_input(patches, CFG)
+        answers = [predictor(ordinary[:chunk]), predictor(ordinary), predictor(inference), predictor(inference[:5])]
+    answers.append(predictor(ordinary))  # called in grad mode too
+    for logits in answers:
+        probs = torch.softmax(logits, 1)[:, CFG.positive_index].numpy()
+        assert np.max(np.abs(probs - reference[: len(probs)])) <= 1e-4
+
+
+def test_torch_compile_is_left_out_without_a_cpp_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+    for key in ("torch-compile-fp32", "torch-compile-bf16"):
+        reason = engines.BACKENDS_BY_KEY[key].unusable(torch.device("cpu"), detect_cpu_features())
+        assert reason is not None and "C++ compiler" in reason
 
 
 def test_export_uses_a_loaded_network_as_it_is_and_leaves_it_unchanged(test_checkpoint: Path) -> None:
