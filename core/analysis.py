@@ -191,7 +191,7 @@ def analyze_case(
         seconds=time.perf_counter() - started,
         member_probabilities=members,
         spread=ensemble_spread(members, model.names),
-        engine=engine.name,
+        engine=counts.engine,  # the model's own engine may have given way to fp32 on the way
         patches_computed=counts.computed,
         patches_reused=counts.reused,
     )

@@ -74,6 +74,7 @@ CHECK_REVISION = 2
 VERIFY_PATCHES = 32  # patches of the fixed case each backend and each model is checked on
 DEFAULT_BACKEND = "torch-cl-fp32"
 REFERENCE_BACKEND = "torch-eager-fp32"
+DEFAULT_BACKENDS = (DEFAULT_BACKEND, "torch-cuda-fp32")  # what default_engine runs on the CPU / a GPU
 # backends that run the model's torch networks themselves, no copy: they hold no more than the default engine
 OWN_NETWORK_BACKENDS = (DEFAULT_BACKEND, "torch-cl-bf16", "torch-cuda-fp32", "torch-cuda-autocast")
 # and with the eager reference (an NCHW copy of each), the ones after which the torch weights stay with the model
@@ -1527,6 +1528,48 @@ def prepare_engine_in_background(
     thread = threading.Thread(target=work, name="engine-preparation", daemon=True)
     thread.start()
     return thread
+
+
+_FALL_BACK = threading.Lock()
+
+
+def fall_back_to_default(model: Any, failed: Engine, error: Exception) -> Engine:
+    """Put ``model`` on the default fp32 engine after ``failed`` raised while answering; returns that engine.
+
+    A runtime that fails on a request (a library fault, a state its compiled graph cannot
+    meet) is set aside until the process restarts: slower, never wrong, and the sidebar says
+    so. Torch weights released for the failed engine are read again from the model's file.
+    Two analyses failing at once fall back once.
+
+    Raises:
+        CheckpointError: the weights cannot be read again (the file changed or went).
+    """
+    with _FALL_BACK:
+        if getattr(model, "engine", None) is not failed and model.engine is not None:
+            return model.engine  # another analysis has fallen back already
+        if any(isinstance(network, ReleasedNetwork) for network in model.ensemble):
+            restore_networks(model)
+        engine = default_engine(list(model.ensemble), default_device())
+        engine.how = f"default: {failed.name} failed during an analysis and is set aside until restart ({error})"[:300]
+        model.engine = engine
+        return engine
+
+
+def restore_networks(model: Any) -> None:
+    """Read ``model``'s torch networks again from its file, after :func:`release_networks`.
+
+    Raises:
+        CheckpointError: the file is gone, unreadable, or no longer the one the model was loaded from.
+    """
+    from core.errors import CheckpointError
+    from models.checkpoint import load_checkpoint
+
+    fresh = load_checkpoint(model.path)
+    if fresh.sha256 != model.sha256:
+        raise CheckpointError(
+            f"The model file {Path(model.path).name} changed since it was loaded; restart the app to load it again."
+        )
+    model.network, model.members = fresh.network, fresh.members
 
 
 def engine_of(model: Any) -> Engine:

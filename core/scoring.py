@@ -8,16 +8,20 @@ are cut and run, in batches of :data:`~core.inference.INFERENCE_BATCH`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-from core.engine import Engine, engine_of
+from core.engine import DEFAULT_BACKENDS, Engine, engine_of, fall_back_to_default
+from core.errors import UserFacingError
 from core.imaging import CtSlice, model_grey
 from core.inference import INFERENCE_BATCH, ProgressFn, predict_patches
 from core.lattice import cut_cells
 from core.patch_cache import PatchCache, preprocess_digest, slice_digest
 from core.preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,10 +51,11 @@ def slice_context(ct: CtSlice, cfg: PreprocessConfig) -> SliceContext:
 
 @dataclass(frozen=True)
 class ScoreCounts:
-    """(cell, member) evaluations: run through the network, and taken from the cache."""
+    """(cell, member) evaluations: run through the network, and taken from the cache; and the engine that ran them."""
 
     computed: int
     reused: int
+    engine: str = ""
 
 
 def score_cells(
@@ -76,8 +81,38 @@ def score_cells(
 
     Returns:
         (M, K) float64 probabilities (K members), and the counts.
+
+    When the model's own converted engine fails (a runtime's fault), the model is put on the
+    default fp32 engine for good (:func:`core.engine.fall_back_to_default`) and the cells are
+    scored again there; the counts name the engine that answered.
     """
-    engine = engine or engine_of(model)
+    chosen = engine or engine_of(model)
+    try:
+        return _score_with(chosen, context, cells, model, cache, batch_size, progress)
+    except UserFacingError:
+        raise
+    except Exception as error:
+        # the model's converted runtime that fails on a request gives way to its fp32 networks; the
+        # default engine has nothing to give way to, and an engine of the caller's own is the caller's
+        if chosen is not getattr(model, "engine", None) or chosen.backend in DEFAULT_BACKENDS:
+            raise
+        log.warning(
+            "the %s engine failed during an analysis (%s); falling back to fp32", chosen.name, type(error).__name__
+        )
+        fallback = fall_back_to_default(model, chosen, error)
+        return _score_with(fallback, context, cells, model, cache, batch_size, progress)
+
+
+def _score_with(
+    engine: Engine,
+    context: SliceContext,
+    cells: np.ndarray,
+    model: object,
+    cache: PatchCache | None,
+    batch_size: int,
+    progress: ProgressFn | None,
+) -> tuple[np.ndarray, ScoreCounts]:
+    """:func:`score_cells` on one engine."""
     n_members = len(engine.predictors)
     out = np.full((len(cells), n_members), np.nan, dtype=np.float64)
     prefix = (context.slice_key, context.cfg_key, getattr(model, "cache_id", id(model)))
@@ -116,4 +151,4 @@ def score_cells(
         if cache is not None:
             finite = np.isfinite(probs)  # a broken answer is never kept
             cache.store([keys[member][r] for r in rows[finite]], probs[finite])
-    return out, ScoreCounts(computed=total, reused=int(out.size - total))
+    return out, ScoreCounts(computed=total, reused=int(out.size - total), engine=engine.name)
