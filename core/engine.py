@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from core.cpu import CpuFeatures, detect_cpu_features, process_status_mib
+from core.errors import CheckpointError, UserFacingError
 from core.inference import INFERENCE_BATCH, predict_patches
 from core.preprocess import PreprocessConfig
 
@@ -751,6 +752,8 @@ class Engine:
         max_abs_diff: worst |Δp| against fp32 eager on the check case over all members, or
             ``None`` where nothing was checked (the default fp32 engine needs no check).
         patches_per_s: the measured speed of the backend on this machine, when measured.
+        set_aside: failed on a request and replaced (:func:`fall_back_to_default`); its
+            predictors are dropped, and whoever still holds it is sent to the model's engine.
     """
 
     backend: str
@@ -760,6 +763,7 @@ class Engine:
     how: str
     max_abs_diff: float | None = None
     patches_per_s: float | None = None
+    set_aside: bool = False
 
     def describe(self) -> str:
         """One line for the model card / sidebar."""
@@ -1458,6 +1462,11 @@ def lacks_memory_figures(choice: Choice | None, device: torch.device) -> bool:
     )
 
 
+# one model's engine and networks change under it: the background preparation releasing the torch
+# networks, and an analysis falling back to them, never interleave
+_MODEL_SWAP = threading.Lock()
+
+
 class ReleasedNetwork:
     """Stands in for a member network whose torch weights were released (the engine holds its own copy)."""
 
@@ -1472,12 +1481,13 @@ def release_networks(model: Any) -> bool:
     weights, so the torch copy (100 MB per ResNet50 member) is dead weight in a server. Any
     analysis still running on an earlier engine keeps the networks it uses alive until it ends.
     """
-    engine = getattr(model, "engine", None)
-    if engine is None or engine.backend in TORCH_BACKENDS:
-        return False
-    count = len(model.ensemble)
-    model.network = ReleasedNetwork()
-    model.members = tuple(ReleasedNetwork() for _ in range(count)) if count > 1 else ()
+    with _MODEL_SWAP:
+        engine = getattr(model, "engine", None)
+        if engine is None or engine.set_aside or engine.backend in TORCH_BACKENDS:
+            return False
+        count = len(model.ensemble)
+        model.network = ReleasedNetwork()
+        model.members = tuple(ReleasedNetwork() for _ in range(count)) if count > 1 else ()
     return_freed_memory()
     return True
 
@@ -1530,45 +1540,83 @@ def prepare_engine_in_background(
     return thread
 
 
-_FALL_BACK = threading.Lock()
+class EngineFault(RuntimeError):
+    """A runtime's own failure while answering: not the caller's input, not memory running out."""
 
 
-def fall_back_to_default(model: Any, failed: Engine, error: Exception) -> Engine:
-    """Put ``model`` on the default fp32 engine after ``failed`` raised while answering; returns that engine.
+def guarded(predictor: Predictor) -> Predictor:
+    """``predictor`` whose failures become :class:`EngineFault`, except memory running out and sentences.
+
+    Memory running out is left as it is: falling back would read every network again. A
+    :class:`~core.errors.UserFacingError` (an :func:`unavailable_engine`'s) is already one sentence.
+    """
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return predictor(x)
+        except (MemoryError, torch.OutOfMemoryError, UserFacingError):
+            raise
+        except Exception as error:
+            raise EngineFault(str(error) or type(error).__name__) from error
+
+    return call
+
+
+def fall_back_to_default(model: Any, failed: Engine) -> Engine:
+    """Put ``model`` on the default fp32 engine after its engine ``failed`` on a request; returns the engine to use.
 
     A runtime that fails on a request (a library fault, a state its compiled graph cannot
-    meet) is set aside until the process restarts: slower, never wrong, and the sidebar says
-    so. Torch weights released for the failed engine are read again from the model's file.
+    meet) is set aside until the process restarts: slower, same results, and the sidebar
+    says so. Its predictors are dropped (its runtimes go once the analyses still running
+    on them end); torch weights released for it are read again from the model's file.
+    When they cannot be, the model's engine becomes one that says why on every request.
     Two analyses failing at once fall back once.
-
-    Raises:
-        CheckpointError: the weights cannot be read again (the file changed or went).
     """
-    with _FALL_BACK:
-        if getattr(model, "engine", None) is not failed and model.engine is not None:
-            return model.engine  # another analysis has fallen back already
-        if any(isinstance(network, ReleasedNetwork) for network in model.ensemble):
-            restore_networks(model)
+    with _MODEL_SWAP:
+        current = getattr(model, "engine", None)
+        if current is not None and current is not failed and not current.set_aside:
+            return current  # another analysis has fallen back already
+        failed.set_aside, failed.predictors = True, ()
+        try:
+            if any(isinstance(network, ReleasedNetwork) for network in model.ensemble):
+                restore_networks(model)
+        except UserFacingError as problem:
+            model.engine = unavailable_engine(len(model.ensemble), problem)
+            return model.engine
         engine = default_engine(list(model.ensemble), default_device())
-        engine.how = f"default: {failed.name} failed during an analysis and is set aside until restart ({error})"[:300]
+        engine.how = (
+            f"the standard engine: the faster {failed.name} stopped working during an analysis and is set aside "
+            "until the app restarts (slower, same results)"
+        )
         model.engine = engine
         return engine
+
+
+def unavailable_engine(members: int, problem: UserFacingError) -> Engine:
+    """An engine whose every answer is ``problem``: the model's networks cannot run until the app restarts."""
+
+    def refuse(x: torch.Tensor) -> torch.Tensor:
+        raise problem
+
+    return Engine("unavailable", "none", torch.device("cpu"), (refuse,) * members, str(problem))
 
 
 def restore_networks(model: Any) -> None:
     """Read ``model``'s torch networks again from its file, after :func:`release_networks`.
 
     Raises:
-        CheckpointError: the file is gone, unreadable, or no longer the one the model was loaded from.
+        CheckpointError: the file is gone or no longer the one the model was loaded from
+            (compared by sha256 before anything is loaded), or no longer allowed.
     """
-    from core.errors import CheckpointError
-    from models.checkpoint import load_checkpoint
+    from models.checkpoint import file_sha256, load_checkpoint
 
-    fresh = load_checkpoint(model.path)
-    if fresh.sha256 != model.sha256:
+    path = Path(model.path)
+    if not path.is_file() or file_sha256(path) != model.sha256:
         raise CheckpointError(
-            f"The model file {Path(model.path).name} changed since it was loaded; restart the app to load it again."
+            f"The model's networks cannot be read again: {path.name} is gone or changed since it was loaded; "
+            "restart the app to load the model again."
         )
+    fresh = load_checkpoint(path)
     model.network, model.members = fresh.network, fresh.members
 
 

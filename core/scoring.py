@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.engine import DEFAULT_BACKENDS, Engine, engine_of, fall_back_to_default
-from core.errors import UserFacingError
+from core.engine import DEFAULT_BACKENDS, Engine, EngineFault, engine_of, fall_back_to_default, guarded
 from core.imaging import CtSlice, model_grey
 from core.inference import INFERENCE_BATCH, ProgressFn, predict_patches
 from core.lattice import cut_cells
@@ -87,20 +86,19 @@ def score_cells(
     scored again there; the counts name the engine that answered.
     """
     chosen = engine or engine_of(model)
+    if chosen.set_aside:  # failed since the caller took it: the model's engine answers now
+        chosen = engine_of(model)
+    own = chosen is getattr(model, "engine", None)
     try:
         return _score_with(chosen, context, cells, model, cache, batch_size, progress)
-    except UserFacingError:
-        raise
-    except Exception as error:
-        # the model's converted runtime that fails on a request gives way to its fp32 networks; the
-        # default engine has nothing to give way to, and an engine of the caller's own is the caller's
-        if chosen is not getattr(model, "engine", None) or chosen.backend in DEFAULT_BACKENDS:
+    except EngineFault:
+        # the model's converted runtime gives way to its fp32 networks; the default engine has
+        # nothing to give way to, and an engine of the caller's own is the caller's
+        if not own or chosen.backend in DEFAULT_BACKENDS:
             raise
-        log.warning(
-            "the %s engine failed during an analysis (%s); falling back to fp32", chosen.name, type(error).__name__
-        )
-        fallback = fall_back_to_default(model, chosen, error)
-        return _score_with(fallback, context, cells, model, cache, batch_size, progress)
+        log.warning("the %s engine failed during an analysis; falling back to fp32", chosen.name, exc_info=True)
+        fallback = fall_back_to_default(model, chosen)
+    return _score_with(fallback, context, cells, model, cache, batch_size, progress)  # the failed pass's frames gone
 
 
 def _score_with(
@@ -138,7 +136,7 @@ def _score_with(
                 progress(offset + batch_done, total)
 
         probs = predict_patches(
-            predictor,
+            guarded(predictor),  # a runtime's failure, told apart from the rest
             patches if len(rows) == len(need_cut) else patches[row_of[rows]],  # no copy when every patch runs
             context.cfg,
             batch_size=batch_size,

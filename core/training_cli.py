@@ -29,7 +29,9 @@ if TYPE_CHECKING:  # core.training imports torch: the CLI loads it only when a c
 # issue's 0.85. The cost: ×1.14 the wall time under AVX2 emulation, which extrapolated from the last
 # Zen 3 run lands near 16.5 minutes, over the target; other estimates range from 14 to 21 (not measured
 # on a real AVX2 CPU). Tried on this recipe and not adopted, for no gain beyond run-to-run noise: BatchNorm
-# statistics recomputed after the last epoch, weight averaging (SWA), 20 epochs, test-time augmentation.
+# statistics recomputed after the last epoch, weight averaging (SWA), 20 epochs, test-time augmentation,
+# training draws weighted by each patch's share inside the outline, HU-level and contrast augmentation, AdamW,
+# and patient scores weighting each patch by its share inside the outline.
 # Figures for all of it: README, "Measured".
 DEMO_RECIPE = {
     "patients": 41,

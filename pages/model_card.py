@@ -59,7 +59,8 @@ engine_now = model.engine.describe() if model.engine else model.engine_name
 st.markdown(
     f"**Inference engine on this machine:** {engine_now}",
     help="Chosen by measuring this machine's backends once (make demo-model or python -m core.engine) and "
-    "checking each network against fp32 (max |Δp| ≤ 0.02 on a fixed case); until it is ready, plain fp32 runs.",
+    "checking each network against fp32 (max |Δp| ≤ 0.02 on a fixed case); until it is ready, plain fp32 runs, "
+    "and plain fp32 takes over until the app restarts if the chosen engine fails.",
 )
 st.markdown(f"**Intended use:** {card.get('intended_use', RESEARCH_NOTICE)}")
 
