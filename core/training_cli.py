@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # core.training imports torch: the CLI loads it only when a c
 # on a real AVX2 CPU). Tried on this recipe and not adopted, for no gain beyond run-to-run noise: BatchNorm
 # statistics recomputed after the last epoch, weight averaging (SWA), 20 epochs, test-time augmentation,
 # training draws weighted by each patch's share inside the outline, HU-level and contrast augmentation, AdamW,
-# and patient scores weighting each patch by its share inside the outline.
+# a narrower window (L40/W120), and patient scores weighting each patch by its share inside the outline.
 # Figures for all of it: README, "Measured".
 DEMO_RECIPE = {
     "patients": 41,
