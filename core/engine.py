@@ -1544,6 +1544,19 @@ class EngineFault(RuntimeError):
     """A runtime's own failure while answering: not the caller's input, not memory running out."""
 
 
+# how memory running out reads in the runtimes' messages: torch's CPU allocator ("can't allocate
+# memory") raises a plain RuntimeError, and OpenVINO and ONNX Runtime pass on C++'s bad_alloc
+_OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory", "bad_alloc", "failed to allocate")
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says memory ran out, whatever its type."""
+    if isinstance(error, MemoryError | torch.OutOfMemoryError):
+        return True
+    message = str(error).lower()
+    return any(words in message for words in _OUT_OF_MEMORY)
+
+
 def guarded(predictor: Predictor) -> Predictor:
     """``predictor`` whose failures become :class:`EngineFault`, except memory running out and sentences.
 
@@ -1554,9 +1567,11 @@ def guarded(predictor: Predictor) -> Predictor:
     def call(x: torch.Tensor) -> torch.Tensor:
         try:
             return predictor(x)
-        except (MemoryError, torch.OutOfMemoryError, UserFacingError):
+        except UserFacingError:
             raise
         except Exception as error:
+            if out_of_memory(error):
+                raise
             raise EngineFault(str(error) or type(error).__name__) from error
 
     return call
@@ -1566,39 +1581,47 @@ def fall_back_to_default(model: Any, failed: Engine) -> Engine:
     """Put ``model`` on the default fp32 engine after its engine ``failed`` on a request; returns the engine to use.
 
     A runtime that fails on a request (a library fault, a state its compiled graph cannot
-    meet) is set aside until the process restarts: slower, same results, and the sidebar
-    says so. Its predictors are dropped (its runtimes go once the analyses still running
-    on them end); torch weights released for it are read again from the model's file.
-    When they cannot be, the model's engine becomes one that says why on every request.
-    Two analyses failing at once fall back once.
+    meet) is set aside until the process restarts, and the sidebar says so. Its predictors
+    are dropped once its replacement is in place (its runtimes go once the analyses still
+    running on them end); torch weights released for it are read again from the model's
+    file. When they cannot be, the model's engine becomes one that says why on every
+    request; when memory runs out meanwhile, nothing changes and the error goes to the
+    caller (the next request tries again). Two analyses failing at once fall back once.
     """
     with _MODEL_SWAP:
         current = getattr(model, "engine", None)
         if current is not None and current is not failed and not current.set_aside:
             return current  # another analysis has fallen back already
-        failed.set_aside, failed.predictors = True, ()
         try:
             if any(isinstance(network, ReleasedNetwork) for network in model.ensemble):
                 restore_networks(model)
+            replacement = default_engine(list(model.ensemble), default_device())
+            replacement.how = (
+                f"the standard engine: the faster {failed.name} stopped working during an analysis and is set aside "
+                "until the app restarts (slower; its results may differ from the faster engine's by up to 0.02)"
+            )
         except UserFacingError as problem:
-            model.engine = unavailable_engine(len(model.ensemble), problem)
-            return model.engine
-        engine = default_engine(list(model.ensemble), default_device())
-        engine.how = (
-            f"the standard engine: the faster {failed.name} stopped working during an analysis and is set aside "
-            "until the app restarts (slower, same results)"
-        )
-        model.engine = engine
-        return engine
+            replacement = unavailable_engine(len(model.ensemble), str(problem))
+        except Exception as error:
+            if out_of_memory(error):
+                raise
+            replacement = unavailable_engine(
+                len(model.ensemble),
+                f"The model's networks could not be read again ({type(error).__name__}); restart the app.",
+            )
+        model.engine = replacement
+        failed.set_aside = True
+        failed.predictors = ()
+        return replacement
 
 
-def unavailable_engine(members: int, problem: UserFacingError) -> Engine:
-    """An engine whose every answer is ``problem``: the model's networks cannot run until the app restarts."""
+def unavailable_engine(members: int, sentence: str) -> Engine:
+    """An engine whose every answer is ``sentence``: the model's networks cannot run until the app restarts."""
 
     def refuse(x: torch.Tensor) -> torch.Tensor:
-        raise problem
+        raise CheckpointError(sentence) from None  # a fresh error each time: nothing of a request is kept
 
-    return Engine("unavailable", "none", torch.device("cpu"), (refuse,) * members, str(problem))
+    return Engine("unavailable", "no engine (restart needed)", torch.device("cpu"), (refuse,) * members, sentence)
 
 
 def restore_networks(model: Any) -> None:
@@ -1606,17 +1629,20 @@ def restore_networks(model: Any) -> None:
 
     Raises:
         CheckpointError: the file is gone or no longer the one the model was loaded from
-            (compared by sha256 before anything is loaded), or no longer allowed.
+            (compared by sha256 before and after loading), or no longer allowed.
     """
     from models.checkpoint import file_sha256, load_checkpoint
 
     path = Path(model.path)
+    changed = CheckpointError(
+        f"The model's networks cannot be read again: {path.name} is gone or changed since it was loaded; "
+        "restart the app to load the model again."
+    )
     if not path.is_file() or file_sha256(path) != model.sha256:
-        raise CheckpointError(
-            f"The model's networks cannot be read again: {path.name} is gone or changed since it was loaded; "
-            "restart the app to load the model again."
-        )
+        raise changed
     fresh = load_checkpoint(path)
+    if fresh.sha256 != model.sha256:  # replaced between the two reads
+        raise changed
     model.network, model.members = fresh.network, fresh.members
 
 

@@ -92,13 +92,15 @@ def score_cells(
     try:
         return _score_with(chosen, context, cells, model, cache, batch_size, progress)
     except EngineFault:
-        # the model's converted runtime gives way to its fp32 networks; the default engine has
-        # nothing to give way to, and an engine of the caller's own is the caller's
-        if not own or chosen.backend in DEFAULT_BACKENDS:
+        # the model's converted runtime gives way to its fp32 networks (also when another analysis
+        # set it aside meanwhile); the default engine has nothing to give way to, and an engine of
+        # the caller's own is the caller's
+        if not (own or chosen.set_aside) or chosen.backend in DEFAULT_BACKENDS:
             raise
         log.warning("the %s engine failed during an analysis; falling back to fp32", chosen.name, exc_info=True)
-        fallback = fall_back_to_default(model, chosen)
-    return _score_with(fallback, context, cells, model, cache, batch_size, progress)  # the failed pass's frames gone
+    # out of the except block: its traceback would keep the failed pass's runtime and patches alive
+    fallback = fall_back_to_default(model, chosen)
+    return _score_with(fallback, context, cells, model, cache, batch_size, progress)
 
 
 def _score_with(
@@ -110,8 +112,15 @@ def _score_with(
     batch_size: int,
     progress: ProgressFn | None,
 ) -> tuple[np.ndarray, ScoreCounts]:
-    """:func:`score_cells` on one engine."""
-    n_members = len(engine.predictors)
+    """:func:`score_cells` on one engine.
+
+    Raises:
+        EngineFault: a member's runtime failed, or the engine was set aside (its predictors dropped).
+    """
+    predictors = engine.predictors  # read once: a fallback elsewhere may drop them meanwhile
+    if engine.set_aside or not predictors:
+        raise EngineFault(f"the {engine.name} engine was set aside")
+    n_members = len(predictors)
     out = np.full((len(cells), n_members), np.nan, dtype=np.float64)
     prefix = (context.slice_key, context.cfg_key, getattr(model, "cache_id", id(model)))
     keys: list[list[tuple]] = []
@@ -126,7 +135,7 @@ def _score_with(
     row_of = np.full(len(cells), -1, dtype=np.int64)
     row_of[need_cut] = np.arange(len(need_cut))
     done = 0
-    for member, predictor in enumerate(engine.predictors):
+    for member, predictor in enumerate(predictors):
         rows = np.flatnonzero(todo[:, member])
         if len(rows) == 0:
             continue

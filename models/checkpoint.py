@@ -248,6 +248,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise  # the file may be intact: "damaged" would send its owner to rebuild it for nothing
     except Exception as exc:
         raise CheckpointError(
             f"The model file {path.name} is damaged or not a safe checkpoint; rebuild it with `make demo-model`."

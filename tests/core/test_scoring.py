@@ -160,13 +160,15 @@ def test_a_failure_outside_the_runtime_or_memory_running_out_is_not_the_engines(
         score_cells(context, cells, model, progress=broken_progress)
     assert model.engine is working and not working.set_aside
 
-    def out_of_memory(x: torch.Tensor) -> torch.Tensor:
-        raise MemoryError
+    for error in (MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")):
 
-    model.engine = Engine("openvino-bf16", "OpenVINO bf16", torch.device("cpu"), (out_of_memory,), "m")
-    with pytest.raises(MemoryError):
-        score_cells(context, cells, model)
-    assert model.engine.backend == "openvino-bf16" and not model.engine.set_aside
+        def out_of_memory(x: torch.Tensor, error: Exception = error) -> torch.Tensor:
+            raise error
+
+        model.engine = Engine("openvino-bf16", "OpenVINO bf16", torch.device("cpu"), (out_of_memory,), "m")
+        with pytest.raises(type(error)):
+            score_cells(context, cells, model)
+        assert model.engine.backend == "openvino-bf16" and not model.engine.set_aside
 
 
 def test_networks_that_cannot_be_read_again_are_said_so_on_every_request() -> None:
@@ -176,10 +178,51 @@ def test_networks_that_cannot_be_read_again_are_said_so_on_every_request() -> No
     model.engine = _failing_engine()
     assert release_networks(model)
 
+    raised = []
     for _ in range(2):
-        with pytest.raises(CheckpointError, match=r"built-in-memory\.pt is gone or changed"):
+        with pytest.raises(CheckpointError, match=r"built-in-memory\.pt is gone or changed") as info:
             score_cells(context, cells, model)
+        raised.append(info.value)
     assert "restart the app" in model.engine.how
+    assert raised[0] is not raised[1]  # a fresh error each time: no request's frames pile up on one traceback
+
+
+def test_a_restore_that_runs_out_of_memory_is_tried_again_and_any_other_failure_is_one_sentence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    context, cells = _case()
+    model = LoadedModel(MeanBrightness(), CFG, {}, "0" * 64, Path("m.pt"))
+    expected, _ = score_cells(context, cells, model)
+    failing = model.engine = _failing_engine()
+    networks = model.network
+    release_networks(model)
+
+    def no_memory(m: LoadedModel) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(engines, "restore_networks", no_memory)
+    with pytest.raises(MemoryError):
+        score_cells(context, cells, model)
+    assert model.engine is failing and not failing.set_aside  # left as it was: the next request tries again
+
+    def restored(m: LoadedModel) -> None:
+        m.network = networks
+
+    monkeypatch.setattr(engines, "restore_networks", restored)
+    got, _ = score_cells(context, cells, model)
+    np.testing.assert_array_equal(got, expected)
+
+    other = LoadedModel(MeanBrightness(), CFG, {}, "0" * 64, Path("m.pt"))
+    other.engine = _failing_engine()
+    release_networks(other)
+
+    def unreadable(m: LoadedModel) -> None:
+        raise PermissionError("permission denied")
+
+    monkeypatch.setattr(engines, "restore_networks", unreadable)
+    for _ in range(2):
+        with pytest.raises(CheckpointError, match=r"could not be read again \(PermissionError\); restart the app"):
+            score_cells(context, cells, other)
 
 
 def test_an_analysis_records_the_engine_that_answered() -> None:
