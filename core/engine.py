@@ -44,6 +44,7 @@ import functools
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -59,9 +60,11 @@ import numpy as np
 import torch
 
 from core.cpu import CpuFeatures, detect_cpu_features, process_status_mib
-from core.errors import CheckpointError, UserFacingError
+from core.errors import CheckpointError, SettingError, UserFacingError
 from core.inference import INFERENCE_BATCH, predict_patches
 from core.preprocess import PreprocessConfig
+
+logger = logging.getLogger(__name__)
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) float32 → (B, C) logits
 MAX_ABS_PROB_DIFF = 0.02  # a backend whose probabilities move more than this from fp32 is never used
@@ -1115,7 +1118,7 @@ def engine_memory_budget_mib() -> float:
     except ValueError:
         budget = float("nan")
     if not budget > 0:
-        raise ValueError(f"{ENGINE_MEMORY_ENV} must be a positive number of MiB, such as 900; it is {text!r}.")
+        raise SettingError(f"{ENGINE_MEMORY_ENV} must be a positive number of MiB, such as 900; it is {text!r}.")
     return budget
 
 
@@ -1529,8 +1532,12 @@ def prepare_engine_in_background(
     def work() -> None:
         try:
             prepare_engine(model, measure=measure, path=path, backends=backends)
-        except Exception as error:  # the default stays: slower, never wrong; the sidebar says why
-            default.how = f"default: the measured choice could not be prepared ({error})"[:300]
+        except UserFacingError as error:  # the default stays: slower, never wrong; the sidebar says why
+            default.how = f"default: the measured choice could not be prepared ({error})"
+            return
+        except Exception:  # a runtime's own message is no sentence for the sidebar: it goes to the log
+            logger.warning("the measured engine could not be prepared; the default engine answers", exc_info=True)
+            default.how = "default: the measured choice could not be prepared (the reason is in the log)"
             return
         if release:
             release_networks(model)
@@ -1628,21 +1635,18 @@ def restore_networks(model: Any) -> None:
     """Read ``model``'s torch networks again from its file, after :func:`release_networks`.
 
     Raises:
-        CheckpointError: the file is gone or no longer the one the model was loaded from
-            (compared by sha256 before and after loading), or no longer allowed.
+        CheckpointError: the file is gone, no longer the one the model was loaded from (its
+            sha256, compared before it is read), or no longer allowed.
     """
-    from models.checkpoint import file_sha256, load_checkpoint
+    from models.checkpoint import load_checkpoint
 
     path = Path(model.path)
-    changed = CheckpointError(
-        f"The model's networks cannot be read again: {path.name} is gone or changed since it was loaded; "
-        "restart the app to load the model again."
-    )
-    if not path.is_file() or file_sha256(path) != model.sha256:
-        raise changed
-    fresh = load_checkpoint(path)
-    if fresh.sha256 != model.sha256:  # replaced between the two reads
-        raise changed
+    if not path.is_file():
+        raise CheckpointError(
+            f"The model's networks cannot be read again: {path.name} is gone or changed since it was loaded; "
+            "restart the app to load the model again."
+        )
+    fresh = load_checkpoint(path, expected_sha256=model.sha256)
     model.network, model.members = fresh.network, fresh.members
 
 

@@ -12,6 +12,10 @@ class UserFacingError(Exception):
     """Base class: the message is safe and useful to show as it is."""
 
 
+class SettingError(UserFacingError, ValueError):
+    """An environment setting of the tool holds a value it cannot use; the message names the setting."""
+
+
 class UnreadableImageError(UserFacingError):
     """The upload is not an image this tool can read."""
 

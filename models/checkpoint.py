@@ -297,12 +297,16 @@ def preprocess_from_checkpoint(payload: dict[str, Any], name: str) -> Preprocess
         raise CheckpointError(f"The model file {name} has invalid preprocessing settings; rebuild it.") from error
 
 
-def load_checkpoint(path: Path | None = None, *, require_allowed: bool = True) -> LoadedModel:
+def load_checkpoint(
+    path: Path | None = None, *, require_allowed: bool = True, expected_sha256: str | None = None
+) -> LoadedModel:
     """Load the network(s), preprocessing and card; networks are in eval mode, channels-last, on the CPU.
 
     Format 1 (one network) and format 2 (one network or an ensemble) both load.
     ``require_allowed=False`` is for the training pipeline re-reading the fold files it
     has just written; everything that scores patients loads allowed checkpoints only.
+    ``expected_sha256`` refuses, before reading it, a file other than the one a model was
+    loaded from (reading its networks again).
 
     Raises:
         ModelNotInstalledError, CheckpointNotAllowedError, CheckpointError: one sentence each.
@@ -311,6 +315,10 @@ def load_checkpoint(path: Path | None = None, *, require_allowed: bool = True) -
     if not path.exists():
         read_checkpoint(path)  # its sentence on a missing model
     sha256 = file_sha256(path)
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise CheckpointError(
+            f"The model file {path.name} is gone or changed since it was loaded; restart the app to load it again."
+        )
     if require_allowed:
         check_allowed(path, sha256)
     payload = read_checkpoint(path)

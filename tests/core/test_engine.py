@@ -586,6 +586,19 @@ def test_background_preparation_that_fails_says_why_beside_the_default(
     assert model.engine.how.startswith("default: the measured choice could not be prepared (ICCA_ENGINE_MEMORY_MB")
 
 
+def test_background_preparation_that_fails_in_a_runtime_leaves_its_message_to_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("libruntime.so: std::bad_variant_access in plugin 7")
+
+    monkeypatch.setattr(engines, "prepare_engine", crash)
+    model = _model()
+    prepare_engine_in_background(model, path=tmp_path / "c.json").join(timeout=60)
+    assert model.engine.how == "default: the measured choice could not be prepared (the reason is in the log)"
+    assert "bad_variant_access" in caplog.text
+
+
 def _backend_failing_at(member: int, how: str, built: list[weakref.ref]) -> Backend:
     """Exact for the members before ``member``; that one is off by 0.3 (``how="off"``) or cannot be built.
 
