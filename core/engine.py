@@ -27,7 +27,9 @@ Where the choice is made: ``make demo-model`` and ``python -m core.engine`` rank
 model load (with ``measure=False``): it answers at once with the default engine (torch fp32
 channels-last: exact, nothing to check) and swaps in the ranked choice when it is built and
 checked. On a machine never ranked it stays on the default; it never spends a minute of both
-cores measuring while a surgeon waits. An analysis keeps the engine it started with.
+cores measuring while a surgeon waits. An analysis keeps the engine it started with, unless
+that engine fails on a request: then the model falls back to the default for good
+(:func:`fall_back_to_default`).
 
 Backends (each a real library, nothing hand-written): torch eager channels-last fp32 and
 bf16 autocast, ``torch.compile`` (inductor with frozen weights; compiled once per process
@@ -46,6 +48,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -60,7 +63,7 @@ import numpy as np
 import torch
 
 from core.cpu import CpuFeatures, detect_cpu_features, process_status_mib
-from core.errors import CheckpointError, SettingError, UserFacingError
+from core.errors import CheckpointError, SettingError, UserFacingError, out_of_memory
 from core.inference import INFERENCE_BATCH, predict_patches
 from core.preprocess import PreprocessConfig
 
@@ -125,14 +128,16 @@ def _cpu_only(device: torch.device, _: CpuFeatures) -> str | None:
 
 
 def _cpp_compiler(device: torch.device, _: CpuFeatures) -> str | None:
-    """torch.compile builds C++ for the CPU at load: without a compiler (a slim container image) it cannot."""
-    from torch._inductor.cpp_builder import get_cpp_compiler
+    """torch.compile builds C++ for the CPU at load: without a compiler (a slim container image) it cannot.
 
-    try:
-        get_cpp_compiler()
-    except RuntimeError:  # torch's InvalidCxxCompiler
-        return "torch.compile needs a C++ compiler, and none was found"
-    return None
+    Looked up on the PATH as inductor looks ($CXX, else g++ / c++ / clang++), not by importing
+    inductor: that import alone (dynamo, Triton) adds about 150 MiB to a process that may never
+    compile anything.
+    """
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    if any(shutil.which(name) for name in names):
+        return None
+    return "torch.compile needs a C++ compiler, and none was found"
 
 
 def _needs_module(name: str) -> Callable[[torch.device, CpuFeatures], str | None]:
@@ -1137,7 +1142,12 @@ def over_memory_budget(candidate: Candidate, members: int, budget_mib: float) ->
 
 def _passed_over_note(passed: Sequence[Candidate], members: int, budget_mib: float) -> str:
     """One clause for the engine's description: which faster backends did not fit, and what each member needs."""
-    each = ", ".join(f"{c.name} ({c.resident_mib:.0f} MiB a member)" for c in passed)
+    each = ", ".join(
+        f"{c.name} ({c.resident_mib:.0f} MiB a member"
+        + (f" + {c.one_time_mib:.0f} MiB once" if c.one_time_mib else "")
+        + ")"
+        for c in passed
+    )
     whose = "its member's runtime" if members == 1 else f"its {members} members' runtimes"
     return f"passed over because {whose} would exceed the {budget_mib:.0f} MiB of {ENGINE_MEMORY_ENV}: {each}"
 
@@ -1551,19 +1561,6 @@ class EngineFault(RuntimeError):
     """A runtime's own failure while answering: not the caller's input, not memory running out."""
 
 
-# how memory running out reads in the runtimes' messages: torch's CPU allocator ("can't allocate
-# memory") raises a plain RuntimeError, and OpenVINO and ONNX Runtime pass on C++'s bad_alloc
-_OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory", "bad_alloc", "failed to allocate")
-
-
-def out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` says memory ran out, whatever its type."""
-    if isinstance(error, MemoryError | torch.OutOfMemoryError):
-        return True
-    message = str(error).lower()
-    return any(words in message for words in _OUT_OF_MEMORY)
-
-
 def guarded(predictor: Predictor) -> Predictor:
     """``predictor`` whose failures become :class:`EngineFault`, except memory running out and sentences.
 
@@ -1605,7 +1602,7 @@ def fall_back_to_default(model: Any, failed: Engine) -> Engine:
             replacement = default_engine(list(model.ensemble), default_device())
             replacement.how = (
                 f"the standard engine: the faster {failed.name} stopped working during an analysis and is set aside "
-                "until the app restarts (slower; its results may differ from the faster engine's by up to 0.02)"
+                "until the app restarts (slower; on the fixed check case the two engines agreed within 0.02)"
             )
         except UserFacingError as problem:
             replacement = unavailable_engine(len(model.ensemble), str(problem))

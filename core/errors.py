@@ -91,3 +91,20 @@ class StoredArrayDamagedError(UserFacingError):
             f"Case #{case_id} cannot be opened: its stored {kind.replace('_', ' ')} is damaged (checksum mismatch). "
             "Other cases are not affected; restore this one from a backup (python -m core db restore) or delete it."
         )
+
+
+# how memory running out reads in the libraries' messages: torch's CPU allocator ("can't allocate
+# memory") raises a plain RuntimeError, CUDA's says "out of memory", and OpenVINO and ONNX Runtime
+# pass on C++'s bad_alloc
+_OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory", "bad_alloc", "failed to allocate")
+OUT_OF_MEMORY_SENTENCE = (
+    "The server ran out of memory; try again in a moment, or ask its administrator for more memory."
+)
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says memory ran out, whatever its type (torch's OutOfMemoryError included)."""
+    if isinstance(error, MemoryError):
+        return True
+    message = str(error).lower()
+    return any(words in message for words in _OUT_OF_MEMORY)

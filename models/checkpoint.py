@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from core.errors import CheckpointError, CheckpointNotAllowedError, ModelNotInstalledError
+from core.errors import CheckpointError, CheckpointNotAllowedError, ModelNotInstalledError, out_of_memory
 from core.files import replaced_on_success
 from core.preprocess import PreprocessConfig, UnknownPreprocessingError
 from core.provenance import CARD_VERSION, TRAINING_DATA_KINDS, training_data_of, weights_warning
@@ -248,9 +248,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except MemoryError:
-        raise  # the file may be intact: "damaged" would send its owner to rebuild it for nothing
     except Exception as exc:
+        if out_of_memory(exc):
+            raise  # the file may be intact: "damaged" would send its owner to rebuild it for nothing
         raise CheckpointError(
             f"The model file {path.name} is damaged or not a safe checkpoint; rebuild it with `make demo-model`."
         ) from exc

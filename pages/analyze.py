@@ -37,7 +37,7 @@ from core.cases import save_case
 from core.clinical import N_CHOICES, T_CATEGORIES, UNKNOWN_N
 from core.clinical_refit import ClinicalModelInUse
 from core.engine import Engine, engine_of
-from core.errors import UserFacingError
+from core.errors import OUT_OF_MEMORY_SENTENCE, UserFacingError, out_of_memory
 from core.imaging import (
     CtSlice,
     analysis_blocker,
@@ -519,6 +519,11 @@ def with_progress(start_text: str, prefix: str, model: LoadedModel, run: Callabl
     except UserFacingError as error:
         st.error(str(error))
         return None
+    except Exception as error:
+        if not out_of_memory(error):
+            raise
+        st.error(OUT_OF_MEMORY_SENTENCE)  # the engine is left as it was: the next try may fit
+        return None
     finally:
         bar.empty()
 
@@ -559,13 +564,18 @@ def run_sensitivity(
 
 def sensitivity_section(ct: CtSlice, mask: np.ndarray, model: LoadedModel, stored: dict) -> None:
     """Outline sensitivity on request (it runs the patches the wider outlines add), then its table."""
+    engine = stored.get("engine")
+    if stored.get("sensitivity") is None and engine is not None and engine.set_aside:
+        # its table would run on another engine than the risk above it: no "as drawn" row to compare
+        st.info("The engine of this analysis has stopped working since; press Analyze again to see the sensitivity.")
+        return
     if stored.get("sensitivity") is None and st.button(
         "Outline sensitivity (±1 and ±2 mm)",
         key="sensitivity",
         help="Recompute the deep-learning number with the outline eroded and dilated by 1 and 2 mm "
         "(patches already scored are reused).",
     ):
-        stored["sensitivity"] = run_sensitivity(ct, mask, model, stored.get("engine"))
+        stored["sensitivity"] = run_sensitivity(ct, mask, model, engine)
     if stored.get("sensitivity") is not None:
         show_sensitivity(stored["sensitivity"].to_dict())
 

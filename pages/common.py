@@ -36,7 +36,7 @@ from core.clinical import UNKNOWN_N_REASON, ClinicalRisk
 from core.clinical_refit import PAPER_CLINICAL_MODEL, ClinicalModelInUse, model_in_use
 from core.demo_build import build_progress, start_background_build
 from core.engine import prepare_engine_in_background
-from core.errors import ModelNotInstalledError, UserFacingError
+from core.errors import OUT_OF_MEMORY_SENTENCE, ModelNotInstalledError, UserFacingError, out_of_memory
 from core.heatmap import colour_bar, draw_outline, jet_overlay, roi_crop_box
 from core.inference import CaseRisk
 from core.provenance import RESEARCH_NOTICE
@@ -197,6 +197,10 @@ def current_model() -> tuple[LoadedModel | None, str | None]:
         return None, "The demo model is being built in the background; Analyze becomes available when it is ready."
     except UserFacingError as error:
         return None, str(error)
+    except Exception as error:
+        if not out_of_memory(error):
+            raise
+        return None, OUT_OF_MEMORY_SENTENCE
 
 
 def demo_build_wanted(path: Path) -> bool:

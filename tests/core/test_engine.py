@@ -260,10 +260,9 @@ def test_a_compiled_network_answers_tensors_made_in_or_out_of_inference_mode() -
         assert np.max(np.abs(probs - reference[: len(probs)])) <= 1e-4
 
 
-def test_torch_compile_is_left_out_without_a_cpp_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch._inductor.config as inductor_config
-
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+def test_torch_compile_is_left_out_without_a_cpp_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no compiler on it
+    monkeypatch.delenv("CXX", raising=False)
     for key in ("torch-compile-fp32", "torch-compile-bf16"):
         reason = engines.BACKENDS_BY_KEY[key].unusable(torch.device("cpu"), detect_cpu_features())
         assert reason is not None and "C++ compiler" in reason
@@ -775,3 +774,16 @@ def test_the_fp32_reference_runs_where_the_networks_weights_are(monkeypatch: pyt
     engines.reference_probabilities(on_gpu, verification_patches(CFG), CFG)
     engines.reference_probabilities(MeanBrightness(), verification_patches(CFG), CFG)  # no weights: the CPU
     assert devices == ["cpu", "meta", "cpu"]
+
+
+def test_asking_for_a_cpp_compiler_imports_no_compiler_stack() -> None:
+    """Inductor's import (dynamo, Triton: about 150 MiB) is left to a process that compiles."""
+    import subprocess
+
+    code = (
+        "import sys, torch; from core import engine; from core.cpu import detect_cpu_features; "
+        "engine.BACKENDS_BY_KEY['torch-compile-fp32'].unusable(torch.device('cpu'), detect_cpu_features()); "
+        "print(sorted(m for m in ('torch._inductor', 'torch._dynamo', 'triton') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path.cwd())
+    assert out.stdout.strip() == "[]"

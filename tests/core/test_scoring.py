@@ -237,3 +237,33 @@ def test_an_analysis_records_the_engine_that_answered() -> None:
     result = analyze_case(ct, (yy - 48) ** 2 + (xx - 48) ** 2 <= 30**2, model, cache=None)
 
     assert result.engine == "torch channels-last fp32"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"),
+        RuntimeError("std::bad_alloc"),
+        RuntimeError("Failed to allocate memory for requested buffer of size 8"),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    ],
+)
+def test_memory_running_out_is_told_by_type_or_by_the_runtimes_words(error: BaseException) -> None:
+    from core.errors import out_of_memory
+
+    assert out_of_memory(error)
+    assert not out_of_memory(RuntimeError("the runtime lost its compiled graph"))
+
+
+def test_a_checkpoint_read_that_runs_out_of_memory_is_not_called_damaged(
+    test_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models import checkpoint
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(checkpoint.torch, "load", no_memory)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        checkpoint.read_checkpoint(test_checkpoint)
