@@ -54,7 +54,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -762,6 +762,8 @@ class Engine:
         patches_per_s: the measured speed of the backend on this machine, when measured.
         set_aside: failed on a request and replaced (:func:`fall_back_to_default`); its
             predictors are dropped, and whoever still holds it is sent to the model's engine.
+        notes: what else the description must say, last: faster backends passed over for
+            memory, memory figures not yet measured.
     """
 
     backend: str
@@ -772,15 +774,22 @@ class Engine:
     max_abs_diff: float | None = None
     patches_per_s: float | None = None
     set_aside: bool = False
+    notes: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        """One line for the model card / sidebar."""
+        """One line for the model card / sidebar: this engine's own figures first, then the notes.
+
+        The speed is one network's, as measured: an ensemble of K members scores a patch K
+        times, so the line says "per network" and how many there are.
+        """
         parts = [self.name, self.how]
         if self.patches_per_s:
-            parts.append(f"{self.patches_per_s:.0f} patches/s")
+            members = len(self.predictors)
+            each = f" per network ({members} networks)" if members > 1 else ""
+            parts.append(f"{self.patches_per_s:.0f} patches/s{each}")
         if self.max_abs_diff is not None:
             parts.append(f"max |Δp| {self.max_abs_diff:.3f} vs fp32")
-        return " · ".join(parts)
+        return " · ".join([*parts, *self.notes])
 
 
 def default_engine(
@@ -822,8 +831,9 @@ class Candidate:
             for a backend that runs it; ``None`` where not measured (a ranking measured before
             this was, or on CUDA, whose memory is not the process's).
         one_time_mib: memory its library took once, whatever the members (torch.compile's first
-            compilation about 150 MiB), as a first build on a tiny network added it; 0 where
-            another backend of the library was measured first; ``None`` where not measured.
+            compilation about 150 MiB), as a first build on a tiny network added it; the same
+            figure for every backend of a library (:func:`share_one_time_memory`: only the first
+            one measured sees it); ``None`` where not measured.
     """
 
     key: str
@@ -989,7 +999,8 @@ class Choice:
     def from_dict(cls, data: dict[str, Any]) -> Choice:
         return cls(
             dict(data["signature"]),
-            tuple(Candidate(**c) for c in data["candidates"]),
+            # a ranking stored before the libraries' one-time memory was shared gets it shared here
+            share_one_time_memory([Candidate(**c) for c in data["candidates"]]),
             dict(data.get("skipped", {})),
             str(data.get("measured_at", "")),
         )
@@ -1061,7 +1072,7 @@ def choose_backend(
         raise RuntimeError("no inference backend ran on this machine, not even fp32 eager")
     return Choice(
         machine_signature(cfg, _num_classes(network, cfg), device, features),
-        tuple(candidates),
+        share_one_time_memory(candidates),
         skipped,
         datetime.now(UTC).isoformat(timespec="seconds"),
     )
@@ -1125,6 +1136,32 @@ def engine_memory_budget_mib() -> float:
     if not budget > 0:
         raise SettingError(f"{ENGINE_MEMORY_ENV} must be a positive number of MiB, such as 900; it is {text!r}.")
     return budget
+
+
+def library_of(key: str) -> str:
+    """The library a backend's key runs on, whose one-time memory its backends share.
+
+    "openvino-bf16" → "openvino"; torch.compile's compiler (dynamo, inductor) is a library of
+    its own beside plain torch, which the dashboard loads whatever the engine.
+    """
+    return "torch-compile" if key.startswith("torch-compile") else key.split("-", 1)[0]
+
+
+def share_one_time_memory(candidates: Sequence[Candidate]) -> tuple[Candidate, ...]:
+    """``candidates`` with each library's one-time memory given to all of its backends.
+
+    Measured in one process, the first backend of a library takes its one-time memory (loaded
+    plugins, a compiler's caches) and those after it find it taken: OpenVINO fp32, measured after
+    OpenVINO bf16, would be credited none, yet a dashboard that runs OpenVINO fp32 alone takes it.
+    """
+    once: dict[str, float] = {}
+    for c in candidates:
+        if c.one_time_mib is not None:
+            library = library_of(c.key)
+            once[library] = max(once.get(library, 0.0), c.one_time_mib)
+    return tuple(
+        replace(c, one_time_mib=once[library_of(c.key)]) if c.one_time_mib is not None else c for c in candidates
+    )
 
 
 def over_memory_budget(candidate: Candidate, members: int, budget_mib: float) -> bool:
@@ -1371,7 +1408,7 @@ def prepare_engine(
     default for the built-in backends); walks it fastest first and takes the first backend
     whose every member passes the check (|Δp| ≤ ``tolerance`` against fp32 on the check
     case). A backend whose runtimes would hold more than the memory budget for this many
-    members (:func:`over_memory_budget`) is passed over, and said so in ``engine.how``.
+    members (:func:`over_memory_budget`) is passed over, and said so in ``engine.notes``.
     Without a ranking, or when nothing faster passes, the default fp32 engine stays.
     ``store=False`` keeps a ranking measured now out of the choice file (a partial one).
     Sets and returns ``model.engine``.
@@ -1451,8 +1488,7 @@ def prepare_engine(
         return_freed_memory()
     if too_big:
         passed_over.append(_passed_over_note(too_big, len(networks), budget))
-    if passed_over:
-        engine.how = f"{engine.how}; {'; '.join(passed_over)}"
+    engine.notes = tuple(passed_over)
     if engine.backend in TORCH_BACKENDS:  # it runs the torch networks: parked weights come back into memory
         for network in networks:
             unpark_weights(network)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -233,21 +233,34 @@ def save_checkpoint(
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        return stream_sha256(handle)
+
+
+def stream_sha256(handle: BinaryIO) -> str:
+    """sha256 (hex) of what is left to read in ``handle``, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The raw checkpoint dict, loaded safely (``weights_only=True``)."""
-    if not path.exists():
-        raise ModelNotInstalledError(
-            f"No model is installed at {path}; run `make demo-model` or set {MODEL_PATH_ENV} to a checkpoint."
-        )
+def _not_installed(path: Path) -> ModelNotInstalledError:
+    return ModelNotInstalledError(
+        f"No model is installed at {path}; run `make demo-model` or set {MODEL_PATH_ENV} to a checkpoint."
+    )
+
+
+def read_checkpoint(path: Path, source: BinaryIO | None = None) -> dict[str, Any]:
+    """The raw checkpoint dict, loaded safely (``weights_only=True``).
+
+    ``source``: the file already open (at its start), so that what is read is what was hashed
+    through the same handle; ``path`` then only names it in messages.
+    """
+    if source is None and not path.exists():
+        raise _not_installed(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(source or path, map_location="cpu", weights_only=True)
     except Exception as exc:
         if out_of_memory(exc):
             raise  # the file may be intact: "damaged" would send its owner to rebuild it for nothing
@@ -269,6 +282,16 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             f"The model file {path.name} has an outdated or incomplete format; rebuild it with this version of the tool."
         )
     return payload
+
+
+def _open_model_file(path: Path) -> BinaryIO:
+    """``path`` opened for reading, or one sentence: not installed, or not readable (a folder, no permission)."""
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise _not_installed(path) from None
+    except OSError as exc:
+        raise CheckpointError(f"The model file {path.name} cannot be read ({exc.strerror}).") from exc
 
 
 def checkpoint_members(payload: dict[str, Any], name: str) -> list[tuple[str, dict[str, torch.Tensor]]]:
@@ -306,22 +329,24 @@ def load_checkpoint(
     ``require_allowed=False`` is for the training pipeline re-reading the fold files it
     has just written; everything that scores patients loads allowed checkpoints only.
     ``expected_sha256`` refuses, before reading it, a file other than the one a model was
-    loaded from (reading its networks again).
+    loaded from (reading its networks again). The file is hashed and read through one open
+    handle: a file replaced in between (a rebuild's rename) cannot have its weights loaded under
+    the old file's approved sha256.
 
     Raises:
         ModelNotInstalledError, CheckpointNotAllowedError, CheckpointError: one sentence each.
     """
     path = Path(path) if path is not None else configured_model_path()
-    if not path.exists():
-        read_checkpoint(path)  # its sentence on a missing model
-    sha256 = file_sha256(path)
-    if expected_sha256 is not None and sha256 != expected_sha256:
-        raise CheckpointError(
-            f"The model file {path.name} is gone or changed since it was loaded; restart the app to load it again."
-        )
-    if require_allowed:
-        check_allowed(path, sha256)
-    payload = read_checkpoint(path)
+    with _open_model_file(path) as handle:
+        sha256 = stream_sha256(handle)
+        if expected_sha256 is not None and sha256 != expected_sha256:
+            raise CheckpointError(
+                f"The model file {path.name} is gone or changed since it was loaded; restart the app to load it again."
+            )
+        if require_allowed:
+            check_allowed(path, sha256)
+        handle.seek(0)
+        payload = read_checkpoint(path, source=handle)
     preprocess = preprocess_from_checkpoint(payload, path.name)
     networks, names = [], []
     for name, state_dict in checkpoint_members(payload, path.name):

@@ -170,7 +170,7 @@ def test_each_members_leftovers_are_handed_back_before_the_next_member_converts(
 def test_without_a_measured_choice_and_measure_false_the_default_stays(tmp_path: Path) -> None:
     model = _model()
     engine = prepare_engine(model, measure=False, backends=_fake_backends([]), path=tmp_path / "none.json")
-    assert engine.backend == engines.DEFAULT_BACKEND and "not been measured" in engine.how
+    assert engine.backend == engines.DEFAULT_BACKEND and "not been measured" in engine.describe()
     assert not (tmp_path / "none.json").exists()
 
 
@@ -381,9 +381,12 @@ def test_a_backend_whose_runtimes_exceed_the_memory_budget_is_passed_over_and_sa
     monkeypatch.setenv(engines.ENGINE_MEMORY_ENV, "500")
     engine = prepare_engine(_model(members=3), backends=backends, path=path, measure=False)
     assert engine.backend == "small"  # 3 × 300 MiB > 500, 3 × 100 ≤ 500
-    assert (
+    # the engine's own speed (one network's, as measured) comes before what was passed over
+    assert engine.describe() == (
+        "small · chosen by measurement on this machine (cached) · 99 patches/s per network (3 networks) · "
+        "max |Δp| 0.000 vs fp32 · "
         "passed over because its 3 members' runtimes would exceed the 500 MiB of ICCA_ENGINE_MEMORY_MB: "
-        "big (300 MiB a member)" in engine.how
+        "big (300 MiB a member)"
     )
     # one member fits: the fastest is used
     assert prepare_engine(_model(members=1), backends=backends, path=path, measure=False).backend == "big"
@@ -391,7 +394,7 @@ def test_a_backend_whose_runtimes_exceed_the_memory_budget_is_passed_over_and_sa
     assert prepare_engine(_model(members=3), backends=backends, path=path, measure=False).backend == "big"
     monkeypatch.setenv(engines.ENGINE_MEMORY_ENV, "250")
     alone = prepare_engine(_model(members=1), backends=backends, path=path, measure=False)
-    assert "because its member's runtime would exceed the 250 MiB" in alone.how
+    assert "because its member's runtime would exceed the 250 MiB" in alone.describe()
 
 
 def test_a_librarys_one_time_memory_counts_once_against_the_budget() -> None:
@@ -420,7 +423,7 @@ def test_a_ranking_without_memory_figures_is_used_as_before(tmp_path: Path, monk
     backends = _ranked(path, {"unmeasured": None, "small": 1.0})
     monkeypatch.setenv(engines.ENGINE_MEMORY_ENV, "1")
     engine = prepare_engine(_model(members=3), backends=backends, path=path, measure=False)
-    assert engine.backend == "unmeasured" and "passed over" not in engine.how
+    assert engine.backend == "unmeasured" and "passed over" not in engine.describe()
 
 
 @pytest.mark.parametrize("value", ["lots", "0", "-5", "nan"])
@@ -566,12 +569,12 @@ def test_a_ranking_made_before_memory_was_measured_is_measured_again_or_said_so(
     path = tmp_path / "c.json"
     backends = _ranked(path, {"unmeasured": None, "small": None})
     engine = prepare_engine(_model(), backends=backends, path=path, measure=False)
-    assert engine.backend == "unmeasured" and "memory per member not measured yet" in engine.how
+    assert engine.backend == "unmeasured" and "memory per member not measured yet" in engine.describe()
     if engines.resident_anonymous_mib() is None:
         return  # nothing to measure memory with: the ranking stays as it is
     again = prepare_engine(_model(), backends=backends, path=path, measure=True, isolate=False)  # measured, once
     choice = cached_choice(machine_signature(CFG, 2, torch.device("cpu")), path)
-    assert choice is not None and engines.memory_measured(choice) and "not measured" not in again.how
+    assert choice is not None and engines.memory_measured(choice) and "not measured" not in again.describe()
 
 
 def test_background_preparation_that_fails_says_why_beside_the_default(
@@ -787,3 +790,33 @@ def test_asking_for_a_cpp_compiler_imports_no_compiler_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path.cwd())
     assert out.stdout.strip() == "[]"
+
+
+def test_a_library_s_one_time_memory_counts_for_each_of_its_backends(tmp_path: Path) -> None:
+    # measured in one process, only the library's first backend saw its one-time memory
+    measured = (
+        engines.Candidate(
+            "openvino-bf16", "OpenVINO bf16", 50.0, 0.0, 1.0, True, resident_mib=100.0, one_time_mib=20.0
+        ),
+        engines.Candidate("openvino-fp32", "OpenVINO fp32", 20.0, 0.0, 1.0, True, resident_mib=100.0, one_time_mib=0.0),
+        engines.Candidate("torch-compile-bf16", "c16", 45.0, 0.0, 9.0, True, resident_mib=90.0, one_time_mib=150.0),
+        engines.Candidate("torch-compile-fp32", "c32", 25.0, 0.0, 9.0, True, resident_mib=90.0, one_time_mib=1.0),
+        engines.Candidate("torch-cl-fp32", "cl", 10.0, 0.0, 0.1, True, resident_mib=95.0, one_time_mib=0.0),
+        engines.Candidate("onnxruntime-fp32", "ort", 15.0, 0.0, 1.0, True),  # not measured: stays so
+    )
+    shared = {c.key: c.one_time_mib for c in engines.share_one_time_memory(measured)}
+    assert shared == {
+        "openvino-bf16": 20.0,
+        "openvino-fp32": 20.0,
+        "torch-compile-bf16": 150.0,
+        "torch-compile-fp32": 150.0,
+        "torch-cl-fp32": 0.0,
+        "onnxruntime-fp32": None,
+    }
+    # a ranking stored before the sharing gets it when read back, so the budget sees it
+    path = tmp_path / "c.json"
+    engines.store_choice(engines.Choice(machine_signature(CFG, 2, torch.device("cpu")), measured), path)
+    stored = engines.cached_choice(machine_signature(CFG, 2, torch.device("cpu")), path)
+    assert stored is not None
+    fp32 = next(c for c in stored.candidates if c.key == "openvino-fp32")
+    assert engines.over_memory_budget(fp32, 1, 110.0)  # 20 once + 100 a member > 110

@@ -8,7 +8,15 @@ import torch
 
 from core.errors import CheckpointError, CheckpointNotAllowedError, ModelNotInstalledError
 from core.preprocess import PreprocessConfig
-from models.checkpoint import CHECKPOINT_FORMAT, allow_checkpoint, allowed_sha256s, load_checkpoint, save_checkpoint
+from models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    allow_checkpoint,
+    allowed_sha256s,
+    checkpoint_members,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+)
 from models.resnet import build_resnet50
 from tests.conftest import TEST_MODEL_NAME
 
@@ -142,6 +150,50 @@ def test_only_checkpoints_on_the_allow_list_load_and_a_swapped_file_is_refused(
     with pytest.raises(CheckpointNotAllowedError):
         load_checkpoint(path)
     assert loads == []  # refused before the file was deserialised
+
+
+def test_a_file_replaced_after_its_approval_was_checked_is_not_what_loads(
+    tmp_path: Path, test_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hashed and read through one handle: a rebuild renamed over the file in between is not loaded under the old sha256."""
+    import models.checkpoint as checkpoints
+
+    allowlist = tmp_path / "allowed-models.txt"
+    monkeypatch.setenv("ICCA_MODEL_ALLOWLIST", str(allowlist))
+    path = tmp_path / "model.pt"
+    path.write_bytes(test_checkpoint.read_bytes())
+    approved = allow_checkpoint(path, "the test model")
+    original = load_checkpoint(path)
+
+    def another_model(payload: dict) -> None:
+        payload["card"]["name"] = "another model"
+        for _, state_dict in checkpoint_members(payload, "other.pt"):
+            for tensor in state_dict.values():
+                if tensor.is_floating_point():
+                    tensor.add_(1.0)
+
+    other = _rewrite(test_checkpoint, tmp_path / "other.pt", another_model)
+    check = checkpoints.check_allowed
+
+    def swap_after_checking(checked: Path, sha256: str) -> None:
+        check(checked, sha256)
+        other.replace(checked)  # a rebuild's atomic rename, between the check and the read
+
+    monkeypatch.setattr(checkpoints, "check_allowed", swap_after_checking)
+    loaded = load_checkpoint(path)
+    assert loaded.sha256 == approved and loaded.card["name"] == original.card["name"]
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.network.state_dict().values(), original.network.state_dict().values(), strict=True)
+    )
+    assert file_sha256(path) != approved  # the rebuild is in place for the next load, which checks it
+
+
+def test_a_model_path_that_is_a_folder_is_one_sentence(tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    with pytest.raises(CheckpointError, match=r"^The model file models cannot be read \(Is a directory\)\.$"):
+        load_checkpoint(folder, require_allowed=False)
 
 
 def test_model_allow_on_the_command_line_approves_a_readable_checkpoint_only(
