@@ -1635,6 +1635,8 @@ def fall_back_to_default(model: Any, failed: Engine) -> Engine:
         try:
             if any(isinstance(network, ReleasedNetwork) for network in model.ensemble):
                 restore_networks(model)
+            for network in model.ensemble:  # parked for the conversion, never released: read back into memory
+                unpark_weights(network)
             replacement = default_engine(list(model.ensemble), default_device())
             replacement.how = (
                 f"the standard engine: the faster {failed.name} stopped working during an analysis and is set aside "

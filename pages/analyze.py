@@ -562,6 +562,16 @@ def run_sensitivity(
     )
 
 
+def answered(analysis: CaseAnalysis, model: LoadedModel, asked: Engine) -> Engine:
+    """The engine whose numbers ``analysis`` holds: ``asked``, or the model's own when ``asked`` failed during it.
+
+    The sensitivity table must run on that engine, so that its "as drawn" row is the number shown.
+    """
+    if asked.set_aside and analysis.engine != asked.name:  # it gave way during the analysis
+        return engine_of(model)
+    return asked
+
+
 def sensitivity_section(ct: CtSlice, mask: np.ndarray, model: LoadedModel, stored: dict) -> None:
     """Outline sensitivity on request (it runs the patches the wider outlines add), then its table."""
     engine = stored.get("engine")
@@ -690,7 +700,11 @@ with right:
         engine_now = engine_of(model)  # the background may install a faster one later: keep this one
         result = run_analysis(ct, mask, model, engine_now)
         if result is not None:
-            st.session_state["result"] = {"signature": signature, "analysis": result, "engine": engine_now}
+            st.session_state["result"] = {
+                "signature": signature,
+                "analysis": result,
+                "engine": answered(result, model, engine_now),
+            }
     stored = st.session_state.get("result")
     if not stored or stored["signature"] != signature or model is None:
         export_buttons(mask, raw)

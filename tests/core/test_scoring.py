@@ -267,3 +267,29 @@ def test_a_checkpoint_read_that_runs_out_of_memory_is_not_called_damaged(
     monkeypatch.setattr(checkpoint.torch, "load", no_memory)
     with pytest.raises(RuntimeError, match="can't allocate memory"):
         checkpoint.read_checkpoint(test_checkpoint)
+
+
+def test_weights_parked_for_a_conversion_come_back_into_memory_on_the_fallback(test_checkpoint: Path) -> None:
+    model = load_checkpoint(test_checkpoint)
+    context, cells = _case(model.preprocess)
+    expected, _ = score_cells(context, cells, model)
+    engines.park_weights(model.network)  # as build_engine leaves them when the torch weights are not released
+    if not getattr(model.network, "_icca_parked", False):
+        pytest.skip("weights are not parked where $TMPDIR is memory or cannot be written")
+    model.engine = _failing_engine()
+
+    got, _ = score_cells(context, cells, model)
+
+    np.testing.assert_array_equal(got, expected)
+    assert not model.network._icca_parked and model.engine.backend == engines.DEFAULT_BACKEND
+
+
+def test_a_second_analysis_failing_on_the_same_engine_takes_the_first_ones_replacement() -> None:
+    model = LoadedModel(MeanBrightness(), CFG, {}, "0" * 64, Path("m.pt"))
+    failed = model.engine = _failing_engine()
+    replacement = engines.fall_back_to_default(model, failed)
+
+    # a second analysis held the same engine and failed on it after the first fell back
+    assert engines.fall_back_to_default(model, failed) is replacement is model.engine
+    assert failed.set_aside and failed.predictors == ()
+    assert replacement.how.startswith("the standard engine: the faster OpenVINO bf16 stopped working")

@@ -458,6 +458,42 @@ def test_a_fold_ensemble_shows_its_spread_and_the_outline_sensitivity_is_saved_a
     assert len(cases.dataframe) >= 1
 
 
+def test_an_engine_that_fails_during_analyze_gives_way_and_the_sensitivity_still_runs(
+    monkeypatch: pytest.MonkeyPatch, test_ensemble_checkpoint: Path, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A converted runtime failing on Analyze: the risk comes from fp32, and the table beside it from the same engine."""
+    import shutil
+
+    import torch
+
+    import pages.common
+    from core.engine import Engine
+
+    path = tmp_path / "model.pt"  # its own file: the model cached with its failing engine is this test's alone
+    shutil.copyfile(test_ensemble_checkpoint, path)
+    monkeypatch.setenv("ICCA_MODEL_PATH", str(path))
+    monkeypatch.setenv("ICCA_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("ICCA_PSEUDONYM_SECRET", "test-secret")
+
+    def a_failing_runtime(model: object, **_: object) -> None:
+        def fail(x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("the runtime lost its compiled graph")
+
+        members = len(model.ensemble)  # type: ignore[attr-defined]
+        model.engine = Engine("openvino-bf16", "OpenVINO bf16", torch.device("cpu"), (fail,) * members, "measured")  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(pages.common, "prepare_engine_in_background", a_failing_runtime)
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    assert not at.exception and not at.error
+    assert any("engine: torch channels-last fp32." in c.value for c in at.caption)
+    at.button(key="sensitivity").click().run()
+    assert not at.exception and not at.info
+    [table] = at.dataframe
+    assert table.value.set_index("outline").loc["as drawn", "DL mean patch prob."] == _metric(at, DL_LABEL)
+    card = _page("model_card.py").run()
+    assert any("the faster OpenVINO bf16 stopped working during an analysis" in m.value for m in card.markdown)
+
+
 def test_an_imported_seg_with_a_liver_segment_lets_the_surgeon_pick_the_tumour_segment(app_env: None) -> None:
     from core.series import upload_digest
     from tests.core.ct_series import as_files, series_datasets
