@@ -254,6 +254,7 @@ def inference_benchmark(
     out["engine"] = engine.name
     out["engine_backend"] = engine.backend
     out["engine_how"] = engine.how
+    out["engine_notes"] = list(engine.notes)  # faster backends passed over for memory, figures not yet measured
     out["engine_prepare_s"] = time.perf_counter() - started
     choice = engines.cached_choice(signature)
     if choice is not None:
@@ -483,6 +484,7 @@ def _render(results: dict[str, Any]) -> str:
         f"torch {results['torch']}",
         f"weights: {results['weights']}; input {results['input_px']} px",
         f"engine: {results['engine']} ({results['engine_how']}; prepared in {results['engine_prepare_s']:.1f} s)",
+        *(f"  {note}" for note in results.get("engine_notes", [])),
     ]
     held = results.get("candidates_resident_mib") or {}
     for name, rate in (results.get("candidates_patches_per_s") or {}).items():

@@ -911,7 +911,9 @@ def measure_backend(
         probs = predict_patches(predictor, patches, cfg, device=device, precision="fp32")
         rate = timed_rate(predictor, patches, cfg, device, repeats, give_up_below)
     except Exception as error:  # a backend that cannot run here is skipped, never fatal
-        return Candidate(backend.key, backend.name, reason=f"failed: {type(error).__name__}: {error}"[:300]), None
+        # its warm-up may still have loaded the library: the one-time memory is the library's, to share
+        reason = f"failed: {type(error).__name__}: {error}"[:300]
+        return Candidate(backend.key, backend.name, reason=reason, one_time_mib=one_time), None
     held = _held_mib(before, backend.key, network)
     diff = max_abs_prob_diff(probs, reference)
     if not diff <= tolerance:

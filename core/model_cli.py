@@ -18,13 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_model(args: argparse.Namespace) -> int:
     """Approve a checkpoint (only a readable one: its card names it in the list), or print the list."""
-    from models.checkpoint import allow_checkpoint, configured_allowlist, read_checkpoint
+    from models.checkpoint import add_to_allowlist, configured_allowlist, read_hashed_checkpoint
 
     allowlist = configured_allowlist()
     if args.model_action == "allow":
         path = Path(args.path)
-        card = read_checkpoint(path)["card"]  # weights_only: approving never runs code from the file
-        sha256 = allow_checkpoint(path, f"{card.get('name', 'unnamed model')} ({path.name})")
+        # weights_only: approving never runs code from the file; the sha256 approved is that of the card read
+        payload, sha256 = read_hashed_checkpoint(path)
+        card = payload["card"]
+        add_to_allowlist(sha256, f"{card.get('name', 'unnamed model')} ({path.name})")
         print(f"approved {path.name} (sha256 {sha256}) in {allowlist}")
         return 0
     print(f"allow-list: {allowlist}")

@@ -25,7 +25,7 @@ import hashlib
 import os
 import platform
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,13 +70,18 @@ def allowed_sha256s(allowlist: Path | None = None) -> frozenset[str]:
 
 def allow_checkpoint(path: Path, note: str, allowlist: Path | None = None) -> str:
     """Add the checkpoint's sha256 to the allow-list (once) with a note on what it is; returns the sha256."""
-    allowlist = allowlist or configured_allowlist()
     sha256 = file_sha256(path)
+    add_to_allowlist(sha256, note, allowlist)
+    return sha256
+
+
+def add_to_allowlist(sha256: str, note: str, allowlist: Path | None = None) -> None:
+    """Add ``sha256`` to the allow-list (once) with a note on what it is."""
+    allowlist = allowlist or configured_allowlist()
     if sha256 not in allowed_sha256s(allowlist):
         allowlist.parent.mkdir(parents=True, exist_ok=True)
         with allowlist.open("a") as handle:
             handle.write(f"{sha256}  # {' '.join(note.split())[:200]}, added {datetime.now(UTC):%Y-%m-%d}\n")
-    return sha256
 
 
 def check_allowed(path: Path, sha256: str) -> None:
@@ -284,6 +289,43 @@ def read_checkpoint(path: Path, source: BinaryIO | None = None) -> dict[str, Any
     return payload
 
 
+def read_hashed_checkpoint(path: Path, may_read: Callable[[str], None] = lambda _: None) -> tuple[dict[str, Any], str]:
+    """The checkpoint's payload and the sha256 of the very bytes it was read from.
+
+    Hashed, then read, through one open handle, ``may_read(sha256)`` in between (it raises to
+    refuse the file before anything is deserialised). A file renamed over the path meanwhile (a
+    rebuild) is not what is read; one written over in place meanwhile (a copy, a sync) changes
+    the handle's size or times, and is refused in one sentence.
+
+    Raises:
+        ModelNotInstalledError, CheckpointError: one sentence each; whatever ``may_read`` raises.
+    """
+    with _open_model_file(path) as handle:
+        before = _stamp(handle)
+        try:
+            sha256 = stream_sha256(handle)
+        except OSError as exc:
+            raise CheckpointError(f"The model file {path.name} cannot be read ({exc.strerror}).") from exc
+        may_read(sha256)
+        handle.seek(0)
+        payload = read_checkpoint(path, source=handle)
+        if _stamp(handle) != before:
+            raise CheckpointError(
+                f"The model file {path.name} was written to while it was being read; try again once it is complete."
+            )
+    return payload, sha256
+
+
+def _stamp(handle: BinaryIO) -> tuple[int, int, int]:
+    """(inode, size, modification time in ns) of an open file, which a write to it changes.
+
+    Not the ctime: a rename over the path changes the old file's (its link count drops), and
+    reading the old file through its handle is then right.
+    """
+    status = os.fstat(handle.fileno())
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
 def _open_model_file(path: Path) -> BinaryIO:
     """``path`` opened for reading, or one sentence: not installed, or not readable (a folder, no permission)."""
     try:
@@ -329,24 +371,23 @@ def load_checkpoint(
     ``require_allowed=False`` is for the training pipeline re-reading the fold files it
     has just written; everything that scores patients loads allowed checkpoints only.
     ``expected_sha256`` refuses, before reading it, a file other than the one a model was
-    loaded from (reading its networks again). The file is hashed and read through one open
-    handle: a file replaced in between (a rebuild's rename) cannot have its weights loaded under
-    the old file's approved sha256.
+    loaded from (reading its networks again). The sha256 approved is that of the bytes read
+    (:func:`read_hashed_checkpoint`).
 
     Raises:
         ModelNotInstalledError, CheckpointNotAllowedError, CheckpointError: one sentence each.
     """
     path = Path(path) if path is not None else configured_model_path()
-    with _open_model_file(path) as handle:
-        sha256 = stream_sha256(handle)
+
+    def may_read(sha256: str) -> None:
         if expected_sha256 is not None and sha256 != expected_sha256:
             raise CheckpointError(
                 f"The model file {path.name} is gone or changed since it was loaded; restart the app to load it again."
             )
         if require_allowed:
             check_allowed(path, sha256)
-        handle.seek(0)
-        payload = read_checkpoint(path, source=handle)
+
+    payload, sha256 = read_hashed_checkpoint(path, may_read)
     preprocess = preprocess_from_checkpoint(payload, path.name)
     networks, names = [], []
     for name, state_dict in checkpoint_members(payload, path.name):

@@ -567,9 +567,10 @@ def answered(analysis: CaseAnalysis, model: LoadedModel, asked: Engine) -> Engin
 
     The sensitivity table must run on that engine, so that its "as drawn" row is the number shown.
     """
-    if asked.set_aside and analysis.engine != asked.name:  # it gave way during the analysis
-        return engine_of(model)
-    return asked
+    now = engine_of(model)
+    if asked.set_aside and analysis.engine != asked.name and analysis.engine == now.name:  # gave way during it
+        return now
+    return asked  # set aside after the analysis ended, its table then asks for Analyze again
 
 
 def sensitivity_section(ct: CtSlice, mask: np.ndarray, model: LoadedModel, stored: dict) -> None:

@@ -820,3 +820,18 @@ def test_a_library_s_one_time_memory_counts_for_each_of_its_backends(tmp_path: P
     assert stored is not None
     fp32 = next(c for c in stored.candidates if c.key == "openvino-fp32")
     assert engines.over_memory_budget(fp32, 1, 110.0)  # 20 once + 100 a member > 110
+
+
+def test_a_ranking_shares_each_library_s_one_time_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """choose_backend gives the library's one-time memory, seen by its first backend measured, to the others."""
+    seen = {"openvino-bf16": 20.0, "openvino-fp32": 0.0}
+
+    def measured(backend: Backend, *args: object, **kwargs: object) -> tuple[engines.Candidate, None]:
+        once = seen[backend.key]
+        return engines.Candidate(backend.key, backend.name, 10.0, 0.0, 0.1, True, None, 100.0, once), None
+
+    monkeypatch.setattr(engines, "measure_backend", measured)
+    backends = [Backend(key, key, lambda device, features: None, lambda net, cfg, device: net) for key in seen]
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    choice = choose_backend(tiny, CFG, backends=backends)
+    assert [c.one_time_mib for c in choice.candidates] == [20.0, 20.0]

@@ -189,6 +189,28 @@ def test_a_file_replaced_after_its_approval_was_checked_is_not_what_loads(
     assert file_sha256(path) != approved  # the rebuild is in place for the next load, which checks it
 
 
+def test_a_file_written_over_in_place_while_it_is_read_is_refused(
+    tmp_path: Path, test_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy or sync onto the same file (no rename) changes what the open handle reads: refused, not loaded."""
+    import models.checkpoint as checkpoints
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(test_checkpoint.read_bytes())
+    other = _rewrite(test_checkpoint, tmp_path / "other.pt", lambda p: p["card"].__setitem__("name", "another model"))
+    check = checkpoints.check_allowed
+
+    def write_over_after_checking(checked: Path, sha256: str) -> None:
+        check(checked, sha256)
+        with checked.open("r+b") as handle:  # the same inode, as `cp` or `rsync --inplace` writes
+            handle.truncate(0)
+            handle.write(other.read_bytes())
+
+    monkeypatch.setattr(checkpoints, "check_allowed", write_over_after_checking)
+    with pytest.raises(CheckpointError, match=r"^The model file model\.pt was written to while it was being read"):
+        load_checkpoint(path)
+
+
 def test_a_model_path_that_is_a_folder_is_one_sentence(tmp_path: Path) -> None:
     folder = tmp_path / "models"
     folder.mkdir()
@@ -206,6 +228,9 @@ def test_model_allow_on_the_command_line_approves_a_readable_checkpoint_only(
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     assert main(["model", "allow", str(garbage)]) == 2 and not allowlist.exists()
+    capsys.readouterr()
+    assert main(["model", "allow", str(tmp_path)]) == 2 and not allowlist.exists()  # a folder
+    assert f"The model file {tmp_path.name} cannot be read (Is a directory)." in capsys.readouterr().err
     assert main(["model", "allow", str(test_checkpoint)]) == 0
     [line] = allowlist.read_text().splitlines()
     assert line.startswith(load_checkpoint(test_checkpoint).sha256) and TEST_MODEL_NAME in line
