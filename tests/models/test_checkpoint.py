@@ -126,14 +126,20 @@ def test_training_data_must_be_a_known_kind() -> None:
         make_card("m", "p", "probably patients")
 
 
-def test_only_checkpoints_on_the_allow_list_load_and_a_swapped_file_is_refused(
-    tmp_path: Path, test_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Approval is by content: the same file approved loads; a file rewritten in place is refused before loading."""
+def _copy_on_own_allowlist(tmp_path: Path, test_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """(a copy of the test model at tmp_path/model.pt, an empty allow-list in force)."""
     allowlist = tmp_path / "allowed-models.txt"
     monkeypatch.setenv("ICCA_MODEL_ALLOWLIST", str(allowlist))
     path = tmp_path / "model.pt"
     path.write_bytes(test_checkpoint.read_bytes())
+    return path, allowlist
+
+
+def test_only_checkpoints_on_the_allow_list_load_and_a_swapped_file_is_refused(
+    tmp_path: Path, test_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Approval is by content: the same file approved loads; a file rewritten in place is refused before loading."""
+    path, allowlist = _copy_on_own_allowlist(tmp_path, test_checkpoint, monkeypatch)
     with pytest.raises(CheckpointNotAllowedError) as refused:
         load_checkpoint(path)
     assert str(refused.value).startswith("The model file model.pt (sha256 ")
@@ -158,10 +164,7 @@ def test_a_file_replaced_after_its_approval_was_checked_is_not_what_loads(
     """Hashed and read through one handle: a rebuild renamed over the file in between is not loaded under the old sha256."""
     import models.checkpoint as checkpoints
 
-    allowlist = tmp_path / "allowed-models.txt"
-    monkeypatch.setenv("ICCA_MODEL_ALLOWLIST", str(allowlist))
-    path = tmp_path / "model.pt"
-    path.write_bytes(test_checkpoint.read_bytes())
+    path, _ = _copy_on_own_allowlist(tmp_path, test_checkpoint, monkeypatch)
     approved = allow_checkpoint(path, "the test model")
     original = load_checkpoint(path)
 
