@@ -823,8 +823,12 @@ def test_a_library_s_one_time_memory_counts_for_each_of_its_backends(tmp_path: P
 
 
 def test_a_ranking_shares_each_library_s_one_time_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    """choose_backend gives the library's one-time memory, seen by its first backend measured, to the others."""
-    seen = {"openvino-bf16": 20.0, "openvino-fp32": 0.0}
+    """choose_backend gives the library's one-time memory, seen by its first backend measured, to the others.
+
+    And the ONNX exporter's, measured before any backend, to every backend that goes through it.
+    """
+    seen = {"openvino-bf16": 20.0, "openvino-fp32": 0.0, "torch-cl-fp32": 0.0}
+    monkeypatch.setattr(engines, "exporter_one_time_mib", lambda cfg: 14.0)
 
     def measured(backend: Backend, *args: object, **kwargs: object) -> tuple[engines.Candidate, None]:
         once = seen[backend.key]
@@ -834,4 +838,9 @@ def test_a_ranking_shares_each_library_s_one_time_memory(monkeypatch: pytest.Mon
     backends = [Backend(key, key, lambda device, features: None, lambda net, cfg, device: net) for key in seen]
     tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
     choice = choose_backend(tiny, CFG, backends=backends)
-    assert [c.one_time_mib for c in choice.candidates] == [20.0, 20.0]
+    assert [c.one_time_mib for c in choice.candidates] == [34.0, 34.0, 0.0]
+
+
+def test_the_onnx_exporter_s_one_time_memory_is_measured_or_said_unknown() -> None:
+    measured = engines.exporter_one_time_mib(CFG)
+    assert measured is None or measured >= 0.0
