@@ -1101,7 +1101,7 @@ def choose_backend(
         raise RuntimeError("no inference backend ran on this machine, not even fp32 eager")
     return Choice(
         machine_signature(cfg, _num_classes(network, cfg), device, features),
-        share_one_time_memory(with_exporter_memory(candidates, exporter_mib)),
+        share_one_time_memory(candidates, exporter_mib),
         skipped,
         datetime.now(UTC).isoformat(timespec="seconds"),
     )
@@ -1176,30 +1176,23 @@ def library_of(key: str) -> str:
     return "torch-compile" if key.startswith("torch-compile") else key.split("-", 1)[0]
 
 
-def with_exporter_memory(candidates: Sequence[Candidate], exporter_mib: float | None) -> list[Candidate]:
-    """``candidates`` with the ONNX exporter's one-time memory added to each OpenVINO and ONNX Runtime backend's."""
-    if not exporter_mib:
-        return list(candidates)
-    return [
-        replace(c, one_time_mib=c.one_time_mib + exporter_mib)
-        if c.one_time_mib is not None and library_of(c.key) in ONNX_LIBRARIES
-        else c
-        for c in candidates
-    ]
-
-
-def share_one_time_memory(candidates: Sequence[Candidate]) -> tuple[Candidate, ...]:
+def share_one_time_memory(candidates: Sequence[Candidate], exporter_mib: float | None = None) -> tuple[Candidate, ...]:
     """``candidates`` with each library's one-time memory given to all of its backends.
 
     Measured in one process, the first backend of a library takes its one-time memory (loaded
     plugins, a compiler's caches) and those after it find it taken: OpenVINO fp32, measured after
     OpenVINO bf16, would be credited none, yet a dashboard that runs OpenVINO fp32 alone takes it.
+    ``exporter_mib`` (:func:`exporter_one_time_mib`), measured apart, is added to each OpenVINO
+    and ONNX Runtime backend's: they all go through the exporter.
     """
     once: dict[str, float] = {}
     for c in candidates:
         if c.one_time_mib is not None:
             library = library_of(c.key)
             once[library] = max(once.get(library, 0.0), c.one_time_mib)
+    for library in ONNX_LIBRARIES:
+        if library in once:
+            once[library] += exporter_mib or 0.0
     return tuple(
         replace(c, one_time_mib=once[library_of(c.key)]) if c.one_time_mib is not None else c for c in candidates
     )

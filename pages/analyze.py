@@ -562,22 +562,20 @@ def run_sensitivity(
     )
 
 
-def answered(analysis: CaseAnalysis, model: LoadedModel, asked: Engine) -> Engine:
-    """The engine whose numbers ``analysis`` holds: ``asked``, or the model's own when ``asked`` failed during it.
+def answers_changed(stored: dict, model: LoadedModel) -> bool:
+    """Whether a sensitivity table now would run on another engine than the analysis on screen did.
 
-    The sensitivity table must run on that engine, so that its "as drawn" row is the number shown.
+    A set-aside engine's work goes to the model's engine (``score_cells``): the same numbers when
+    that engine took over during the analysis, other numbers when the analysis ended before.
     """
-    now = engine_of(model)
-    if asked.set_aside and analysis.engine != asked.name and analysis.engine == now.name:  # gave way during it
-        return now
-    return asked  # set aside after the analysis ended, its table then asks for Analyze again
+    engine = stored.get("engine")
+    return engine is not None and engine.set_aside and stored["analysis"].engine != engine_of(model).name
 
 
 def sensitivity_section(ct: CtSlice, mask: np.ndarray, model: LoadedModel, stored: dict) -> None:
     """Outline sensitivity on request (it runs the patches the wider outlines add), then its table."""
     engine = stored.get("engine")
-    if stored.get("sensitivity") is None and engine is not None and engine.set_aside:
-        # its table would run on another engine than the risk above it: no "as drawn" row to compare
+    if stored.get("sensitivity") is None and answers_changed(stored, model):
         st.info("The engine of this analysis has stopped working since; press Analyze again to see the sensitivity.")
         return
     if stored.get("sensitivity") is None and st.button(
@@ -701,11 +699,7 @@ with right:
         engine_now = engine_of(model)  # the background may install a faster one later: keep this one
         result = run_analysis(ct, mask, model, engine_now)
         if result is not None:
-            st.session_state["result"] = {
-                "signature": signature,
-                "analysis": result,
-                "engine": answered(result, model, engine_now),
-            }
+            st.session_state["result"] = {"signature": signature, "analysis": result, "engine": engine_now}
     stored = st.session_state.get("result")
     if not stored or stored["signature"] != signature or model is None:
         export_buttons(mask, raw)

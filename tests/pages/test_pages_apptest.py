@@ -458,31 +458,45 @@ def test_a_fold_ensemble_shows_its_spread_and_the_outline_sensitivity_is_saved_a
     assert len(cases.dataframe) >= 1
 
 
-def test_an_engine_that_fails_during_analyze_gives_way_and_the_sensitivity_still_runs(
-    monkeypatch: pytest.MonkeyPatch, test_ensemble_checkpoint: Path, sqlite_url: str, tmp_path: Path
-) -> None:
-    """A converted runtime failing on Analyze: the risk comes from fp32, and the table beside it from the same engine."""
+def _on_a_named_engine(
+    monkeypatch: pytest.MonkeyPatch, checkpoint: Path, sqlite_url: str, tmp_path: Path, fails: bool
+) -> list:
+    """The app on a copy of ``checkpoint`` whose engine is "OpenVINO bf16": failing, or exact fp32 under that name.
+
+    Returns the list the loaded model is put in. Its own file: the model cached with this engine is the test's alone.
+    """
     import shutil
 
     import torch
 
     import pages.common
-    from core.engine import Engine
+    from core.engine import Engine, default_engine
 
-    path = tmp_path / "model.pt"  # its own file: the model cached with its failing engine is this test's alone
-    shutil.copyfile(test_ensemble_checkpoint, path)
+    path = tmp_path / "model.pt"
+    shutil.copyfile(checkpoint, path)
     monkeypatch.setenv("ICCA_MODEL_PATH", str(path))
     monkeypatch.setenv("ICCA_DATABASE_URL", sqlite_url)
     monkeypatch.setenv("ICCA_PSEUDONYM_SECRET", "test-secret")
+    loaded: list = []
 
-    def a_failing_runtime(model: object, **_: object) -> None:
-        def fail(x: torch.Tensor) -> torch.Tensor:
-            raise RuntimeError("the runtime lost its compiled graph")
+    def fail(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the runtime lost its compiled graph")
 
-        members = len(model.ensemble)  # type: ignore[attr-defined]
-        model.engine = Engine("openvino-bf16", "OpenVINO bf16", torch.device("cpu"), (fail,) * members, "measured")  # type: ignore[attr-defined]
+    def named_engine(model: object, **_: object) -> None:
+        members = list(model.ensemble)  # type: ignore[attr-defined]
+        predictors = (fail,) * len(members) if fails else default_engine(members).predictors
+        model.engine = Engine("openvino-bf16", "OpenVINO bf16", torch.device("cpu"), predictors, "measured")  # type: ignore[attr-defined]
+        loaded.append(model)
 
-    monkeypatch.setattr(pages.common, "prepare_engine_in_background", a_failing_runtime)
+    monkeypatch.setattr(pages.common, "prepare_engine_in_background", named_engine)
+    return loaded
+
+
+def test_an_engine_that_fails_during_analyze_gives_way_and_the_sensitivity_still_runs(
+    monkeypatch: pytest.MonkeyPatch, test_ensemble_checkpoint: Path, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A converted runtime failing on Analyze: the risk comes from fp32, and the table beside it from the same engine."""
+    _on_a_named_engine(monkeypatch, test_ensemble_checkpoint, sqlite_url, tmp_path, fails=True)
     at = _analyze(_with_sample(_page("analyze.py")).run())
     assert not at.exception and not at.error
     assert any("engine: torch channels-last fp32." in c.value for c in at.caption)
@@ -492,6 +506,29 @@ def test_an_engine_that_fails_during_analyze_gives_way_and_the_sensitivity_still
     assert table.value.set_index("outline").loc["as drawn", "DL mean patch prob."] == _metric(at, DL_LABEL)
     card = _page("model_card.py").run()
     assert any("the faster OpenVINO bf16 stopped working during an analysis" in m.value for m in card.markdown)
+
+
+def test_an_engine_set_aside_after_the_analysis_ended_asks_for_analyze_again_before_a_sensitivity(
+    monkeypatch: pytest.MonkeyPatch, test_ensemble_checkpoint: Path, sqlite_url: str, tmp_path: Path
+) -> None:
+    """Its table would come from fp32 beside a risk from the set-aside engine: no mixed "as drawn" row."""
+    from core.engine import fall_back_to_default
+
+    loaded = _on_a_named_engine(monkeypatch, test_ensemble_checkpoint, sqlite_url, tmp_path, fails=False)
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    assert any("engine: OpenVINO bf16." in c.value for c in at.caption)
+    [model] = loaded
+    fall_back_to_default(model, model.engine)  # another session's analysis failed on it meanwhile
+    at.run()
+    assert not at.exception
+    assert [i.value for i in at.info] == [
+        "The engine of this analysis has stopped working since; press Analyze again to see the sensitivity."
+    ]
+    assert not [b for b in at.button if b.key == "sensitivity"]
+    _analyze(at)
+    assert not at.info and any("engine: torch channels-last fp32." in c.value for c in at.caption)
+    at.button(key="sensitivity").click().run()
+    assert not at.exception and len(at.dataframe) == 1
 
 
 def test_an_imported_seg_with_a_liver_segment_lets_the_surgeon_pick_the_tumour_segment(app_env: None) -> None:
