@@ -36,7 +36,7 @@ from core.audit import record_analysed
 from core.cases import save_case
 from core.clinical import N_CHOICES, T_CATEGORIES, UNKNOWN_N
 from core.clinical_refit import ClinicalModelInUse
-from core.engine import Engine, engine_of
+from core.engine import Engine, EngineFault, engine_of
 from core.errors import OUT_OF_MEMORY_SENTENCE, UserFacingError, out_of_memory
 from core.imaging import (
     CtSlice,
@@ -519,6 +519,10 @@ def with_progress(start_text: str, prefix: str, model: LoadedModel, run: Callabl
     except UserFacingError as error:
         st.error(str(error))
         return None
+    except EngineFault:  # an engine this request held but the model no longer runs: none to give way to
+        log.warning("an engine failed on a request and had none to give way to", exc_info=True)
+        st.error("The inference engine failed on this request (the reason is in the log); press Analyze again.")
+        return None
     except Exception as error:
         if not out_of_memory(error):
             raise
@@ -562,6 +566,9 @@ def run_sensitivity(
     )
 
 
+ENGINE_CHANGED = "The engine of this analysis has stopped working since; press Analyze again to see the sensitivity."
+
+
 def answers_changed(stored: dict, model: LoadedModel) -> bool:
     """Whether a sensitivity table now would run on another engine than the analysis on screen did.
 
@@ -576,7 +583,7 @@ def sensitivity_section(ct: CtSlice, mask: np.ndarray, model: LoadedModel, store
     """Outline sensitivity on request (it runs the patches the wider outlines add), then its table."""
     engine = stored.get("engine")
     if stored.get("sensitivity") is None and answers_changed(stored, model):
-        st.info("The engine of this analysis has stopped working since; press Analyze again to see the sensitivity.")
+        st.info(ENGINE_CHANGED)
         return
     if stored.get("sensitivity") is None and st.button(
         "Outline sensitivity (±1 and ±2 mm)",
@@ -585,6 +592,10 @@ def sensitivity_section(ct: CtSlice, mask: np.ndarray, model: LoadedModel, store
         "(patches already scored are reused).",
     ):
         stored["sensitivity"] = run_sensitivity(ct, mask, model, engine)
+        if answers_changed(stored, model):  # its engine gave way while the table ran: not the risk's engine
+            stored["sensitivity"] = None
+            st.info(ENGINE_CHANGED)
+            return
     if stored.get("sensitivity") is not None:
         show_sensitivity(stored["sensitivity"].to_dict())
 

@@ -822,7 +822,7 @@ def test_a_library_s_one_time_memory_counts_for_each_of_its_backends(tmp_path: P
     assert engines.over_memory_budget(fp32, 1, 110.0)  # 20 once + 100 a member > 110
 
 
-def test_a_ranking_shares_each_library_s_one_time_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_ranking_shares_each_library_s_one_time_memory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """choose_backend gives the library's one-time memory, seen by its first backend measured, to the others.
 
     And the ONNX exporter's, measured before any backend, to every backend that goes through it.
@@ -839,6 +839,10 @@ def test_a_ranking_shares_each_library_s_one_time_memory(monkeypatch: pytest.Mon
     tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
     choice = choose_backend(tiny, CFG, backends=backends)
     assert [c.one_time_mib for c in choice.candidates] == [34.0, 34.0, 0.0]
+    path = tmp_path / "c.json"  # read back, shared again: unchanged
+    engines.store_choice(choice, path)
+    stored = engines.cached_choice(choice.signature, path)
+    assert stored is not None and [c.one_time_mib for c in stored.candidates] == [34.0, 34.0, 0.0]
 
 
 def test_the_onnx_exporter_s_one_time_memory_is_measured_or_said_unknown() -> None:

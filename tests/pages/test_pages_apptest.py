@@ -528,7 +528,48 @@ def test_an_engine_set_aside_after_the_analysis_ended_asks_for_analyze_again_bef
     _analyze(at)
     assert not at.info and any("engine: torch channels-last fp32." in c.value for c in at.caption)
     at.button(key="sensitivity").click().run()
-    assert not at.exception and len(at.dataframe) == 1
+    assert not at.exception
+    [table] = at.dataframe
+    assert table.value.set_index("outline").loc["as drawn", "DL mean patch prob."] == _metric(at, DL_LABEL)
+
+
+def _failing(x: object) -> object:
+    raise RuntimeError("the runtime lost its compiled graph")
+
+
+def test_an_engine_that_fails_during_the_sensitivity_leaves_no_table_from_another_engine(
+    monkeypatch: pytest.MonkeyPatch, test_ensemble_checkpoint: Path, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The risk came from "OpenVINO bf16"; its table, finished on fp32 after it failed, would not match it."""
+    loaded = _on_a_named_engine(monkeypatch, test_ensemble_checkpoint, sqlite_url, tmp_path, fails=False)
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    [model] = loaded
+    model.engine.predictors = (_failing,) * len(model.engine.predictors)
+    at.button(key="sensitivity").click().run()
+    assert not at.exception and not at.dataframe
+    assert [i.value for i in at.info] == [
+        "The engine of this analysis has stopped working since; press Analyze again to see the sensitivity."
+    ]
+    assert at.session_state["result"]["sensitivity"] is None
+
+
+def test_an_engine_the_model_no_longer_runs_failing_on_a_request_is_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, test_ensemble_checkpoint: Path, sqlite_url: str, tmp_path: Path
+) -> None:
+    """No engine to give way to (the request held one the model had replaced): a sentence, never a traceback."""
+    from core.engine import default_engine
+
+    loaded = _on_a_named_engine(monkeypatch, test_ensemble_checkpoint, sqlite_url, tmp_path, fails=False)
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    [model] = loaded
+    held = model.engine
+    model.engine = default_engine(list(model.ensemble))  # replaced since the analysis took it
+    held.predictors = (_failing,) * len(held.predictors)
+    at.button(key="sensitivity").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "The inference engine failed on this request (the reason is in the log); press Analyze again."
+    ]
 
 
 def test_an_imported_seg_with_a_liver_segment_lets_the_surgeon_pick_the_tumour_segment(app_env: None) -> None:
