@@ -492,6 +492,16 @@ def _on_a_named_engine(
     return loaded
 
 
+def _analyzed_on_a_working_named_engine(
+    monkeypatch: pytest.MonkeyPatch, checkpoint: Path, sqlite_url: str, tmp_path: Path
+) -> tuple[AppTest, object]:
+    """The sample analysed on an exact engine named "OpenVINO bf16", and the model it ran on."""
+    loaded = _on_a_named_engine(monkeypatch, checkpoint, sqlite_url, tmp_path, fails=False)
+    at = _analyze(_with_sample(_page("analyze.py")).run())
+    [model] = loaded
+    return at, model
+
+
 def test_an_engine_that_fails_during_analyze_gives_way_and_the_sensitivity_still_runs(
     monkeypatch: pytest.MonkeyPatch, test_ensemble_checkpoint: Path, sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -514,10 +524,8 @@ def test_an_engine_set_aside_after_the_analysis_ended_asks_for_analyze_again_bef
     """Its table would come from fp32 beside a risk from the set-aside engine: no mixed "as drawn" row."""
     from core.engine import fall_back_to_default
 
-    loaded = _on_a_named_engine(monkeypatch, test_ensemble_checkpoint, sqlite_url, tmp_path, fails=False)
-    at = _analyze(_with_sample(_page("analyze.py")).run())
+    at, model = _analyzed_on_a_working_named_engine(monkeypatch, test_ensemble_checkpoint, sqlite_url, tmp_path)
     assert any("engine: OpenVINO bf16." in c.value for c in at.caption)
-    [model] = loaded
     fall_back_to_default(model, model.engine)  # another session's analysis failed on it meanwhile
     at.run()
     assert not at.exception
@@ -541,9 +549,7 @@ def test_an_engine_that_fails_during_the_sensitivity_leaves_no_table_from_anothe
     monkeypatch: pytest.MonkeyPatch, test_ensemble_checkpoint: Path, sqlite_url: str, tmp_path: Path
 ) -> None:
     """The risk came from "OpenVINO bf16"; its table, finished on fp32 after it failed, would not match it."""
-    loaded = _on_a_named_engine(monkeypatch, test_ensemble_checkpoint, sqlite_url, tmp_path, fails=False)
-    at = _analyze(_with_sample(_page("analyze.py")).run())
-    [model] = loaded
+    at, model = _analyzed_on_a_working_named_engine(monkeypatch, test_ensemble_checkpoint, sqlite_url, tmp_path)
     model.engine.predictors = (_failing,) * len(model.engine.predictors)
     at.button(key="sensitivity").click().run()
     assert not at.exception and not at.dataframe
@@ -559,9 +565,7 @@ def test_an_engine_the_model_no_longer_runs_failing_on_a_request_is_one_sentence
     """No engine to give way to (the request held one the model had replaced): a sentence, never a traceback."""
     from core.engine import default_engine
 
-    loaded = _on_a_named_engine(monkeypatch, test_ensemble_checkpoint, sqlite_url, tmp_path, fails=False)
-    at = _analyze(_with_sample(_page("analyze.py")).run())
-    [model] = loaded
+    at, model = _analyzed_on_a_working_named_engine(monkeypatch, test_ensemble_checkpoint, sqlite_url, tmp_path)
     held = model.engine
     model.engine = default_engine(list(model.ensemble))  # replaced since the analysis took it
     held.predictors = (_failing,) * len(held.predictors)
